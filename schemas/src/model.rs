@@ -1,0 +1,465 @@
+//! The R4 type model: every resource and datatype as a tree of elements.
+//!
+//! Owns: turning StructureDefinition snapshots into [`Structure`]s — one per complex
+//! datatype (keyed by type name, e.g. `HumanName`), per resource (`Patient`) and per
+//! backbone element (keyed by its path, e.g. `Questionnaire.item`) — and resolving
+//! `contentReference` recursion to the referenced backbone. Also the patient compartment
+//! and required-binding code sets. Must not: know about Arrow or storage.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use crate::definitions::{CodeOnly, Definitions, ElementDefinition, SearchParameter};
+use crate::{Error, Result};
+
+/// The FHIR primitive types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Primitive {
+    Base64Binary,
+    Boolean,
+    Canonical,
+    Code,
+    Date,
+    DateTime,
+    Decimal,
+    Id,
+    Instant,
+    Integer,
+    Markdown,
+    Oid,
+    PositiveInt,
+    String,
+    Time,
+    UnsignedInt,
+    Uri,
+    Url,
+    Uuid,
+    Xhtml,
+}
+
+impl Primitive {
+    /// The primitive for a FHIR type code, e.g. `dateTime`.
+    pub fn from_code(code: &str) -> Option<Self> {
+        use Primitive::*;
+        Some(match code {
+            "base64Binary" => Base64Binary,
+            "boolean" => Boolean,
+            "canonical" => Canonical,
+            "code" => Code,
+            "date" => Date,
+            "dateTime" => DateTime,
+            "decimal" => Decimal,
+            "id" => Id,
+            "instant" => Instant,
+            "integer" => Integer,
+            "markdown" => Markdown,
+            "oid" => Oid,
+            "positiveInt" => PositiveInt,
+            "string" => String,
+            "time" => Time,
+            "unsignedInt" => UnsignedInt,
+            "uri" => Uri,
+            "url" => Url,
+            "uuid" => Uuid,
+            "xhtml" => Xhtml,
+            _ => return None,
+        })
+    }
+
+    /// True for date, dateTime and instant (which get a timestamp companion).
+    pub fn is_temporal(self) -> bool {
+        matches!(
+            self,
+            Primitive::Date | Primitive::DateTime | Primitive::Instant
+        )
+    }
+}
+
+/// What an element (or one variant of a choice element) holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeRef {
+    /// A primitive value.
+    Primitive(Primitive),
+    /// A complex datatype or backbone element: the [`Structure`] key.
+    Struct(String),
+    /// `Extension` (kept as url + JSON value).
+    Extension,
+    /// A whole resource (`contained`, `Bundle.entry.resource`, ...).
+    Resource,
+}
+
+/// One element of a structure.
+#[derive(Debug, Clone)]
+pub struct Element {
+    /// JSON name without `[x]`, e.g. `value` for `value[x]`, `birthDate`.
+    pub name: String,
+    /// Full definition path, e.g. `Observation.value[x]`.
+    pub path: String,
+    /// Minimum cardinality.
+    pub min: u32,
+    /// True when the element repeats (max `*` or > 1).
+    pub many: bool,
+    /// For a choice element: (JSON name, type) of each variant, e.g. (`valueQuantity`,
+    /// Quantity). Otherwise one entry with the element's own name.
+    pub variants: Vec<(String, TypeRef)>,
+    /// Canonical URL (no version) of a required value-set binding, if any.
+    pub required_binding: Option<String>,
+}
+
+impl Element {
+    /// True for `value[x]` style elements.
+    pub fn is_choice(&self) -> bool {
+        self.path.ends_with("[x]")
+    }
+}
+
+/// A complex datatype, resource or backbone element: an ordered list of elements.
+#[derive(Debug, Clone)]
+pub struct Structure {
+    /// Type name or backbone path.
+    pub key: String,
+    /// Child elements in definition order.
+    pub elements: Vec<Element>,
+    /// JSON name -> (index into `elements`, index into its `variants`).
+    pub by_json_name: HashMap<String, (usize, usize)>,
+}
+
+/// The whole R4 model.
+pub struct Model {
+    structures: HashMap<String, Arc<Structure>>,
+    resource_types: Vec<String>,
+    value_sets: HashMap<String, Option<Arc<HashSet<String>>>>,
+    compartment_params: BTreeMap<String, Vec<String>>,
+    search_parameters: Vec<SearchParameter>,
+}
+
+static MODEL: OnceLock<Result<Model>> = OnceLock::new();
+
+impl Model {
+    /// The model built from the embedded R4 definitions (built once per process).
+    pub fn r4() -> Result<&'static Model> {
+        MODEL
+            .get_or_init(|| Definitions::load().and_then(Model::build))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Every concrete (non-abstract) resource type, sorted.
+    pub fn resource_types(&self) -> &[String] {
+        &self.resource_types
+    }
+
+    /// True if `name` is a concrete resource type.
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.resource_types
+            .binary_search_by(|t| t.as_str().cmp(name))
+            .is_ok()
+    }
+
+    /// The structure of a datatype, resource or backbone path.
+    pub fn structure(&self, key: &str) -> Option<&Arc<Structure>> {
+        self.structures.get(key)
+    }
+
+    /// The codes of a value set when it can be enumerated from the shipped definitions
+    /// (`None` when it is unknown or uses filters / external code systems).
+    pub fn value_set_codes(&self, url: &str) -> Option<&HashSet<String>> {
+        self.value_sets.get(url).and_then(|v| v.as_deref())
+    }
+
+    /// The search-parameter codes that place a resource of `resource_type` in the Patient
+    /// compartment (empty when the type is not in the compartment).
+    pub fn patient_compartment_params(&self, resource_type: &str) -> &[String] {
+        self.compartment_params
+            .get(resource_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// All SearchParameters in the official R4 registry.
+    pub fn search_parameters(&self) -> &[SearchParameter] {
+        &self.search_parameters
+    }
+
+    /// The SearchParameter `code` that applies to `resource_type`.
+    pub fn search_parameter(&self, resource_type: &str, code: &str) -> Option<&SearchParameter> {
+        self.search_parameters.iter().find(|p| {
+            p.code == code
+                && p.base
+                    .iter()
+                    .any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
+        })
+    }
+
+    fn build(defs: Definitions) -> Result<Model> {
+        let mut structures = HashMap::new();
+        let mut resource_types = Vec::new();
+        for sd in &defs.structures {
+            let concrete_complex =
+                sd.kind == "complex-type" && sd.derivation.as_deref() == Some("specialization");
+            let resource = sd.kind == "resource";
+            if !(concrete_complex || resource) || sd.type_name != sd.id {
+                continue;
+            }
+            if resource && !sd.is_abstract {
+                resource_types.push(sd.id.clone());
+            }
+            let elements = &sd
+                .snapshot
+                .as_ref()
+                .ok_or_else(|| Error::Definitions(format!("{} has no snapshot", sd.id)))?
+                .element;
+            build_structures(&sd.id, resource, elements, &mut structures)?;
+        }
+        resource_types.sort();
+        let value_sets = expand_value_sets(&defs);
+        let compartment_params = defs
+            .compartments
+            .iter()
+            .filter(|c| c.code == "Patient")
+            .flat_map(|c| c.resource.iter())
+            .filter(|r| !r.param.is_empty())
+            .map(|r| (r.code.clone(), r.param.clone()))
+            .collect();
+        Ok(Model {
+            structures,
+            resource_types,
+            value_sets,
+            compartment_params,
+            search_parameters: defs.search_parameters,
+        })
+    }
+}
+
+fn build_structures(
+    root: &str,
+    is_resource: bool,
+    elements: &[ElementDefinition],
+    out: &mut HashMap<String, Arc<Structure>>,
+) -> Result<()> {
+    // Group the elements by parent path; a structure exists for the root and for every
+    // element that has children.
+    let mut children: BTreeMap<&str, Vec<&ElementDefinition>> = BTreeMap::new();
+    for el in elements.iter().skip(1) {
+        let parent = el.path.rsplit_once('.').map(|(p, _)| p).unwrap_or(root);
+        children.entry(parent).or_default().push(el);
+    }
+    for (parent, kids) in &children {
+        let key = if *parent == root {
+            root.to_string()
+        } else {
+            parent.to_string()
+        };
+        let mut s = Structure {
+            key: key.clone(),
+            elements: Vec::new(),
+            by_json_name: HashMap::new(),
+        };
+        for el in kids {
+            let element = build_element(
+                root,
+                is_resource,
+                el,
+                children.contains_key(el.path.as_str()),
+            )?;
+            let idx = s.elements.len();
+            for (v, (json_name, _)) in element.variants.iter().enumerate() {
+                s.by_json_name.insert(json_name.clone(), (idx, v));
+            }
+            s.elements.push(element);
+        }
+        out.insert(key, Arc::new(s));
+    }
+    Ok(())
+}
+
+fn build_element(
+    root: &str,
+    is_resource: bool,
+    el: &ElementDefinition,
+    has_children: bool,
+) -> Result<Element> {
+    let last = el.path.rsplit('.').next().unwrap_or(&el.path);
+    let name = last.trim_end_matches("[x]").to_string();
+    let many = match el.max.as_deref() {
+        Some("*") => true,
+        Some(n) => n.parse::<u32>().map(|n| n > 1).unwrap_or(false),
+        None => false,
+    };
+    let variants = if let Some(cr) = &el.content_reference {
+        vec![(
+            name.clone(),
+            TypeRef::Struct(cr.trim_start_matches('#').to_string()),
+        )]
+    } else if has_children {
+        vec![(name.clone(), TypeRef::Struct(el.path.clone()))]
+    } else if last.ends_with("[x]") {
+        el.types
+            .iter()
+            .map(|t| {
+                (
+                    format!("{name}{}", upper_first(&t.code)),
+                    type_ref(root, is_resource, el, &t.code, t),
+                )
+            })
+            .collect()
+    } else {
+        let t = el
+            .types
+            .first()
+            .ok_or_else(|| Error::Definitions(format!("{} has no type", el.path)))?;
+        vec![(name.clone(), type_ref(root, is_resource, el, &t.code, t))]
+    };
+    let required_binding = el
+        .binding
+        .as_ref()
+        .filter(|b| b.strength == "required")
+        .and_then(|b| b.value_set.as_deref())
+        .map(|v| v.split('|').next().unwrap_or(v).to_string());
+    Ok(Element {
+        name,
+        path: el.path.clone(),
+        min: el.min,
+        many,
+        variants,
+        required_binding,
+    })
+}
+
+fn type_ref(
+    root: &str,
+    is_resource: bool,
+    el: &ElementDefinition,
+    code: &str,
+    t: &crate::definitions::TypeRefDefinition,
+) -> TypeRef {
+    if is_resource && el.path == format!("{root}.id") {
+        return TypeRef::Primitive(Primitive::Id);
+    }
+    if let Some(system) = code.strip_prefix("http://hl7.org/fhirpath/System.") {
+        let fhir_type = t.extension.iter().find_map(|e| e.value_url.as_deref());
+        let p = fhir_type
+            .and_then(Primitive::from_code)
+            .unwrap_or(match system {
+                "Boolean" => Primitive::Boolean,
+                "Integer" => Primitive::Integer,
+                "Decimal" => Primitive::Decimal,
+                "Date" => Primitive::Date,
+                "DateTime" => Primitive::DateTime,
+                "Time" => Primitive::Time,
+                _ => Primitive::String,
+            });
+        return TypeRef::Primitive(p);
+    }
+    if let Some(p) = Primitive::from_code(code) {
+        return TypeRef::Primitive(p);
+    }
+    match code {
+        "Extension" => TypeRef::Extension,
+        "Resource" => TypeRef::Resource,
+        "SimpleQuantity" | "MoneyQuantity" => TypeRef::Struct("Quantity".into()),
+        other => TypeRef::Struct(other.to_string()),
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn collect_codes(concepts: &[CodeOnly], out: &mut HashSet<String>) {
+    for c in concepts {
+        out.insert(c.code.clone());
+        collect_codes(&c.concept, out);
+    }
+}
+
+/// Expands every value set whose content is fully enumerable from the shipped code
+/// systems; the others map to `None` (their codes are not checked).
+fn expand_value_sets(defs: &Definitions) -> HashMap<String, Option<Arc<HashSet<String>>>> {
+    let systems: HashMap<&str, &crate::definitions::CodeSystem> = defs
+        .code_systems
+        .iter()
+        .filter(|c| c.content.as_deref() == Some("complete"))
+        .map(|c| (c.url.as_str(), c))
+        .collect();
+    let mut out = HashMap::new();
+    for vs in &defs.value_sets {
+        let expanded = vs.compose.as_ref().and_then(|compose| {
+            if !compose.exclude.is_empty() {
+                return None;
+            }
+            let mut codes = HashSet::new();
+            for inc in &compose.include {
+                if !inc.filter.is_empty() || !inc.value_set.is_empty() {
+                    return None;
+                }
+                if !inc.concept.is_empty() {
+                    collect_codes(&inc.concept, &mut codes);
+                } else {
+                    let cs = systems.get(inc.system.as_deref()?)?;
+                    collect_codes(&cs.concept, &mut codes);
+                }
+            }
+            Some(Arc::new(codes))
+        });
+        out.insert(vs.url.clone(), expanded);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_r4_resource_type_is_modelled() {
+        let m = Model::r4().unwrap();
+        assert!(
+            m.resource_types().len() >= 145,
+            "{}",
+            m.resource_types().len()
+        );
+        for t in m.resource_types() {
+            assert!(m.structure(t).is_some(), "{t} has no structure");
+        }
+        assert!(m.is_resource_type("Patient") && !m.is_resource_type("DomainResource"));
+    }
+
+    #[test]
+    fn choice_and_recursion_and_bindings() {
+        let m = Model::r4().unwrap();
+        let obs = m.structure("Observation").unwrap();
+        let (i, _) = obs.by_json_name["valueQuantity"];
+        assert!(obs.elements[i].is_choice());
+        assert_eq!(obs.elements[i].variants.len(), 11);
+        let status = &obs.elements[obs.by_json_name["status"].0];
+        assert_eq!(
+            status.required_binding.as_deref(),
+            Some("http://hl7.org/fhir/ValueSet/observation-status")
+        );
+        let codes = m
+            .value_set_codes("http://hl7.org/fhir/ValueSet/observation-status")
+            .unwrap();
+        assert!(codes.contains("final") && !codes.contains("done"));
+        let item = m.structure("Questionnaire.item").unwrap();
+        let nested = &item.elements[item.by_json_name["item"].0];
+        assert_eq!(
+            nested.variants[0].1,
+            TypeRef::Struct("Questionnaire.item".into())
+        );
+        let p = m.structure("Patient").unwrap();
+        assert_eq!(
+            p.elements[p.by_json_name["id"].0].variants[0].1,
+            TypeRef::Primitive(Primitive::Id)
+        );
+        assert_eq!(
+            m.patient_compartment_params("Observation"),
+            ["subject", "performer"]
+        );
+    }
+}
