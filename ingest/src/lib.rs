@@ -1,1 +1,93 @@
-//! Ingest.
+//! fhirlake-ingest: everything that writes.
+//!
+//! Owns JSON -> Arrow flattening ([`flatten`]), patient-compartment membership
+//! ([`compartment`]), the storage root and its Delta tables ([`store`]), durable local
+//! storage ([`durable`]), the write-ahead journal ([`journal`]), the group-committing
+//! writer ([`writer`]), Bundle processing ([`bundle`]) and bulk import ([`import`]).
+//!
+//! Must not: speak HTTP, or depend on `fhirlake-query` (the root composes the two).
+
+pub mod bundle;
+pub mod compartment;
+pub mod durable;
+pub mod flatten;
+pub mod import;
+pub mod journal;
+pub mod store;
+pub mod writer;
+
+pub use store::{StorageRoot, TableKind};
+pub use writer::{Action, OpOutcome, Precondition, WriteOp, Writer, WriterOptions, WriterTask};
+
+/// Errors of the write path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration (storage root, options): the message says what to change.
+    #[error("{0}")]
+    Config(String),
+    /// Another process holds the single-writer lease of the storage root.
+    #[error("the storage root {root} is held by {holder}; stop that process or send the data through it (its HTTP API)")]
+    LeaseHeld {
+        /// The root.
+        root: String,
+        /// Who holds it.
+        holder: String,
+    },
+    /// The R4 definitions could not be loaded.
+    #[error(transparent)]
+    Schemas(#[from] fhirlake_schemas::Error),
+    /// A resource could not be turned into Arrow rows.
+    #[error("flattening: {0}")]
+    Flatten(String),
+    /// Arrow error.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Delta Lake error.
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+    /// DataFusion error.
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] deltalake::datafusion::error::DataFusionError),
+    /// Object store error.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// Stored JSON could not be parsed.
+    #[error("stored JSON: {0}")]
+    Json(#[from] fhirlake_schemas::json::JsonError),
+    /// The journal could not be written or read.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// A group commit failed; nothing of it was stored.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The writer is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// I/O error reading import files.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Time source of the write path, so tests control `meta.lastUpdated`.
+pub trait Clock: Send + Sync {
+    /// Microseconds since the Unix epoch, UTC.
+    fn now_us(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> i64 {
+        chrono::Utc::now().timestamp_micros()
+    }
+}

@@ -43,6 +43,8 @@ pub mod reserved {
     pub const COMPARTMENT_PATIENTS: &str = "_compartment_patients";
     /// Primitive extensions (`_birthDate` ...) as one JSON object keyed by location.
     pub const PRIMITIVE_EXTENSIONS: &str = "_primitive_extensions";
+    /// History tables: FNV-1a 64 hash of the content without server meta (no-op updates).
+    pub const CONTENT_HASH: &str = "_content_hash";
     /// History tables: true for a delete.
     pub const DELETED: &str = "_deleted";
     /// Reference structs: target resource type parsed from `reference`.
@@ -167,6 +169,7 @@ pub fn history_schema() -> Schema {
         Field::new(reserved::DELETED, DataType::Boolean, false),
         Field::new(reserved::PATIENT, DataType::Utf8, true),
         Field::new(reserved::RAW, DataType::Utf8, true),
+        Field::new(reserved::CONTENT_HASH, DataType::Int64, false),
     ])
 }
 

@@ -1,0 +1,108 @@
+//! Patient-compartment membership of a resource.
+//!
+//! Owns: finding every patient whose compartment holds a resource, per the R4 Patient
+//! CompartmentDefinition: for each of the type's compartment parameters, the parameter's
+//! FHIRPath expression is reduced to its simple element paths for that type (e.g.
+//! `Observation.subject.where(resolve() is Patient)` -> `subject`), which are followed in
+//! the resource; references to `Patient/<id>` found there are the members. A Patient is
+//! in its own compartment. The first member found, in parameter order, is the owner.
+//! Must not: evaluate general FHIRPath (the FHIRPath engine does that for search).
+
+use std::collections::HashMap;
+
+use fhirlake_schemas::{Json, Model};
+
+use crate::flatten::reference_target;
+
+/// Compartment paths of every resource type, precomputed from the model.
+#[derive(Debug, Default)]
+pub struct PatientCompartment {
+    paths: HashMap<String, Vec<Vec<String>>>,
+}
+
+impl PatientCompartment {
+    /// Builds the element paths of every type from the R4 definitions.
+    pub fn new(model: &Model) -> Self {
+        let mut paths = HashMap::new();
+        for rt in model.resource_types() {
+            let mut type_paths = Vec::new();
+            for code in model.patient_compartment_params(rt) {
+                let Some(expr) = model.search_parameter(rt, code).and_then(|p| p.expression.as_deref()) else {
+                    continue;
+                };
+                for part in expr.split('|') {
+                    if let Some(p) = simple_path(rt, part) {
+                        if !type_paths.contains(&p) {
+                            type_paths.push(p);
+                        }
+                    }
+                }
+            }
+            paths.insert(rt.clone(), type_paths);
+        }
+        Self { paths }
+    }
+
+    /// (owner, all members) of `resource`, a resource of type `rt` with id `id`.
+    pub fn members(&self, rt: &str, id: &str, resource: &Json) -> (Option<String>, Vec<String>) {
+        let mut members: Vec<String> = Vec::new();
+        if rt == "Patient" {
+            members.push(id.to_string());
+        }
+        for path in self.paths.get(rt).map(Vec::as_slice).unwrap_or(&[]) {
+            let mut nodes = vec![resource];
+            for seg in path {
+                nodes = nodes
+                    .into_iter()
+                    .filter_map(|n| n.get(seg))
+                    .flat_map(|v| match v {
+                        Json::Array(items) => items.iter().collect::<Vec<_>>(),
+                        other => vec![other],
+                    })
+                    .collect();
+            }
+            for n in nodes {
+                if let Some(("Patient", pid)) = n.get("reference").and_then(Json::as_str).and_then(reference_target)
+                    && !members.iter().any(|m| m == pid)
+                {
+                    members.push(pid.to_string());
+                }
+            }
+        }
+        (members.first().cloned(), members)
+    }
+}
+
+/// `Type.a.b.where(...)` -> `[a, b]` when the expression part is a plain path on `rt`.
+fn simple_path(rt: &str, part: &str) -> Option<Vec<String>> {
+    let part = part.trim().trim_start_matches('(').trim_end_matches(')').trim();
+    let rest = part.strip_prefix(rt)?.strip_prefix('.')?;
+    let mut segs = Vec::new();
+    for seg in rest.split('.') {
+        if seg.starts_with("where(") || seg.starts_with("resolve(") || seg.contains(' ') || seg.contains('(') {
+            break;
+        }
+        if !seg.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
+        segs.push(seg.to_string());
+    }
+    (!segs.is_empty()).then_some(segs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirlake_schemas::json::ParseLimits;
+
+    #[test]
+    fn observation_members_include_performers() {
+        let c = PatientCompartment::new(Model::r4().unwrap());
+        let obs = r#"{"resourceType":"Observation","subject":{"reference":"Patient/a"},
+            "performer":[{"reference":"Practitioner/x"},{"reference":"Patient/b"}]}"#;
+        let json = Json::parse(obs.as_bytes(), ParseLimits::default()).unwrap();
+        assert_eq!(c.members("Observation", "o", &json), (Some("a".into()), vec!["a".into(), "b".into()]));
+        let org = Json::parse(br#"{"resourceType":"Organization"}"#, ParseLimits::default()).unwrap();
+        assert_eq!(c.members("Organization", "o", &org), (None, vec![]));
+    }
+}

@@ -1,0 +1,112 @@
+//! The write-ahead journal: what makes a group commit durable and multi-table atomic.
+//!
+//! Owns: persisting one group commit's versions as `journal/<seq>.ndjson` before any Delta
+//! table is touched (on `file://` through [`crate::durable::SyncingLocalStore`], so the
+//! entry is fsynced), listing entries left by a crash, and removing an entry once every
+//! table carries the entry's sequence number as a Delta `txn` action
+//! (app id [`JOURNAL_APP_ID`]). Replay is therefore idempotent: a table whose txn version
+//! is already >= seq is skipped. Must not: decide versions (that is [`crate::writer`]).
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::store::StorageRoot;
+use crate::{Error, Result};
+
+/// The Delta `txn` application id under which journal sequence numbers are recorded.
+pub const JOURNAL_APP_ID: &str = "fhirlake-journal";
+
+/// One stored version of one resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Resource type.
+    #[serde(rename = "t")]
+    pub resource_type: String,
+    /// Resource id.
+    pub id: String,
+    /// Version id.
+    #[serde(rename = "v")]
+    pub version: i64,
+    /// Last-updated, epoch microseconds UTC.
+    #[serde(rename = "ts")]
+    pub last_updated_us: i64,
+    /// True for a delete.
+    #[serde(rename = "d")]
+    pub deleted: bool,
+    /// Content hash (FNV-1a 64 of the resource without server meta).
+    #[serde(rename = "h")]
+    pub hash: u64,
+    /// The JSON served for this version (`None` for deletes).
+    pub raw: Option<Arc<str>>,
+}
+
+/// The journal of a storage root.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    root: StorageRoot,
+}
+
+impl Journal {
+    /// The journal under `root`.
+    pub fn new(root: StorageRoot) -> Self {
+        Self { root }
+    }
+
+    fn entry_path(&self, seq: i64) -> object_store::path::Path {
+        self.root.path(&format!("journal/{seq:020}.ndjson"))
+    }
+
+    /// Durably writes entry `seq`.
+    pub async fn append(&self, seq: i64, records: &[VersionRecord]) -> Result<()> {
+        let mut body = Vec::with_capacity(records.iter().map(|r| r.raw.as_ref().map_or(64, |s| s.len() + 128)).sum());
+        for r in records {
+            serde_json::to_writer(&mut body, r).map_err(|e| Error::Journal(e.to_string()))?;
+            body.push(b'\n');
+        }
+        self.root.object_store().put(&self.entry_path(seq), PutPayload::from(body)).await?;
+        Ok(())
+    }
+
+    /// Removes entry `seq` once it is applied everywhere.
+    pub async fn remove(&self, seq: i64) -> Result<()> {
+        match self.root.object_store().delete(&self.entry_path(seq)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Entries present (left by a crash), oldest first.
+    pub async fn pending(&self) -> Result<Vec<(i64, Vec<VersionRecord>)>> {
+        let prefix = self.root.path("journal");
+        let metas: Vec<_> = self.root.object_store().list(Some(&prefix)).try_collect().await?;
+        let mut seqs: Vec<(i64, object_store::path::Path)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.strip_suffix(".ndjson")?.parse::<i64>().ok()?;
+                Some((name, m.location))
+            })
+            .collect();
+        seqs.sort_by_key(|(s, _)| *s);
+        let mut out = Vec::new();
+        for (seq, path) in seqs {
+            let bytes = self.root.object_store().get(&path).await?.bytes().await?;
+            let mut records = Vec::new();
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                match serde_json::from_slice::<VersionRecord>(line) {
+                    Ok(r) => records.push(r),
+                    // A torn last line means the entry was never acknowledged.
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "journal entry is incomplete; it was never acknowledged, dropping it");
+                        records.clear();
+                        break;
+                    }
+                }
+            }
+            out.push((seq, records));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,232 @@
+//! The storage root: where an instance's Delta tables, journal and lease live.
+//!
+//! Owns: resolving `--data` (a path or a URL) to an object store, the layout under the
+//! root (`resources/<Type>/`, `history/<Type>/`, `journal/`, `_fhirlake/lease.json`),
+//! creating and opening the Delta tables with fhirlake's table properties, and the
+//! single-writer lease. Must not: decide what is written (that is [`crate::writer`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::StructType;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use fhirlake_schemas::shape::reserved;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use url::Url;
+
+use crate::durable::SyncingLocalStore;
+use crate::{Error, Result};
+
+/// Which of a resource type's two tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    /// `resources/<Type>`: one row per live resource, full typed schema.
+    Current,
+    /// `history/<Type>`: every version, narrow.
+    History,
+}
+
+impl TableKind {
+    /// The folder under the root.
+    pub fn folder(self) -> &'static str {
+        match self {
+            TableKind::Current => "resources",
+            TableKind::History => "history",
+        }
+    }
+}
+
+/// A storage root (one instance's data).
+#[derive(Debug, Clone)]
+pub struct StorageRoot {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    local: Option<PathBuf>,
+}
+
+impl StorageRoot {
+    /// Resolves `--data`: a local path (created if missing) or a `file://` / `memory://`
+    /// URL.
+    pub fn open(data: &str) -> Result<Self> {
+        let url = if data.contains("://") {
+            Url::parse(data).map_err(|e| Error::Config(format!("--data '{data}' is not a valid URL: {e}")))?
+        } else {
+            let path = std::path::Path::new(data);
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::Config(format!("cannot create data directory '{data}': {e}")))?;
+            let abs = std::fs::canonicalize(path).map_err(|e| Error::Config(format!("'{data}': {e}")))?;
+            Url::from_directory_path(&abs).map_err(|_| Error::Config(format!("'{data}' is not an absolute path")))?
+        };
+        let mut url = url;
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        match url.scheme() {
+            "file" => {
+                let local = url.to_file_path().map_err(|_| Error::Config(format!("bad file URL {url}")))?;
+                std::fs::create_dir_all(&local).map_err(|e| Error::Config(format!("cannot create {}: {e}", local.display())))?;
+                Ok(Self { url, store: Arc::new(SyncingLocalStore::new()), local: Some(local) })
+            }
+            "memory" => Ok(Self { url, store: Arc::new(object_store::memory::InMemory::new()), local: None }),
+            other => Err(Error::Config(format!(
+                "storage scheme '{other}://' is not supported by this build; use a local path or file:// URL"
+            ))),
+        }
+    }
+
+    /// The root URL (ends with `/`).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The local directory, for `file://` roots.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
+    }
+
+    /// The object store the root lives in (rooted at the store's root, not at `url`).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Object-store path of `relative` under the root.
+    pub fn path(&self, relative: &str) -> Path {
+        let base = self.url.path().trim_matches('/');
+        Path::from(format!("{base}/{relative}"))
+    }
+
+    /// URL of a table.
+    pub fn table_url(&self, kind: TableKind, resource_type: &str) -> Url {
+        self.url.join(&format!("{}/{resource_type}/", kind.folder())).expect("valid table URL")
+    }
+
+    /// Opens a table; `None` if it has not been created yet.
+    pub async fn open_table(&self, kind: TableKind, resource_type: &str) -> Result<Option<DeltaTable>> {
+        let url = self.table_url(kind, resource_type);
+        let mut table = DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(self.store.clone(), url).build()?;
+        match table.load().await {
+            Ok(()) => Ok(Some(table)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a table with `schema` and fhirlake's table properties.
+    pub async fn create_table(&self, kind: TableKind, resource_type: &str, schema: &arrow::datatypes::Schema) -> Result<DeltaTable> {
+        let url = self.table_url(kind, resource_type);
+        let table = DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(self.store.clone(), url).build()?;
+        let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::Flatten(format!("schema of {resource_type}: {e}")))?;
+        let stats_columns = match kind {
+            TableKind::Current => format!("id,{},{},{}", reserved::PATIENT, reserved::LAST_UPDATED, reserved::VERSION_ID),
+            TableKind::History => format!("id,{},{},{},{}", reserved::VERSION_ID, reserved::LAST_UPDATED, reserved::DELETED, reserved::PATIENT),
+        };
+        let config: HashMap<String, Option<String>> = HashMap::from([
+            ("delta.dataSkippingStatsColumns".to_string(), Some(stats_columns)),
+            ("delta.checkpointInterval".to_string(), Some("20".to_string())),
+        ]);
+        let created = table
+            .create()
+            .with_table_name(format!("{}_{}", kind.folder(), resource_type.to_lowercase()))
+            .with_columns(kernel.fields().cloned())
+            .with_configuration(config)
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            // Another creator won the race (or a previous run crashed after creating it).
+            Err(_) if self.open_table(kind, resource_type).await?.is_some() => {
+                Ok(self.open_table(kind, resource_type).await?.expect("table exists"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resource types that have a table of `kind`.
+    pub async fn existing_tables(&self, kind: TableKind) -> Result<Vec<String>> {
+        let prefix = self.path(kind.folder());
+        let listing = self.store.list_with_delimiter(Some(&prefix)).await?;
+        let mut types: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        types.sort();
+        Ok(types)
+    }
+}
+
+/// The single-writer lease of a storage root (`_fhirlake/lease.json`).
+#[derive(Debug)]
+pub struct Lease {
+    root: StorageRoot,
+    path: Path,
+}
+
+impl Lease {
+    /// Takes the lease, or fails with [`Error::LeaseHeld`] naming the holder. A lease left
+    /// by a process of this host that no longer runs is taken over.
+    pub async fn acquire(root: &StorageRoot, holder: &str) -> Result<Lease> {
+        let path = root.path("_fhirlake/lease.json");
+        let host = hostname();
+        let body = serde_json::json!({
+            "pid": std::process::id(), "host": host, "holder": holder,
+            "since": chrono::Utc::now().to_rfc3339(),
+        });
+        for _ in 0..2 {
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            match root.store.put_opts(&path, PutPayload::from(body.to_string()), opts).await {
+                Ok(_) => return Ok(Lease { root: root.clone(), path }),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let existing = root.store.get(&path).await?.bytes().await?;
+                    let info: serde_json::Value = serde_json::from_slice(&existing).unwrap_or_default();
+                    let pid = info["pid"].as_u64().unwrap_or(0);
+                    let same_host = info["host"].as_str() == Some(host.as_str());
+                    if same_host && pid != 0 && !process_alive(pid) {
+                        tracing::warn!(pid, "taking over the write lease of a process that is gone");
+                        root.store.delete(&path).await?;
+                        continue;
+                    }
+                    return Err(Error::LeaseHeld {
+                        root: root.url.to_string(),
+                        holder: format!("{} (pid {pid} on {})", info["holder"].as_str().unwrap_or("?"), info["host"].as_str().unwrap_or("?")),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Config("could not take the write lease".into()))
+    }
+
+    /// Releases the lease.
+    pub async fn release(self) -> Result<()> {
+        self.root.store.delete(&self.path).await?;
+        Ok(())
+    }
+}
+
+/// The holder recorded in the lease of `root`, if a live process holds it.
+pub async fn lease_holder(root: &StorageRoot) -> Result<Option<String>> {
+    let path = root.path("_fhirlake/lease.json");
+    match root.store.get(&path).await {
+        Ok(r) => {
+            let info: serde_json::Value = serde_json::from_slice(&r.bytes().await?).unwrap_or_default();
+            let pid = info["pid"].as_u64().unwrap_or(0);
+            if info["host"].as_str() == Some(hostname().as_str()) && !process_alive(pid) {
+                return Ok(None);
+            }
+            Ok(Some(info.to_string()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+fn process_alive(pid: u64) -> bool {
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,694 @@
+//! The write path: group commit of resource versions into the Delta tables.
+//!
+//! Owns: the single writer task of a storage root. Requests from many callers queue on a
+//! channel; the task takes everything queued (up to a batch limit, after an optional short
+//! linger), decides each operation against the in-memory [`ResourceIndex`] (version
+//! numbers, `If-Match`, no-op updates), writes the batch to the [`Journal`] (durable), then
+//! applies it to every touched type — one append to `history/<Type>` and one commit to
+//! `resources/<Type>` (append when every id is new, otherwise an overwrite with
+//! `replaceWhere id IN (...)`), each carrying the journal sequence as a `txn` action — and
+//! only then answers the callers. On start-up, journal entries left by a crash are replayed
+//! into the tables that lack them. Must not: validate resources or speak HTTP.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+use fhirlake_schemas::json::ParseLimits;
+use fhirlake_schemas::shape::history_schema;
+use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::compartment::PatientCompartment;
+use crate::flatten::{Flattener, RowMeta};
+use crate::journal::{Journal, VersionRecord, JOURNAL_APP_ID};
+use crate::store::{Lease, StorageRoot, TableKind};
+use crate::{Clock, Error, Result, SystemClock};
+
+/// What an operation does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Create or replace the resource (validated, `id` set to the op's id).
+    Put(Arc<Json>),
+    /// Delete the resource.
+    Delete,
+}
+
+/// A condition an operation must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// None.
+    None,
+    /// The current version must be this one (`If-Match`).
+    IfMatch(i64),
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    /// Resource type.
+    pub resource_type: String,
+    /// Resource id.
+    pub id: String,
+    /// What to do.
+    pub action: Action,
+    /// Condition.
+    pub precondition: Precondition,
+}
+
+/// The result of one operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpOutcome {
+    /// A new version was stored.
+    Written {
+        /// Its version.
+        version: i64,
+        /// Its last-updated time (µs).
+        last_updated_us: i64,
+        /// The JSON served for it.
+        raw: Arc<str>,
+        /// True when the resource did not exist (or was deleted) before.
+        created: bool,
+    },
+    /// The content equals the current version; nothing was stored.
+    Unchanged {
+        /// Current version.
+        version: i64,
+        /// Its last-updated time (µs).
+        last_updated_us: i64,
+        /// The JSON of the current version.
+        raw: Arc<str>,
+    },
+    /// A delete was stored (or the resource was already gone: `version` is `None`).
+    Deleted {
+        /// The version recording the delete.
+        version: Option<i64>,
+    },
+    /// `If-Match` did not hold.
+    PreconditionFailed {
+        /// The current version (`None` if the resource does not exist).
+        current: Option<i64>,
+    },
+}
+
+/// What the writer knows of a resource's latest version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Latest version id.
+    pub version: i64,
+    /// True when the latest version is a delete.
+    pub deleted: bool,
+    /// Content hash of the latest version.
+    pub hash: u64,
+    /// Its last-updated time (µs).
+    pub last_updated_us: i64,
+}
+
+/// Latest version of every resource, per type.
+#[derive(Debug, Default)]
+pub struct ResourceIndex {
+    types: HashMap<String, HashMap<String, IndexEntry>>,
+}
+
+impl ResourceIndex {
+    /// The entry of `rt/id`.
+    pub fn get(&self, rt: &str, id: &str) -> Option<IndexEntry> {
+        self.types.get(rt)?.get(id).copied()
+    }
+
+    fn set(&mut self, rt: &str, id: &str, e: IndexEntry) {
+        self.types.entry(rt.to_string()).or_default().insert(id.to_string(), e);
+    }
+
+    /// Number of live resources per type.
+    pub fn live_counts(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<_> = self.types.iter().map(|(t, m)| (t.clone(), m.values().filter(|e| !e.deleted).count())).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Most operations in one group commit.
+    pub max_batch_ops: usize,
+    /// How long the writer waits for more requests after the first one of a batch.
+    pub linger: Duration,
+    /// Recursion depth of newly created tables.
+    pub shape: ShapeOptions,
+    /// Who holds the lease (for messages).
+    pub holder: String,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self { max_batch_ops: 20_000, linger: Duration::from_millis(2), shape: ShapeOptions::default(), holder: "fhirlake".into() }
+    }
+}
+
+struct Request {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<Vec<OpOutcome>>>,
+}
+
+/// Latest snapshot of every table, shared with readers.
+#[derive(Default)]
+pub struct TableSet {
+    tables: RwLock<HashMap<(TableKind, String), DeltaTable>>,
+}
+
+impl TableSet {
+    /// The latest known state of a table (a cheap clone), if it exists.
+    pub fn get(&self, kind: TableKind, rt: &str) -> Option<DeltaTable> {
+        self.tables.read().expect("table set lock").get(&(kind, rt.to_string())).cloned()
+    }
+
+    fn put(&self, kind: TableKind, rt: &str, t: DeltaTable) {
+        self.tables.write().expect("table set lock").insert((kind, rt.to_string()), t);
+    }
+
+    /// Types that have a current table.
+    pub fn current_types(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tables.read().expect("table set lock").keys().filter(|(k, _)| *k == TableKind::Current).map(|(_, t)| t.clone()).collect();
+        v.sort();
+        v
+    }
+}
+
+/// A handle to the writer of a storage root; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Request>,
+    index: Arc<RwLock<ResourceIndex>>,
+    tables: Arc<TableSet>,
+    root: StorageRoot,
+    stats: Arc<WriterStats>,
+}
+
+/// Counters of the writer.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Delta commits made.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Group commits (journal entries) made.
+    pub batches: std::sync::atomic::AtomicU64,
+}
+
+/// Owns the writer task; [`WriterTask::shutdown`] drains it and releases the lease.
+pub struct WriterTask {
+    join: tokio::task::JoinHandle<()>,
+    lease: Lease,
+}
+
+impl WriterTask {
+    /// Waits until every handle is dropped and queued writes are committed, then releases
+    /// the lease.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.join.await;
+        self.lease.release().await
+    }
+}
+
+impl Writer {
+    /// Takes the lease of `root`, replays the journal, loads the index and starts the
+    /// writer task.
+    pub async fn start(root: StorageRoot, options: WriterOptions) -> Result<(Writer, WriterTask)> {
+        Self::start_with_clock(root, options, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Writer::start`], with a clock (tests).
+    pub async fn start_with_clock(root: StorageRoot, options: WriterOptions, clock: Arc<dyn Clock>) -> Result<(Writer, WriterTask)> {
+        let lease = Lease::acquire(&root, &options.holder).await?;
+        let model = Model::r4()?;
+        let mut core = Core {
+            root: root.clone(),
+            journal: Journal::new(root.clone()),
+            tables: Arc::new(TableSet::default()),
+            flatteners: Mutex::new(HashMap::new()),
+            compartment: PatientCompartment::new(model),
+            options: options.clone(),
+            clock,
+            last_seq: 0,
+            last_ts: 0,
+            stats: Arc::new(WriterStats::default()),
+        };
+        let index = match core.recover().await {
+            Ok(index) => index,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+        let index = Arc::new(RwLock::new(index));
+        let (tx, rx) = mpsc::channel(1024);
+        let writer = Writer { tx, index: index.clone(), tables: core.tables.clone(), root, stats: core.stats.clone() };
+        let join = tokio::spawn(core.run(rx, index));
+        Ok((writer, WriterTask { join, lease }))
+    }
+
+    /// Submits operations as one request; they are committed together (a request is never
+    /// split across group commits) and answered once durable.
+    pub async fn submit(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request { ops, reply }).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// What the index knows of `rt/id`.
+    pub fn current(&self, rt: &str, id: &str) -> Option<IndexEntry> {
+        self.index.read().expect("index lock").get(rt, id)
+    }
+
+    /// Live resources per type.
+    pub fn live_counts(&self) -> Vec<(String, usize)> {
+        self.index.read().expect("index lock").live_counts()
+    }
+
+    /// The tables, for readers.
+    pub fn tables(&self) -> &Arc<TableSet> {
+        &self.tables
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &StorageRoot {
+        &self.root
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+struct Core {
+    root: StorageRoot,
+    journal: Journal,
+    tables: Arc<TableSet>,
+    flatteners: Mutex<HashMap<String, Arc<Flattener>>>,
+    compartment: PatientCompartment,
+    options: WriterOptions,
+    clock: Arc<dyn Clock>,
+    last_seq: i64,
+    last_ts: i64,
+    stats: Arc<WriterStats>,
+}
+
+/// FNV-1a 64 of the resource's JSON without `meta.versionId` / `meta.lastUpdated`.
+pub fn content_hash(resource: &Json) -> u64 {
+    let mut r = resource.clone();
+    if let Some(meta) = r.get_mut("meta") {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.as_object().is_some_and(<[_]>::is_empty) {
+            r.remove("meta");
+        }
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in r.to_json_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The resource with the server's `meta.versionId` and `meta.lastUpdated`.
+pub fn with_server_meta(resource: &Json, version: i64, last_updated_us: i64) -> Json {
+    let mut r = resource.clone();
+    let ts = chrono::DateTime::from_timestamp_micros(last_updated_us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut meta = r.remove("meta").unwrap_or(Json::Object(Vec::new()));
+    if meta.as_object().is_none() {
+        meta = Json::Object(Vec::new());
+    }
+    meta.set("versionId", Json::String(version.to_string()));
+    meta.set("lastUpdated", Json::String(ts));
+    if let Json::Object(m) = &mut r {
+        let at = m.iter().position(|(k, _)| k == "id").map_or(m.len().min(1), |i| i + 1);
+        m.insert(at, ("meta".to_string(), meta));
+    }
+    r
+}
+
+impl Core {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>, index: Arc<RwLock<ResourceIndex>>) {
+        while let Some(first) = rx.recv().await {
+            let mut reqs = vec![first];
+            let mut n: usize = reqs[0].ops.len();
+            let deadline = tokio::time::Instant::now() + self.options.linger;
+            while n < self.options.max_batch_ops {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        n += r.ops.len();
+                        reqs.push(r);
+                    }
+                    Err(_) if self.options.linger.is_zero() => break,
+                    Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(r)) => {
+                            n += r.ops.len();
+                            reqs.push(r);
+                        }
+                        _ => break,
+                    },
+                }
+            }
+            self.group_commit(reqs, &index).await;
+        }
+    }
+
+    fn next_ts(&mut self) -> i64 {
+        let now = self.clock.now_us().max(self.last_ts + 1);
+        self.last_ts = now;
+        now
+    }
+
+    async fn group_commit(&mut self, reqs: Vec<Request>, index: &Arc<RwLock<ResourceIndex>>) {
+        // Decide every op against the index plus the versions decided earlier in this batch.
+        let mut pending: HashMap<(String, String), IndexEntry> = HashMap::new();
+        let mut records: Vec<VersionRecord> = Vec::new();
+        let mut parsed: Vec<Option<Arc<Json>>> = Vec::new();
+        let mut existed: HashSet<(String, String)> = HashSet::new();
+        let mut answers: Vec<Vec<OpOutcome>> = Vec::with_capacity(reqs.len());
+        let ts = self.next_ts();
+        {
+            let idx = index.read().expect("index lock");
+            for req in &reqs {
+                let mut out = Vec::with_capacity(req.ops.len());
+                for op in &req.ops {
+                    let key = (op.resource_type.clone(), op.id.clone());
+                    let cur = pending.get(&key).copied().or_else(|| idx.get(&op.resource_type, &op.id));
+                    if cur.is_some_and(|c| !c.deleted) {
+                        existed.insert(key.clone());
+                    }
+                    if let Precondition::IfMatch(v) = op.precondition
+                        && cur.filter(|c| !c.deleted).map(|c| c.version) != Some(v)
+                    {
+                        out.push(OpOutcome::PreconditionFailed { current: cur.filter(|c| !c.deleted).map(|c| c.version) });
+                        continue;
+                    }
+                    let next_version = cur.map_or(1, |c| c.version + 1);
+                    match &op.action {
+                        Action::Put(json) => {
+                            let hash = content_hash(json);
+                            if let Some(c) = cur.filter(|c| !c.deleted && c.hash == hash) {
+                                let raw: Arc<str> = with_server_meta(json, c.version, c.last_updated_us).to_json_string().into();
+                                out.push(OpOutcome::Unchanged { version: c.version, last_updated_us: c.last_updated_us, raw });
+                                continue;
+                            }
+                            let served = with_server_meta(json, next_version, ts);
+                            let raw: Arc<str> = served.to_json_string().into();
+                            records.push(VersionRecord {
+                                resource_type: op.resource_type.clone(),
+                                id: op.id.clone(),
+                                version: next_version,
+                                last_updated_us: ts,
+                                deleted: false,
+                                hash,
+                                raw: Some(raw.clone()),
+                            });
+                            parsed.push(Some(Arc::new(served)));
+                            pending.insert(key, IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts });
+                            out.push(OpOutcome::Written { version: next_version, last_updated_us: ts, raw, created: cur.is_none_or(|c| c.deleted) });
+                        }
+                        Action::Delete => {
+                            if cur.is_none_or(|c| c.deleted) {
+                                out.push(OpOutcome::Deleted { version: None });
+                                continue;
+                            }
+                            records.push(VersionRecord {
+                                resource_type: op.resource_type.clone(),
+                                id: op.id.clone(),
+                                version: next_version,
+                                last_updated_us: ts,
+                                deleted: true,
+                                hash: 0,
+                                raw: None,
+                            });
+                            parsed.push(None);
+                            pending.insert(key, IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts });
+                            out.push(OpOutcome::Deleted { version: Some(next_version) });
+                        }
+                    }
+                }
+                answers.push(out);
+            }
+        }
+        let result = if records.is_empty() { Ok(()) } else { self.persist(&records, parsed, &existed).await };
+        match result {
+            Ok(()) => {
+                let mut idx = index.write().expect("index lock");
+                for ((rt, id), e) in pending {
+                    idx.set(&rt, &id, e);
+                }
+                drop(idx);
+                for (req, out) in reqs.into_iter().zip(answers) {
+                    let _ = req.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                for req in reqs {
+                    let _ = req.reply.send(Err(Error::CommitFailed(e.to_string())));
+                }
+            }
+        }
+    }
+
+    async fn persist(&mut self, records: &[VersionRecord], parsed: Vec<Option<Arc<Json>>>, existed: &HashSet<(String, String)>) -> Result<()> {
+        let seq = self.clock.now_us().max(self.last_seq + 1);
+        self.last_seq = seq;
+        self.journal.append(seq, records).await?;
+        let applied = self.apply(seq, records, parsed, Some(existed)).await;
+        if applied.is_err() {
+            // The callers are told the write failed: it must not reappear on restart.
+            let _ = self.journal.remove(seq).await;
+        } else {
+            self.journal.remove(seq).await?;
+        }
+        self.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        applied
+    }
+
+    /// Applies journal entry `seq` to every table it touches that does not have it yet.
+    /// `existed`: ids that existed before the batch (`None` during recovery: unknown).
+    async fn apply(&self, seq: i64, records: &[VersionRecord], parsed: Vec<Option<Arc<Json>>>, existed: Option<&HashSet<(String, String)>>) -> Result<()> {
+        let mut by_type: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            match by_type.iter_mut().find(|(t, _)| *t == r.resource_type) {
+                Some((_, v)) => v.push(i),
+                None => by_type.push((r.resource_type.clone(), vec![i])),
+            }
+        }
+        let parsed = Arc::new(parsed);
+        let futures = by_type.into_iter().map(|(rt, rows)| {
+            let parsed = parsed.clone();
+            async move {
+                let all_new = existed.is_some_and(|ex| rows.iter().all(|&i| !ex.contains(&(rt.clone(), records[i].id.clone()))));
+                self.apply_type(seq, &rt, records, &rows, &parsed, all_new).await
+            }
+        });
+        for r in futures::future::join_all(futures).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn table(&self, kind: TableKind, rt: &str) -> Result<DeltaTable> {
+        if let Some(t) = self.tables.get(kind, rt) {
+            return Ok(t);
+        }
+        let t = match self.root.open_table(kind, rt).await? {
+            Some(t) => t,
+            None => {
+                let schema = match kind {
+                    TableKind::History => history_schema(),
+                    TableKind::Current => self.flattener(rt).await?.schema().as_ref().clone(),
+                };
+                self.root.create_table(kind, rt, &schema).await?
+            }
+        };
+        self.tables.put(kind, rt, t.clone());
+        Ok(t)
+    }
+
+    async fn flattener(&self, rt: &str) -> Result<Arc<Flattener>> {
+        let mut f = self.flatteners.lock().await;
+        if let Some(x) = f.get(rt) {
+            return Ok(x.clone());
+        }
+        let shape = TableShape::try_new(Model::r4()?, rt, self.options.shape)?;
+        let x = Arc::new(Flattener::new(Arc::new(shape)));
+        f.insert(rt.to_string(), x.clone());
+        Ok(x)
+    }
+
+    async fn apply_type(&self, seq: i64, rt: &str, records: &[VersionRecord], rows: &[usize], parsed: &Arc<Vec<Option<Arc<Json>>>>, all_new: bool) -> Result<()> {
+        let commit = || CommitProperties::default().with_application_transaction(Transaction::new(JOURNAL_APP_ID, seq));
+        // Parse what recovery did not carry in memory; compute compartment owners.
+        let mut docs: Vec<Option<Arc<Json>>> = Vec::with_capacity(rows.len());
+        for &i in rows {
+            let doc = match (&parsed.get(i).cloned().flatten(), &records[i].raw) {
+                (Some(d), _) => Some(d.clone()),
+                (None, Some(raw)) => Some(Arc::new(Json::parse(raw.as_bytes(), ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX })?)),
+                (None, None) => None,
+            };
+            docs.push(doc);
+        }
+        let owners: Vec<(Option<String>, Vec<String>)> =
+            rows.iter().zip(&docs).map(|(&i, d)| d.as_ref().map(|d| self.compartment.members(rt, &records[i].id, d)).unwrap_or_default()).collect();
+
+        let history = self.table(TableKind::History, rt).await?;
+        if applied(&history, seq).await? {
+            tracing::info!(seq, rt, "history already has journal entry");
+        } else {
+            let batch = history_batch(records, rows, &owners)?;
+            let t = history.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(commit()).await?;
+            self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.tables.put(TableKind::History, rt, t);
+        }
+
+        let current = self.table(TableKind::Current, rt).await?;
+        if applied(&current, seq).await? {
+            return Ok(());
+        }
+        // The last version of each id in this batch decides its current row.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (k, &i) in rows.iter().enumerate() {
+            last.insert(records[i].id.as_str(), k);
+        }
+        let mut keep: Vec<usize> = last.values().copied().filter(|&k| !records[rows[k]].deleted).collect();
+        keep.sort_unstable();
+        let flattener = self.flattener(rt).await?;
+        let metas: Vec<RowMeta> = keep
+            .iter()
+            .map(|&k| {
+                let r = &records[rows[k]];
+                RowMeta {
+                    version: r.version,
+                    last_updated_us: r.last_updated_us,
+                    raw: r.raw.clone().unwrap_or_else(|| Arc::from("")),
+                    patient: owners[k].0.clone(),
+                    compartment: owners[k].1.clone(),
+                }
+            })
+            .collect();
+        let keep_docs: Vec<Option<Arc<Json>>> = keep.iter().map(|&k| docs[k].clone()).collect();
+        let batch = tokio::task::spawn_blocking(move || {
+            let input: Vec<(&Json, &RowMeta)> = keep_docs.iter().zip(&metas).filter_map(|(d, m)| d.as_deref().map(|d| (d, m))).collect();
+            flattener.to_batch(&input)
+        })
+        .await
+        .map_err(|e| Error::Flatten(e.to_string()))??;
+        let t = if all_new {
+            current.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(commit()).await?
+        } else {
+            let ids: Vec<_> = last.keys().map(|id| lit(id.to_string())).collect();
+            let predicate = col("id").in_list(ids, false);
+            if batch.num_rows() == 0 {
+                current.delete().with_predicate(predicate).with_commit_properties(commit()).await?.0
+            } else {
+                current
+                    .write(vec![batch])
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_replace_where(predicate)
+                    .with_commit_properties(commit())
+                    .await?
+            }
+        };
+        self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tables.put(TableKind::Current, rt, t);
+        Ok(())
+    }
+
+    /// Replays the journal and builds the index from the history tables.
+    async fn recover(&mut self) -> Result<ResourceIndex> {
+        for (seq, records) in self.journal.pending().await? {
+            if !records.is_empty() {
+                tracing::info!(seq, versions = records.len(), "replaying journal entry left by an earlier run");
+                let none = vec![None; records.len()];
+                self.apply(seq, &records, none, None).await?;
+            }
+            self.journal.remove(seq).await?;
+            self.last_seq = self.last_seq.max(seq);
+        }
+        let mut index = ResourceIndex::default();
+        for rt in self.root.existing_tables(TableKind::History).await? {
+            if !Model::r4()?.is_resource_type(&rt) {
+                continue;
+            }
+            let Some(t) = self.root.open_table(TableKind::History, &rt).await? else { continue };
+            load_index(&t, &rt, &mut index).await?;
+            self.last_ts = self.last_ts.max(index.types.get(&rt).map_or(0, |m| m.values().map(|e| e.last_updated_us).max().unwrap_or(0)));
+            self.tables.put(TableKind::History, &rt, t);
+            if let Some(c) = self.root.open_table(TableKind::Current, &rt).await? {
+                self.tables.put(TableKind::Current, &rt, c);
+            }
+        }
+        Ok(index)
+    }
+}
+
+async fn applied(table: &DeltaTable, seq: i64) -> Result<bool> {
+    let v = table.snapshot()?.transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID).await?;
+    Ok(v.is_some_and(|v| v >= seq))
+}
+
+fn history_batch(records: &[VersionRecord], rows: &[usize], owners: &[(Option<String>, Vec<String>)]) -> Result<RecordBatch> {
+    let schema = Arc::new(history_schema());
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| records[i].id.as_str()))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| records[i].version))),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|&i| records[i].last_updated_us)).with_timezone("UTC")),
+        Arc::new(BooleanArray::from(rows.iter().map(|&i| records[i].deleted).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(owners.iter().map(|o| o.0.as_deref()).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(rows.iter().map(|&i| records[i].raw.as_deref()).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| records[i].hash as i64))),
+    ];
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+async fn load_index(table: &DeltaTable, rt: &str, index: &mut ResourceIndex) -> Result<()> {
+    use arrow::array::{Array, AsArray};
+    use deltalake::datafusion::prelude::SessionContext;
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
+    let df = ctx.read_table(provider)?.select(vec![col("id"), col("_version_id"), col("_deleted"), col("_content_hash"), col("_last_updated")])?;
+    let batches = df.collect().await?;
+    for b in batches {
+        let b: ArrayRef = Arc::new(arrow::array::StructArray::from(b));
+        let b = arrow::compute::cast(&b, &arrow::datatypes::DataType::Struct(history_index_fields()))?;
+        let s = b.as_struct();
+        let ids = s.column(0).as_string::<i32>();
+        let versions = s.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        let deleted = s.column(2).as_boolean();
+        let hashes = s.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+        let ts = s.column(4).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        for i in 0..s.len() {
+            let e = IndexEntry { version: versions.value(i), deleted: deleted.value(i), hash: hashes.value(i) as u64, last_updated_us: ts.value(i) };
+            let id = ids.value(i);
+            if index.get(rt, id).is_none_or(|old| old.version < e.version) {
+                index.set(rt, id, e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn history_index_fields() -> arrow::datatypes::Fields {
+    use arrow::datatypes::{DataType, Field};
+    arrow::datatypes::Fields::from(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("_version_id", DataType::Int64, true),
+        Field::new("_deleted", DataType::Boolean, true),
+        Field::new("_content_hash", DataType::Int64, true),
+        Field::new("_last_updated", fhirlake_schemas::shape::timestamp_type(), true),
+    ])
+}
