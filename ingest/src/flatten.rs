@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use fhirlake_schemas::Json;
 use fhirlake_schemas::datetime::{self, Temporal};
 use fhirlake_schemas::json::write_str;
 use fhirlake_schemas::model::Primitive;
 use fhirlake_schemas::shape::{DECIMAL_PRECISION, DECIMAL_SCALE, FieldShape, Shape, StructShape, TableShape, reserved};
-use fhirlake_schemas::Json;
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -238,14 +238,25 @@ fn write_extension(ext: &Json, out: &mut String) {
 fn write_scalar(p: Primitive, v: &Json, out: &mut String) {
     match (p, v) {
         (Primitive::Boolean, Json::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
-        (Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt, Json::Number(n)) if n.parse::<i32>().is_ok() => {
+        (Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt, Json::Number(n))
+            if n.parse::<i32>().is_ok() =>
+        {
             out.push_str(n)
         }
         (Primitive::Decimal, Json::Number(n)) => match normalize_decimal(n) {
             Some(d) => out.push_str(&d),
             None => out.push_str("null"),
         },
-        (_, Json::String(s)) if !matches!(p, Primitive::Boolean | Primitive::Decimal | Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt) => {
+        (_, Json::String(s))
+            if !matches!(
+                p,
+                Primitive::Boolean
+                    | Primitive::Decimal
+                    | Primitive::Integer
+                    | Primitive::PositiveInt
+                    | Primitive::UnsignedInt
+            ) =>
+        {
             write_str(out, s)
         }
         _ => out.push_str("null"),
@@ -269,9 +280,17 @@ pub fn reference_target(reference: &str) -> Option<(&str, &str)> {
     let path = reference.split(['?', '#']).next()?;
     let parts: Vec<&str> = path.split('/').collect();
     let n = parts.len();
-    let (t, id) = if n >= 4 && parts[n - 2] == "_history" { (parts[n - 4], parts[n - 3]) } else if n >= 2 { (parts[n - 2], parts[n - 1]) } else { return None };
-    let type_ok = t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
-    let id_ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let (t, id) = if n >= 4 && parts[n - 2] == "_history" {
+        (parts[n - 4], parts[n - 3])
+    } else if n >= 2 {
+        (parts[n - 2], parts[n - 1])
+    } else {
+        return None;
+    };
+    let type_ok =
+        t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
+    let id_ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     (type_ok && id_ok).then_some((t, id))
 }
 
@@ -309,7 +328,11 @@ pub fn normalize_decimal(text: &str) -> Option<String> {
     }
     let sign = if neg && !(int_digits.is_empty() && frac_digits.is_empty()) { "-" } else { "" };
     let int_digits = if int_digits.is_empty() { "0" } else { int_digits };
-    Some(if frac_digits.is_empty() { format!("{sign}{int_digits}") } else { format!("{sign}{int_digits}.{frac_digits}") })
+    Some(if frac_digits.is_empty() {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac_digits}")
+    })
 }
 
 #[cfg(test)]
@@ -347,7 +370,13 @@ mod tests {
             "_status":{"extension":[{"url":"http://e","valueString":"s"}]},
             "valueQuantity":{"value":1.50,"unit":"mmHg","extension":[{"url":"http://u","valueCode":"c"}]}}"#;
         let json = Json::parse(text.as_bytes(), ParseLimits::default()).unwrap();
-        let meta = RowMeta { version: 1, last_updated_us: 5, raw: json.to_json_string().into(), patient: Some("p1".into()), compartment: vec!["p1".into()] };
+        let meta = RowMeta {
+            version: 1,
+            last_updated_us: 5,
+            raw: json.to_json_string().into(),
+            patient: Some("p1".into()),
+            compartment: vec!["p1".into()],
+        };
         let batch = f.to_batch(&[(&json, &meta)]).unwrap();
         assert_eq!(batch.num_rows(), 1);
         let vq = batch.column_by_name("valueQuantity").unwrap().as_struct();

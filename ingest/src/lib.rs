@@ -26,7 +26,9 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// Another process holds the single-writer lease of the storage root.
-    #[error("the storage root {root} is held by {holder}; stop that process or send the data through it (its HTTP API)")]
+    #[error(
+        "the storage root {root} is held by {holder}; stop that process or send the data through it (its HTTP API)"
+    )]
     LeaseHeld {
         /// The root.
         root: String,

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use fhirlake_schemas::shape::reserved;
 use object_store::path::Path;
@@ -67,7 +67,8 @@ impl StorageRoot {
         match url.scheme() {
             "file" => {
                 let local = url.to_file_path().map_err(|_| Error::Config(format!("bad file URL {url}")))?;
-                std::fs::create_dir_all(&local).map_err(|e| Error::Config(format!("cannot create {}: {e}", local.display())))?;
+                std::fs::create_dir_all(&local)
+                    .map_err(|e| Error::Config(format!("cannot create {}: {e}", local.display())))?;
                 Ok(Self { url, store: Arc::new(SyncingLocalStore::new()), local: Some(local) })
             }
             "memory" => Ok(Self { url, store: Arc::new(object_store::memory::InMemory::new()), local: None }),
@@ -106,7 +107,13 @@ impl StorageRoot {
     /// Opens a table; `None` if it has not been created yet.
     pub async fn open_table(&self, kind: TableKind, resource_type: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(kind, resource_type);
-        let mut table = DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(self.store.clone(), url).build()?;
+        if let Some(local) = &self.local
+            && !local.join(kind.folder()).join(resource_type).join("_delta_log").is_dir()
+        {
+            return Ok(None);
+        }
+        let mut table =
+            DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(self.store.clone(), url).build()?;
         match table.load().await {
             Ok(()) => Ok(Some(table)),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
@@ -115,13 +122,31 @@ impl StorageRoot {
     }
 
     /// Creates a table with `schema` and fhirlake's table properties.
-    pub async fn create_table(&self, kind: TableKind, resource_type: &str, schema: &arrow::datatypes::Schema) -> Result<DeltaTable> {
+    pub async fn create_table(
+        &self,
+        kind: TableKind,
+        resource_type: &str,
+        schema: &arrow::datatypes::Schema,
+    ) -> Result<DeltaTable> {
         let url = self.table_url(kind, resource_type);
+        if let Some(local) = &self.local {
+            let dir = local.join(kind.folder()).join(resource_type);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
+        }
         let table = DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(self.store.clone(), url).build()?;
-        let kernel: StructType = schema.try_into_kernel().map_err(|e| Error::Flatten(format!("schema of {resource_type}: {e}")))?;
+        let kernel: StructType =
+            schema.try_into_kernel().map_err(|e| Error::Flatten(format!("schema of {resource_type}: {e}")))?;
         let stats_columns = match kind {
-            TableKind::Current => format!("id,{},{},{}", reserved::PATIENT, reserved::LAST_UPDATED, reserved::VERSION_ID),
-            TableKind::History => format!("id,{},{},{},{}", reserved::VERSION_ID, reserved::LAST_UPDATED, reserved::DELETED, reserved::PATIENT),
+            TableKind::Current => {
+                format!("id,{},{},{}", reserved::PATIENT, reserved::LAST_UPDATED, reserved::VERSION_ID)
+            }
+            TableKind::History => format!(
+                "id,{},{},{},{}",
+                reserved::VERSION_ID,
+                reserved::LAST_UPDATED,
+                reserved::DELETED,
+                reserved::PATIENT
+            ),
         };
         let config: HashMap<String, Option<String>> = HashMap::from([
             ("delta.dataSkippingStatsColumns".to_string(), Some(stats_columns)),
@@ -147,11 +172,8 @@ impl StorageRoot {
     pub async fn existing_tables(&self, kind: TableKind) -> Result<Vec<String>> {
         let prefix = self.path(kind.folder());
         let listing = self.store.list_with_delimiter(Some(&prefix)).await?;
-        let mut types: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .collect();
+        let mut types: Vec<String> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect();
         types.sort();
         Ok(types)
     }
@@ -190,7 +212,11 @@ impl Lease {
                     }
                     return Err(Error::LeaseHeld {
                         root: root.url.to_string(),
-                        holder: format!("{} (pid {pid} on {})", info["holder"].as_str().unwrap_or("?"), info["host"].as_str().unwrap_or("?")),
+                        holder: format!(
+                            "{} (pid {pid} on {})",
+                            info["holder"].as_str().unwrap_or("?"),
+                            info["host"].as_str().unwrap_or("?")
+                        ),
                     });
                 }
                 Err(e) => return Err(e.into()),
@@ -224,7 +250,9 @@ pub async fn lease_holder(root: &StorageRoot) -> Result<Option<String>> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn process_alive(pid: u64) -> bool {

@@ -15,19 +15,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use deltalake::datafusion::prelude::{col, lit};
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Transaction;
-use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
 use fhirlake_schemas::json::ParseLimits;
 use fhirlake_schemas::shape::history_schema;
 use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::compartment::PatientCompartment;
 use crate::flatten::{Flattener, RowMeta};
-use crate::journal::{Journal, VersionRecord, JOURNAL_APP_ID};
+use crate::journal::{JOURNAL_APP_ID, Journal, VersionRecord};
 use crate::store::{Lease, StorageRoot, TableKind};
 use crate::{Clock, Error, Result, SystemClock};
 
@@ -128,7 +128,8 @@ impl ResourceIndex {
 
     /// Number of live resources per type.
     pub fn live_counts(&self) -> Vec<(String, usize)> {
-        let mut v: Vec<_> = self.types.iter().map(|(t, m)| (t.clone(), m.values().filter(|e| !e.deleted).count())).collect();
+        let mut v: Vec<_> =
+            self.types.iter().map(|(t, m)| (t.clone(), m.values().filter(|e| !e.deleted).count())).collect();
         v.sort();
         v
     }
@@ -149,7 +150,12 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self { max_batch_ops: 20_000, linger: Duration::from_millis(2), shape: ShapeOptions::default(), holder: "fhirlake".into() }
+        Self {
+            max_batch_ops: 20_000,
+            linger: Duration::from_millis(2),
+            shape: ShapeOptions::default(),
+            holder: "fhirlake".into(),
+        }
     }
 }
 
@@ -176,7 +182,14 @@ impl TableSet {
 
     /// Types that have a current table.
     pub fn current_types(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.tables.read().expect("table set lock").keys().filter(|(k, _)| *k == TableKind::Current).map(|(_, t)| t.clone()).collect();
+        let mut v: Vec<String> = self
+            .tables
+            .read()
+            .expect("table set lock")
+            .keys()
+            .filter(|(k, _)| *k == TableKind::Current)
+            .map(|(_, t)| t.clone())
+            .collect();
         v.sort();
         v
     }
@@ -224,7 +237,11 @@ impl Writer {
     }
 
     /// As [`Writer::start`], with a clock (tests).
-    pub async fn start_with_clock(root: StorageRoot, options: WriterOptions, clock: Arc<dyn Clock>) -> Result<(Writer, WriterTask)> {
+    pub async fn start_with_clock(
+        root: StorageRoot,
+        options: WriterOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Writer, WriterTask)> {
         let lease = Lease::acquire(&root, &options.holder).await?;
         let model = Model::r4()?;
         let mut core = Core {
@@ -390,7 +407,9 @@ impl Core {
                     if let Precondition::IfMatch(v) = op.precondition
                         && cur.filter(|c| !c.deleted).map(|c| c.version) != Some(v)
                     {
-                        out.push(OpOutcome::PreconditionFailed { current: cur.filter(|c| !c.deleted).map(|c| c.version) });
+                        out.push(OpOutcome::PreconditionFailed {
+                            current: cur.filter(|c| !c.deleted).map(|c| c.version),
+                        });
                         continue;
                     }
                     let next_version = cur.map_or(1, |c| c.version + 1);
@@ -398,8 +417,13 @@ impl Core {
                         Action::Put(json) => {
                             let hash = content_hash(json);
                             if let Some(c) = cur.filter(|c| !c.deleted && c.hash == hash) {
-                                let raw: Arc<str> = with_server_meta(json, c.version, c.last_updated_us).to_json_string().into();
-                                out.push(OpOutcome::Unchanged { version: c.version, last_updated_us: c.last_updated_us, raw });
+                                let raw: Arc<str> =
+                                    with_server_meta(json, c.version, c.last_updated_us).to_json_string().into();
+                                out.push(OpOutcome::Unchanged {
+                                    version: c.version,
+                                    last_updated_us: c.last_updated_us,
+                                    raw,
+                                });
                                 continue;
                             }
                             let served = with_server_meta(json, next_version, ts);
@@ -414,8 +438,16 @@ impl Core {
                                 raw: Some(raw.clone()),
                             });
                             parsed.push(Some(Arc::new(served)));
-                            pending.insert(key, IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts });
-                            out.push(OpOutcome::Written { version: next_version, last_updated_us: ts, raw, created: cur.is_none_or(|c| c.deleted) });
+                            pending.insert(
+                                key,
+                                IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts },
+                            );
+                            out.push(OpOutcome::Written {
+                                version: next_version,
+                                last_updated_us: ts,
+                                raw,
+                                created: cur.is_none_or(|c| c.deleted),
+                            });
                         }
                         Action::Delete => {
                             if cur.is_none_or(|c| c.deleted) {
@@ -432,7 +464,10 @@ impl Core {
                                 raw: None,
                             });
                             parsed.push(None);
-                            pending.insert(key, IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts });
+                            pending.insert(
+                                key,
+                                IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts },
+                            );
                             out.push(OpOutcome::Deleted { version: Some(next_version) });
                         }
                     }
@@ -461,7 +496,12 @@ impl Core {
         }
     }
 
-    async fn persist(&mut self, records: &[VersionRecord], parsed: Vec<Option<Arc<Json>>>, existed: &HashSet<(String, String)>) -> Result<()> {
+    async fn persist(
+        &mut self,
+        records: &[VersionRecord],
+        parsed: Vec<Option<Arc<Json>>>,
+        existed: &HashSet<(String, String)>,
+    ) -> Result<()> {
         let seq = self.clock.now_us().max(self.last_seq + 1);
         self.last_seq = seq;
         self.journal.append(seq, records).await?;
@@ -478,7 +518,13 @@ impl Core {
 
     /// Applies journal entry `seq` to every table it touches that does not have it yet.
     /// `existed`: ids that existed before the batch (`None` during recovery: unknown).
-    async fn apply(&self, seq: i64, records: &[VersionRecord], parsed: Vec<Option<Arc<Json>>>, existed: Option<&HashSet<(String, String)>>) -> Result<()> {
+    async fn apply(
+        &self,
+        seq: i64,
+        records: &[VersionRecord],
+        parsed: Vec<Option<Arc<Json>>>,
+        existed: Option<&HashSet<(String, String)>>,
+    ) -> Result<()> {
         let mut by_type: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, r) in records.iter().enumerate() {
             match by_type.iter_mut().find(|(t, _)| *t == r.resource_type) {
@@ -490,7 +536,8 @@ impl Core {
         let futures = by_type.into_iter().map(|(rt, rows)| {
             let parsed = parsed.clone();
             async move {
-                let all_new = existed.is_some_and(|ex| rows.iter().all(|&i| !ex.contains(&(rt.clone(), records[i].id.clone()))));
+                let all_new =
+                    existed.is_some_and(|ex| rows.iter().all(|&i| !ex.contains(&(rt.clone(), records[i].id.clone()))));
                 self.apply_type(seq, &rt, records, &rows, &parsed, all_new).await
             }
         });
@@ -529,27 +576,42 @@ impl Core {
         Ok(x)
     }
 
-    async fn apply_type(&self, seq: i64, rt: &str, records: &[VersionRecord], rows: &[usize], parsed: &Arc<Vec<Option<Arc<Json>>>>, all_new: bool) -> Result<()> {
+    async fn apply_type(
+        &self,
+        seq: i64,
+        rt: &str,
+        records: &[VersionRecord],
+        rows: &[usize],
+        parsed: &Arc<Vec<Option<Arc<Json>>>>,
+        all_new: bool,
+    ) -> Result<()> {
         let commit = || CommitProperties::default().with_application_transaction(Transaction::new(JOURNAL_APP_ID, seq));
         // Parse what recovery did not carry in memory; compute compartment owners.
         let mut docs: Vec<Option<Arc<Json>>> = Vec::with_capacity(rows.len());
         for &i in rows {
             let doc = match (&parsed.get(i).cloned().flatten(), &records[i].raw) {
                 (Some(d), _) => Some(d.clone()),
-                (None, Some(raw)) => Some(Arc::new(Json::parse(raw.as_bytes(), ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX })?)),
+                (None, Some(raw)) => Some(Arc::new(Json::parse(
+                    raw.as_bytes(),
+                    ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX },
+                )?)),
                 (None, None) => None,
             };
             docs.push(doc);
         }
-        let owners: Vec<(Option<String>, Vec<String>)> =
-            rows.iter().zip(&docs).map(|(&i, d)| d.as_ref().map(|d| self.compartment.members(rt, &records[i].id, d)).unwrap_or_default()).collect();
+        let owners: Vec<(Option<String>, Vec<String>)> = rows
+            .iter()
+            .zip(&docs)
+            .map(|(&i, d)| d.as_ref().map(|d| self.compartment.members(rt, &records[i].id, d)).unwrap_or_default())
+            .collect();
 
         let history = self.table(TableKind::History, rt).await?;
         if applied(&history, seq).await? {
             tracing::info!(seq, rt, "history already has journal entry");
         } else {
             let batch = history_batch(records, rows, &owners)?;
-            let t = history.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(commit()).await?;
+            let t =
+                history.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(commit()).await?;
             self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.tables.put(TableKind::History, rt, t);
         }
@@ -581,7 +643,8 @@ impl Core {
             .collect();
         let keep_docs: Vec<Option<Arc<Json>>> = keep.iter().map(|&k| docs[k].clone()).collect();
         let batch = tokio::task::spawn_blocking(move || {
-            let input: Vec<(&Json, &RowMeta)> = keep_docs.iter().zip(&metas).filter_map(|(d, m)| d.as_deref().map(|d| (d, m))).collect();
+            let input: Vec<(&Json, &RowMeta)> =
+                keep_docs.iter().zip(&metas).filter_map(|(d, m)| d.as_deref().map(|d| (d, m))).collect();
             flattener.to_batch(&input)
         })
         .await
@@ -625,7 +688,9 @@ impl Core {
             }
             let Some(t) = self.root.open_table(TableKind::History, &rt).await? else { continue };
             load_index(&t, &rt, &mut index).await?;
-            self.last_ts = self.last_ts.max(index.types.get(&rt).map_or(0, |m| m.values().map(|e| e.last_updated_us).max().unwrap_or(0)));
+            self.last_ts = self
+                .last_ts
+                .max(index.types.get(&rt).map_or(0, |m| m.values().map(|e| e.last_updated_us).max().unwrap_or(0)));
             self.tables.put(TableKind::History, &rt, t);
             if let Some(c) = self.root.open_table(TableKind::Current, &rt).await? {
                 self.tables.put(TableKind::Current, &rt, c);
@@ -640,12 +705,19 @@ async fn applied(table: &DeltaTable, seq: i64) -> Result<bool> {
     Ok(v.is_some_and(|v| v >= seq))
 }
 
-fn history_batch(records: &[VersionRecord], rows: &[usize], owners: &[(Option<String>, Vec<String>)]) -> Result<RecordBatch> {
+fn history_batch(
+    records: &[VersionRecord],
+    rows: &[usize],
+    owners: &[(Option<String>, Vec<String>)],
+) -> Result<RecordBatch> {
     let schema = Arc::new(history_schema());
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| records[i].id.as_str()))),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| records[i].version))),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|&i| records[i].last_updated_us)).with_timezone("UTC")),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|&i| records[i].last_updated_us))
+                .with_timezone("UTC"),
+        ),
         Arc::new(BooleanArray::from(rows.iter().map(|&i| records[i].deleted).collect::<Vec<_>>())),
         Arc::new(StringArray::from(owners.iter().map(|o| o.0.as_deref()).collect::<Vec<_>>())),
         Arc::new(StringArray::from(rows.iter().map(|&i| records[i].raw.as_deref()).collect::<Vec<_>>())),
@@ -660,7 +732,13 @@ async fn load_index(table: &DeltaTable, rt: &str, index: &mut ResourceIndex) -> 
     let ctx = SessionContext::new();
     table.update_datafusion_session(&ctx.state())?;
     let provider = table.table_provider().await?;
-    let df = ctx.read_table(provider)?.select(vec![col("id"), col("_version_id"), col("_deleted"), col("_content_hash"), col("_last_updated")])?;
+    let df = ctx.read_table(provider)?.select(vec![
+        col("id"),
+        col("_version_id"),
+        col("_deleted"),
+        col("_content_hash"),
+        col("_last_updated"),
+    ])?;
     let batches = df.collect().await?;
     for b in batches {
         let b: ArrayRef = Arc::new(arrow::array::StructArray::from(b));
@@ -672,7 +750,12 @@ async fn load_index(table: &DeltaTable, rt: &str, index: &mut ResourceIndex) -> 
         let hashes = s.column(3).as_primitive::<arrow::datatypes::Int64Type>();
         let ts = s.column(4).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         for i in 0..s.len() {
-            let e = IndexEntry { version: versions.value(i), deleted: deleted.value(i), hash: hashes.value(i) as u64, last_updated_us: ts.value(i) };
+            let e = IndexEntry {
+                version: versions.value(i),
+                deleted: deleted.value(i),
+                hash: hashes.value(i) as u64,
+                last_updated_us: ts.value(i),
+            };
             let id = ids.value(i);
             if index.get(rt, id).is_none_or(|old| old.version < e.version) {
                 index.set(rt, id, e);
@@ -691,4 +774,99 @@ fn history_index_fields() -> arrow::datatypes::Fields {
         Field::new("_content_hash", DataType::Int64, true),
         Field::new("_last_updated", fhirlake_schemas::shape::timestamp_type(), true),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patient(id: &str, family: &str) -> Arc<Json> {
+        let text = format!(
+            r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"{family}"}}],"birthDate":"1970-01-02"}}"#
+        );
+        Arc::new(Json::parse(text.as_bytes(), ParseLimits::default()).unwrap())
+    }
+
+    fn put(id: &str, family: &str, precondition: Precondition) -> WriteOp {
+        WriteOp {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            action: Action::Put(patient(id, family)),
+            precondition,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn versions_noops_deletes_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let (w, task) = Writer::start(root.clone(), WriterOptions::default()).await.unwrap();
+        let r = w.submit(vec![put("a", "One", Precondition::None), put("b", "Two", Precondition::None)]).await.unwrap();
+        assert!(matches!(r[0], OpOutcome::Written { version: 1, created: true, .. }));
+        let r = w.submit(vec![put("a", "Uno", Precondition::IfMatch(1))]).await.unwrap();
+        assert!(matches!(r[0], OpOutcome::Written { version: 2, created: false, .. }), "{r:?}");
+        let r = w.submit(vec![put("a", "Uno", Precondition::None)]).await.unwrap();
+        assert!(matches!(r[0], OpOutcome::Unchanged { version: 2, .. }), "{r:?}");
+        let r = w.submit(vec![put("a", "Stale", Precondition::IfMatch(1))]).await.unwrap();
+        assert_eq!(r[0], OpOutcome::PreconditionFailed { current: Some(2) });
+        let del = WriteOp {
+            resource_type: "Patient".into(),
+            id: "b".into(),
+            action: Action::Delete,
+            precondition: Precondition::None,
+        };
+        let r = w.submit(vec![del]).await.unwrap();
+        assert_eq!(r[0], OpOutcome::Deleted { version: Some(2) });
+        assert_eq!(w.live_counts(), vec![("Patient".to_string(), 1)]);
+        let current = w.tables().get(TableKind::Current, "Patient").unwrap();
+        let rows = count_rows(&current).await;
+        assert_eq!(rows, 1, "current table holds only the live resource");
+        drop(w);
+        task.shutdown().await.unwrap();
+
+        // A second writer on the same root sees the same state.
+        let (w, task) = Writer::start(root.clone(), WriterOptions::default()).await.unwrap();
+        assert_eq!(w.current("Patient", "a").map(|e| e.version), Some(2));
+        assert!(w.current("Patient", "b").unwrap().deleted);
+        // A journal entry left behind (crash after the journal write) is replayed on start.
+        drop(w);
+        task.shutdown().await.unwrap();
+        let journal = Journal::new(root.clone());
+        let rec = VersionRecord {
+            resource_type: "Patient".into(),
+            id: "c".into(),
+            version: 1,
+            last_updated_us: 1_700_000_000_000_000,
+            deleted: false,
+            hash: 7,
+            raw: Some(patient("c", "Three").to_json_string().into()),
+        };
+        journal.append(1_800_000_000_000_000, &[rec]).await.unwrap();
+        let (w, task) = Writer::start(root.clone(), WriterOptions::default()).await.unwrap();
+        assert_eq!(w.current("Patient", "c").map(|e| e.version), Some(1));
+        assert!(journal.pending().await.unwrap().is_empty());
+        let current = w.tables().get(TableKind::Current, "Patient").unwrap();
+        assert_eq!(count_rows(&current).await, 2);
+        drop(w);
+        task.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        let (_w, task) = Writer::start(root.clone(), WriterOptions::default()).await.unwrap();
+        let second = Writer::start(root.clone(), WriterOptions::default()).await;
+        assert!(matches!(second, Err(Error::LeaseHeld { .. })));
+        drop(_w);
+        task.shutdown().await.unwrap();
+    }
+
+    async fn count_rows(t: &DeltaTable) -> usize {
+        use deltalake::datafusion::prelude::SessionContext;
+        let ctx = SessionContext::new();
+        t.update_datafusion_session(&ctx.state()).unwrap();
+        let df = ctx.read_table(t.table_provider().await.unwrap()).unwrap();
+        df.count().await.unwrap()
+    }
 }

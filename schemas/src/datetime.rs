@@ -57,14 +57,7 @@ fn parse_parts(kind: Temporal, s: &str) -> Option<Parts> {
     if year == 0 {
         return None;
     }
-    let mut p = Parts {
-        year,
-        month: 1,
-        day: 1,
-        seconds_of_day: 0,
-        micros: 0,
-        offset_seconds: 0,
-    };
+    let mut p = Parts { year, month: 1, day: 1, seconds_of_day: 0, micros: 0, offset_seconds: 0 };
     if b.len() == 4 {
         return (kind != Temporal::Instant).then_some(p);
     }
@@ -118,10 +111,7 @@ fn fraction(b: &[u8]) -> Option<(i64, &[u8])> {
     }
     let mut micros = 0i64;
     for i in 0..6 {
-        micros = micros * 10
-            + b.get(1 + i)
-                .filter(|_| i < digits)
-                .map_or(0, |c| i64::from(c - b'0'));
+        micros = micros * 10 + b.get(1 + i).filter(|_| i < digits).map_or(0, |c| i64::from(c - b'0'));
     }
     Some((micros, &b[1 + digits..]))
 }
@@ -162,19 +152,13 @@ mod tests {
     fn partial_dates_map_to_period_start() {
         assert_eq!(parse(Temporal::Date, "1970"), Some(0));
         assert_eq!(parse(Temporal::Date, "1970-01-02"), Some(86_400_000_000));
-        assert_eq!(
-            parse(Temporal::DateTime, "2000-02"),
-            Some(949_363_200_000_000)
-        );
+        assert_eq!(parse(Temporal::DateTime, "2000-02"), Some(949_363_200_000_000));
     }
 
     #[test]
     fn zones_and_fractions() {
         let z = parse(Temporal::Instant, "2015-02-07T13:28:17.239+02:00").unwrap();
-        assert_eq!(
-            z,
-            parse(Temporal::Instant, "2015-02-07T11:28:17.239Z").unwrap()
-        );
+        assert_eq!(z, parse(Temporal::Instant, "2015-02-07T11:28:17.239Z").unwrap());
         assert_eq!(z % 1_000_000, 239_000);
     }
 
@@ -193,8 +177,6 @@ mod tests {
         ] {
             assert_eq!(parse(k, s), None, "{s} should be rejected as {k:?}");
         }
-        assert!(
-            is_valid_time("13:28:17.5") && !is_valid_time("13:28") && !is_valid_time("24:00:00")
-        );
+        assert!(is_valid_time("13:28:17.5") && !is_valid_time("13:28") && !is_valid_time("24:00:00"));
     }
 }

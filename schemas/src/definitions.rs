@@ -235,9 +235,7 @@ pub struct CodeSystem {
 
 fn decode(name: &str, gz: &[u8]) -> Result<DefinitionBundle> {
     let mut text = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::Definitions(format!("{name}: {e}")))?;
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut text).map_err(|e| Error::Definitions(format!("{name}: {e}")))?;
     serde_json::from_slice(&text).map_err(|e| Error::Definitions(format!("{name}: {e}")))
 }
 

@@ -38,10 +38,7 @@ pub struct ParseLimits {
 
 impl Default for ParseLimits {
     fn default() -> Self {
-        Self {
-            max_depth: 64,
-            max_string_bytes: 4 * 1024 * 1024,
-        }
+        Self { max_depth: 64, max_string_bytes: 4 * 1024 * 1024 }
     }
 }
 
@@ -84,12 +81,7 @@ impl Json {
     /// Parses `bytes` (UTF-8, an optional BOM is skipped) with `limits`.
     pub fn parse(bytes: &[u8], limits: ParseLimits) -> Result<Json, JsonError> {
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        let mut p = Parser {
-            b: bytes,
-            i: 0,
-            limits,
-            depth: 0,
-        };
+        let mut p = Parser { b: bytes, i: 0, limits, depth: 0 };
         p.ws();
         let v = p.value()?;
         p.ws();
@@ -239,10 +231,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, message: &str) -> JsonError {
-        JsonError::Syntax {
-            offset: self.i,
-            message: message.to_string(),
-        }
+        JsonError::Syntax { offset: self.i, message: message.to_string() }
     }
 
     fn ws(&mut self) {
@@ -272,9 +261,7 @@ impl Parser<'_> {
     fn nested(&mut self, f: fn(&mut Self) -> Result<Json, JsonError>) -> Result<Json, JsonError> {
         self.depth += 1;
         if self.depth > self.limits.max_depth {
-            return Err(JsonError::TooDeep {
-                limit: self.limits.max_depth,
-            });
+            return Err(JsonError::TooDeep { limit: self.limits.max_depth });
         }
         let v = f(self);
         self.depth -= 1;
@@ -379,9 +366,7 @@ impl Parser<'_> {
             self.digits();
         }
         // Only ASCII was consumed, so this is valid UTF-8.
-        Ok(Json::Number(
-            String::from_utf8_lossy(&self.b[start..self.i]).into_owned(),
-        ))
+        Ok(Json::Number(String::from_utf8_lossy(&self.b[start..self.i]).into_owned()))
     }
 
     fn digits(&mut self) {
@@ -404,19 +389,14 @@ impl Parser<'_> {
             }
             out.extend_from_slice(&self.b[run..self.i]);
             if out.len() > self.limits.max_string_bytes {
-                return Err(JsonError::StringTooLong {
-                    limit: self.limits.max_string_bytes,
-                    offset: start,
-                });
+                return Err(JsonError::StringTooLong { limit: self.limits.max_string_bytes, offset: start });
             }
             match self.b.get(self.i) {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
                     self.i += 1;
-                    return String::from_utf8(out).map_err(|_| JsonError::Syntax {
-                        offset: start,
-                        message: "string is not valid UTF-8".into(),
-                    });
+                    return String::from_utf8(out)
+                        .map_err(|_| JsonError::Syntax { offset: start, message: "string is not valid UTF-8".into() });
                 }
                 Some(b'\\') => self.escape(&mut out)?,
                 Some(_) => return Err(self.err("control character in string")),
@@ -426,10 +406,7 @@ impl Parser<'_> {
 
     fn escape(&mut self, out: &mut Vec<u8>) -> Result<(), JsonError> {
         self.i += 1;
-        let c = *self
-            .b
-            .get(self.i)
-            .ok_or_else(|| self.err("unterminated escape"))?;
+        let c = *self.b.get(self.i).ok_or_else(|| self.err("unterminated escape"))?;
         self.i += 1;
         let simple = match c {
             b'"' => b'"',
@@ -468,10 +445,7 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
-        let s = self
-            .b
-            .get(self.i..self.i + 4)
-            .ok_or_else(|| self.err("short \\u escape"))?;
+        let s = self.b.get(self.i..self.i + 4).ok_or_else(|| self.err("short \\u escape"))?;
         let s = std::str::from_utf8(s).map_err(|_| self.err("invalid \\u escape"))?;
         let v = u32::from_str_radix(s, 16).map_err(|_| self.err("invalid \\u escape"))?;
         self.i += 4;
@@ -490,18 +464,12 @@ mod tests {
     #[test]
     fn numbers_keep_their_text() {
         let v = parse(r#"{"a":1.50,"b":-0.0e+3,"c":100000000000000000000001}"#).unwrap();
-        assert_eq!(
-            v.to_json_string(),
-            r#"{"a":1.50,"b":-0.0e+3,"c":100000000000000000000001}"#
-        );
+        assert_eq!(v.to_json_string(), r#"{"a":1.50,"b":-0.0e+3,"c":100000000000000000000001}"#);
     }
 
     #[test]
     fn duplicate_keys_are_rejected() {
-        assert!(matches!(
-            parse(r#"{"a":1,"a":2}"#),
-            Err(JsonError::DuplicateKey { .. })
-        ));
+        assert!(matches!(parse(r#"{"a":1,"a":2}"#), Err(JsonError::DuplicateKey { .. })));
     }
 
     #[test]
@@ -513,37 +481,20 @@ mod tests {
     #[test]
     fn strings_round_trip_with_escapes() {
         let v = parse(r#"["a\"b\\c\n\u00e9\ud83d\ude00\u0001"]"#).unwrap();
-        assert_eq!(
-            v,
-            Json::Array(vec![Json::String("a\"b\\c\né😀\u{1}".into())])
-        );
+        assert_eq!(v, Json::Array(vec![Json::String("a\"b\\c\né😀\u{1}".into())]));
         assert_eq!(parse(&v.to_json_string()).unwrap(), v);
     }
 
     #[test]
     fn malformed_inputs_are_rejected() {
-        for bad in [
-            "",
-            "{",
-            "{\"a\":}",
-            "[1,]",
-            "01",
-            "1.",
-            "tru",
-            "\"abc",
-            "{} x",
-            "[\"\\ud800\"]",
-        ] {
+        for bad in ["", "{", "{\"a\":}", "[1,]", "01", "1.", "tru", "\"abc", "{} x", "[\"\\ud800\"]"] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 
     #[test]
     fn long_strings_are_rejected() {
-        let limits = ParseLimits {
-            max_depth: 8,
-            max_string_bytes: 10,
-        };
+        let limits = ParseLimits { max_depth: 8, max_string_bytes: 10 };
         let r = Json::parse(br#"{"a":"01234567890"}"#, limits);
         assert!(matches!(r, Err(JsonError::StringTooLong { .. })));
     }

@@ -69,10 +69,7 @@ impl Primitive {
 
     /// True for date, dateTime and instant (which get a timestamp companion).
     pub fn is_temporal(self) -> bool {
-        matches!(
-            self,
-            Primitive::Date | Primitive::DateTime | Primitive::Instant
-        )
+        matches!(self, Primitive::Date | Primitive::DateTime | Primitive::Instant)
     }
 }
 
@@ -139,10 +136,7 @@ static MODEL: OnceLock<Result<Model>> = OnceLock::new();
 impl Model {
     /// The model built from the embedded R4 definitions (built once per process).
     pub fn r4() -> Result<&'static Model> {
-        MODEL
-            .get_or_init(|| Definitions::load().and_then(Model::build))
-            .as_ref()
-            .map_err(Clone::clone)
+        MODEL.get_or_init(|| Definitions::load().and_then(Model::build)).as_ref().map_err(Clone::clone)
     }
 
     /// Every concrete (non-abstract) resource type, sorted.
@@ -152,9 +146,7 @@ impl Model {
 
     /// True if `name` is a concrete resource type.
     pub fn is_resource_type(&self, name: &str) -> bool {
-        self.resource_types
-            .binary_search_by(|t| t.as_str().cmp(name))
-            .is_ok()
+        self.resource_types.binary_search_by(|t| t.as_str().cmp(name)).is_ok()
     }
 
     /// The structure of a datatype, resource or backbone path.
@@ -171,10 +163,7 @@ impl Model {
     /// The search-parameter codes that place a resource of `resource_type` in the Patient
     /// compartment (empty when the type is not in the compartment).
     pub fn patient_compartment_params(&self, resource_type: &str) -> &[String] {
-        self.compartment_params
-            .get(resource_type)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.compartment_params.get(resource_type).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// All SearchParameters in the official R4 registry.
@@ -185,10 +174,7 @@ impl Model {
     /// The SearchParameter `code` that applies to `resource_type`.
     pub fn search_parameter(&self, resource_type: &str, code: &str) -> Option<&SearchParameter> {
         self.search_parameters.iter().find(|p| {
-            p.code == code
-                && p.base
-                    .iter()
-                    .any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
+            p.code == code && p.base.iter().any(|b| b == resource_type || b == "Resource" || b == "DomainResource")
         })
     }
 
@@ -196,8 +182,7 @@ impl Model {
         let mut structures = HashMap::new();
         let mut resource_types = Vec::new();
         for sd in &defs.structures {
-            let concrete_complex =
-                sd.kind == "complex-type" && sd.derivation.as_deref() == Some("specialization");
+            let concrete_complex = sd.kind == "complex-type" && sd.derivation.as_deref() == Some("specialization");
             let resource = sd.kind == "resource";
             if !(concrete_complex || resource) || sd.type_name != sd.id {
                 continue;
@@ -205,11 +190,8 @@ impl Model {
             if resource && !sd.is_abstract {
                 resource_types.push(sd.id.clone());
             }
-            let elements = &sd
-                .snapshot
-                .as_ref()
-                .ok_or_else(|| Error::Definitions(format!("{} has no snapshot", sd.id)))?
-                .element;
+            let elements =
+                &sd.snapshot.as_ref().ok_or_else(|| Error::Definitions(format!("{} has no snapshot", sd.id)))?.element;
             build_structures(&sd.id, resource, elements, &mut structures)?;
         }
         resource_types.sort();
@@ -246,23 +228,10 @@ fn build_structures(
         children.entry(parent).or_default().push(el);
     }
     for (parent, kids) in &children {
-        let key = if *parent == root {
-            root.to_string()
-        } else {
-            parent.to_string()
-        };
-        let mut s = Structure {
-            key: key.clone(),
-            elements: Vec::new(),
-            by_json_name: HashMap::new(),
-        };
+        let key = if *parent == root { root.to_string() } else { parent.to_string() };
+        let mut s = Structure { key: key.clone(), elements: Vec::new(), by_json_name: HashMap::new() };
         for el in kids {
-            let element = build_element(
-                root,
-                is_resource,
-                el,
-                children.contains_key(el.path.as_str()),
-            )?;
+            let element = build_element(root, is_resource, el, children.contains_key(el.path.as_str()))?;
             let idx = s.elements.len();
             for (v, (json_name, _)) in element.variants.iter().enumerate() {
                 s.by_json_name.insert(json_name.clone(), (idx, v));
@@ -274,12 +243,7 @@ fn build_structures(
     Ok(())
 }
 
-fn build_element(
-    root: &str,
-    is_resource: bool,
-    el: &ElementDefinition,
-    has_children: bool,
-) -> Result<Element> {
+fn build_element(root: &str, is_resource: bool, el: &ElementDefinition, has_children: bool) -> Result<Element> {
     let last = el.path.rsplit('.').next().unwrap_or(&el.path);
     let name = last.trim_end_matches("[x]").to_string();
     let many = match el.max.as_deref() {
@@ -288,27 +252,16 @@ fn build_element(
         None => false,
     };
     let variants = if let Some(cr) = &el.content_reference {
-        vec![(
-            name.clone(),
-            TypeRef::Struct(cr.trim_start_matches('#').to_string()),
-        )]
+        vec![(name.clone(), TypeRef::Struct(cr.trim_start_matches('#').to_string()))]
     } else if has_children {
         vec![(name.clone(), TypeRef::Struct(el.path.clone()))]
     } else if last.ends_with("[x]") {
         el.types
             .iter()
-            .map(|t| {
-                (
-                    format!("{name}{}", upper_first(&t.code)),
-                    type_ref(root, is_resource, el, &t.code, t),
-                )
-            })
+            .map(|t| (format!("{name}{}", upper_first(&t.code)), type_ref(root, is_resource, el, &t.code, t)))
             .collect()
     } else {
-        let t = el
-            .types
-            .first()
-            .ok_or_else(|| Error::Definitions(format!("{} has no type", el.path)))?;
+        let t = el.types.first().ok_or_else(|| Error::Definitions(format!("{} has no type", el.path)))?;
         vec![(name.clone(), type_ref(root, is_resource, el, &t.code, t))]
     };
     let required_binding = el
@@ -317,14 +270,7 @@ fn build_element(
         .filter(|b| b.strength == "required")
         .and_then(|b| b.value_set.as_deref())
         .map(|v| v.split('|').next().unwrap_or(v).to_string());
-    Ok(Element {
-        name,
-        path: el.path.clone(),
-        min: el.min,
-        many,
-        variants,
-        required_binding,
-    })
+    Ok(Element { name, path: el.path.clone(), min: el.min, many, variants, required_binding })
 }
 
 fn type_ref(
@@ -339,17 +285,15 @@ fn type_ref(
     }
     if let Some(system) = code.strip_prefix("http://hl7.org/fhirpath/System.") {
         let fhir_type = t.extension.iter().find_map(|e| e.value_url.as_deref());
-        let p = fhir_type
-            .and_then(Primitive::from_code)
-            .unwrap_or(match system {
-                "Boolean" => Primitive::Boolean,
-                "Integer" => Primitive::Integer,
-                "Decimal" => Primitive::Decimal,
-                "Date" => Primitive::Date,
-                "DateTime" => Primitive::DateTime,
-                "Time" => Primitive::Time,
-                _ => Primitive::String,
-            });
+        let p = fhir_type.and_then(Primitive::from_code).unwrap_or(match system {
+            "Boolean" => Primitive::Boolean,
+            "Integer" => Primitive::Integer,
+            "Decimal" => Primitive::Decimal,
+            "Date" => Primitive::Date,
+            "DateTime" => Primitive::DateTime,
+            "Time" => Primitive::Time,
+            _ => Primitive::String,
+        });
         return TypeRef::Primitive(p);
     }
     if let Some(p) = Primitive::from_code(code) {
@@ -419,11 +363,7 @@ mod tests {
     #[test]
     fn every_r4_resource_type_is_modelled() {
         let m = Model::r4().unwrap();
-        assert!(
-            m.resource_types().len() >= 145,
-            "{}",
-            m.resource_types().len()
-        );
+        assert!(m.resource_types().len() >= 145, "{}", m.resource_types().len());
         for t in m.resource_types() {
             assert!(m.structure(t).is_some(), "{t} has no structure");
         }
@@ -438,28 +378,14 @@ mod tests {
         assert!(obs.elements[i].is_choice());
         assert_eq!(obs.elements[i].variants.len(), 11);
         let status = &obs.elements[obs.by_json_name["status"].0];
-        assert_eq!(
-            status.required_binding.as_deref(),
-            Some("http://hl7.org/fhir/ValueSet/observation-status")
-        );
-        let codes = m
-            .value_set_codes("http://hl7.org/fhir/ValueSet/observation-status")
-            .unwrap();
+        assert_eq!(status.required_binding.as_deref(), Some("http://hl7.org/fhir/ValueSet/observation-status"));
+        let codes = m.value_set_codes("http://hl7.org/fhir/ValueSet/observation-status").unwrap();
         assert!(codes.contains("final") && !codes.contains("done"));
         let item = m.structure("Questionnaire.item").unwrap();
         let nested = &item.elements[item.by_json_name["item"].0];
-        assert_eq!(
-            nested.variants[0].1,
-            TypeRef::Struct("Questionnaire.item".into())
-        );
+        assert_eq!(nested.variants[0].1, TypeRef::Struct("Questionnaire.item".into()));
         let p = m.structure("Patient").unwrap();
-        assert_eq!(
-            p.elements[p.by_json_name["id"].0].variants[0].1,
-            TypeRef::Primitive(Primitive::Id)
-        );
-        assert_eq!(
-            m.patient_compartment_params("Observation"),
-            ["subject", "performer"]
-        );
+        assert_eq!(p.elements[p.by_json_name["id"].0].variants[0].1, TypeRef::Primitive(Primitive::Id));
+        assert_eq!(m.patient_compartment_params("Observation"), ["subject", "performer"]);
     }
 }

@@ -66,9 +66,7 @@ pub struct ShapeOptions {
 
 impl Default for ShapeOptions {
     fn default() -> Self {
-        Self {
-            max_depth: DEFAULT_MAX_DEPTH,
-        }
+        Self { max_depth: DEFAULT_MAX_DEPTH }
     }
 }
 
@@ -124,11 +122,7 @@ impl TableShape {
         }
         let mut stack = Vec::new();
         let root = struct_shape(model, resource_type, &options, &mut stack, true)?;
-        Ok(Self {
-            resource_type: resource_type.to_string(),
-            options,
-            root,
-        })
+        Ok(Self { resource_type: resource_type.to_string(), options, root })
     }
 
     /// The Arrow schema of the current table: FHIR fields, then reserved columns.
@@ -185,9 +179,7 @@ fn struct_shape(
     stack: &mut Vec<String>,
     is_root: bool,
 ) -> Result<StructShape> {
-    let structure = model
-        .structure(key)
-        .ok_or_else(|| Error::Definitions(format!("no structure for {key}")))?;
+    let structure = model.structure(key).ok_or_else(|| Error::Definitions(format!("no structure for {key}")))?;
     stack.push(key.to_string());
     let mut fields = Vec::new();
     for el in &structure.elements {
@@ -213,39 +205,24 @@ fn struct_shape(
                     }
                 }
             };
-            fields.push(FieldShape {
-                name: json_name.clone(),
-                many: el.many,
-                shape,
-            });
+            fields.push(FieldShape { name: json_name.clone(), many: el.many, shape });
         }
     }
     stack.pop();
-    Ok(StructShape {
-        fields,
-        is_reference: key == "Reference",
-    })
+    Ok(StructShape { fields, is_reference: key == "Reference" })
 }
 
 fn struct_fields(s: &StructShape) -> Vec<Field> {
     let mut out = Vec::with_capacity(s.fields.len() + 2);
     for f in &s.fields {
         let dt = data_type(&f.shape);
-        let dt = if f.many {
-            DataType::List(Arc::new(Field::new("element", dt, true)))
-        } else {
-            dt
-        };
+        let dt = if f.many { DataType::List(Arc::new(Field::new("element", dt, true))) } else { dt };
         out.push(Field::new(&f.name, dt, true));
         if let Shape::Scalar(p) = f.shape
             && p.is_temporal()
         {
             let ts = timestamp_type();
-            let ts = if f.many {
-                DataType::List(Arc::new(Field::new("element", ts, true)))
-            } else {
-                ts
-            };
+            let ts = if f.many { DataType::List(Arc::new(Field::new("element", ts, true))) } else { ts };
             out.push(Field::new(reserved::timestamp_companion(&f.name), ts, true));
         }
     }
@@ -261,9 +238,8 @@ fn data_type(shape: &Shape) -> DataType {
         Shape::Scalar(p) => primitive_type(*p),
         Shape::Json => DataType::Utf8,
         Shape::Struct(s) => DataType::Struct(Fields::from(struct_fields(s))),
-        Shape::Extensions => {
-            DataType::List(Arc::new(Field::new("element", extension_type(), true)))
-        }
+        // Extension elements always repeat: the list comes from `many`.
+        Shape::Extensions => extension_type(),
     }
 }
 
@@ -309,24 +285,14 @@ mod tests {
         let mut counts: Vec<(usize, String)> = m
             .resource_types()
             .iter()
-            .map(|t| {
-                (
-                    TableShape::try_new(m, t, ShapeOptions::default())
-                        .unwrap()
-                        .leaf_count(),
-                    t.clone(),
-                )
-            })
+            .map(|t| (TableShape::try_new(m, t, ShapeOptions::default()).unwrap().leaf_count(), t.clone()))
             .collect();
         counts.sort();
         for (n, t) in &counts {
             println!("{t:40} {n:5} leaf columns");
         }
         let over: Vec<_> = counts.iter().filter(|(n, _)| *n > LEAF_BUDGET).collect();
-        assert!(
-            over.is_empty(),
-            "tables over the {LEAF_BUDGET}-leaf budget: {over:?}"
-        );
+        assert!(over.is_empty(), "tables over the {LEAF_BUDGET}-leaf budget: {over:?}");
     }
 
     #[test]
@@ -337,11 +303,7 @@ mod tests {
             let schema = shape.arrow_schema();
             let mut seen = std::collections::HashSet::new();
             for f in schema.fields() {
-                assert!(
-                    seen.insert(f.name().to_lowercase()),
-                    "{t}: column {} collides case-insensitively",
-                    f.name()
-                );
+                assert!(seen.insert(f.name().to_lowercase()), "{t}: column {} collides case-insensitively", f.name());
             }
             for f in &shape.root.fields {
                 assert!(!f.name.starts_with('_'), "{t}.{} starts with '_'", f.name);
@@ -354,13 +316,9 @@ mod tests {
         let m = Model::r4().unwrap();
         let q = TableShape::try_new(m, "Questionnaire", ShapeOptions { max_depth: 2 }).unwrap();
         let item = q.root.fields.iter().find(|f| f.name == "item").unwrap();
-        let Shape::Struct(item) = &item.shape else {
-            panic!("item should be a struct")
-        };
+        let Shape::Struct(item) = &item.shape else { panic!("item should be a struct") };
         let nested = item.fields.iter().find(|f| f.name == "item").unwrap();
-        let Shape::Struct(nested) = &nested.shape else {
-            panic!("item.item should be a struct at depth 2")
-        };
+        let Shape::Struct(nested) = &nested.shape else { panic!("item.item should be a struct at depth 2") };
         let deepest = nested.fields.iter().find(|f| f.name == "item").unwrap();
         assert_eq!(deepest.shape, Shape::Json);
     }

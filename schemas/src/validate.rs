@@ -65,24 +65,13 @@ pub struct ValidationOptions {
 
 impl Default for ValidationOptions {
     fn default() -> Self {
-        Self {
-            max_string_bytes: 1024 * 1024,
-            max_issues: 50,
-        }
+        Self { max_string_bytes: 1024 * 1024, max_issues: 50 }
     }
 }
 
 /// Validates `resource`; returns its resource type, or every issue found.
-pub fn validate_resource(
-    model: &Model,
-    resource: &Json,
-    options: &ValidationOptions,
-) -> Result<String, Vec<Issue>> {
-    let mut v = Validator {
-        model,
-        options,
-        issues: Vec::new(),
-    };
+pub fn validate_resource(model: &Model, resource: &Json, options: &ValidationOptions) -> Result<String, Vec<Issue>> {
+    let mut v = Validator { model, options, issues: Vec::new() };
     let rt = v.resource(resource, None);
     match (rt, v.issues.is_empty()) {
         (Some(rt), true) => Ok(rt),
@@ -99,11 +88,7 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn issue(&mut self, code: IssueCode, location: &str, message: String) {
         if self.issues.len() < self.options.max_issues {
-            self.issues.push(Issue {
-                code,
-                location: location.to_string(),
-                message,
-            });
+            self.issues.push(Issue { code, location: location.to_string(), message });
         }
     }
 
@@ -111,29 +96,17 @@ impl Validator<'_> {
     fn resource(&mut self, value: &Json, at: Option<&str>) -> Option<String> {
         let loc = at.unwrap_or("");
         let Json::Object(_) = value else {
-            self.issue(
-                IssueCode::Structure,
-                loc,
-                format!("a resource must be a JSON object, found {}", value.kind()),
-            );
+            self.issue(IssueCode::Structure, loc, format!("a resource must be a JSON object, found {}", value.kind()));
             return None;
         };
         let rt = match value.get("resourceType") {
             Some(Json::String(rt)) if self.model.is_resource_type(rt) => rt.clone(),
             Some(Json::String(rt)) => {
-                self.issue(
-                    IssueCode::Invalid,
-                    loc,
-                    format!("unknown resourceType '{rt}'"),
-                );
+                self.issue(IssueCode::Invalid, loc, format!("unknown resourceType '{rt}'"));
                 return None;
             }
             _ => {
-                self.issue(
-                    IssueCode::Required,
-                    loc,
-                    "resourceType is missing or not a string".into(),
-                );
+                self.issue(IssueCode::Required, loc, "resourceType is missing or not a string".into());
                 return None;
             }
         };
@@ -148,11 +121,7 @@ impl Validator<'_> {
 
     fn object(&mut self, s: &Structure, value: &Json, path: &str, is_resource: bool) {
         let Some(members) = value.as_object() else {
-            self.issue(
-                IssueCode::Structure,
-                path,
-                format!("expected a JSON object, found {}", value.kind()),
-            );
+            self.issue(IssueCode::Structure, path, format!("expected a JSON object, found {}", value.kind()));
             return;
         };
         let mut chosen: Vec<(usize, usize)> = Vec::new();
@@ -178,10 +147,7 @@ impl Validator<'_> {
                 self.issue(
                     IssueCode::Structure,
                     &format!("{path}.{key}"),
-                    format!(
-                        "only one of '{other_name}' and '{key}' may be given ({}[x] is a choice)",
-                        el.name
-                    ),
+                    format!("only one of '{other_name}' and '{key}' may be given ({}[x] is a choice)", el.name),
                 );
             }
             chosen.push((idx, var));
@@ -189,10 +155,7 @@ impl Validator<'_> {
         }
         for (idx, el) in s.elements.iter().enumerate() {
             let present = chosen.iter().any(|(i, _)| *i == idx)
-                || el
-                    .variants
-                    .iter()
-                    .any(|(n, _)| value.get(&format!("_{n}")).is_some());
+                || el.variants.iter().any(|(n, _)| value.get(&format!("_{n}")).is_some());
             if el.min > 0 && !present {
                 self.issue(
                     IssueCode::Required,
@@ -208,11 +171,7 @@ impl Validator<'_> {
         match (el.many, v) {
             (true, Json::Array(items)) => {
                 if items.is_empty() {
-                    self.issue(
-                        IssueCode::Structure,
-                        path,
-                        "arrays must not be empty; omit the element instead".into(),
-                    );
+                    self.issue(IssueCode::Structure, path, "arrays must not be empty; omit the element instead".into());
                 }
                 for (i, item) in items.iter().enumerate() {
                     // null holds the place of a value that only has a primitive extension.
@@ -230,10 +189,7 @@ impl Validator<'_> {
             (false, Json::Array(_)) => self.issue(
                 IssueCode::Structure,
                 path,
-                format!(
-                    "'{}' has max cardinality 1 and must not be an array",
-                    el.name
-                ),
+                format!("'{}' has max cardinality 1 and must not be an array", el.name),
             ),
             (false, _) => self.value(el, ty, v, path),
         }
@@ -250,11 +206,7 @@ impl Validator<'_> {
             TypeRef::Extension => {
                 if let Some(s) = self.model.structure("Extension").cloned() {
                     if v.as_object().is_some() && !matches!(v.get("url"), Some(Json::String(_))) {
-                        self.issue(
-                            IssueCode::Required,
-                            path,
-                            "an extension must have a 'url'".into(),
-                        );
+                        self.issue(IssueCode::Required, path, "an extension must have a 'url'".into());
                     }
                     self.object(&s, v, path, false);
                 }
@@ -269,18 +221,13 @@ impl Validator<'_> {
         let problem: Option<String> = match (p, v) {
             (Primitive::Boolean, Json::Bool(_)) => None,
             (Primitive::Boolean, _) => Some(format!("expected a JSON boolean, found {}", v.kind())),
-            (
-                Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt,
-                Json::Number(n),
-            ) => check_integer(p, n),
+            (Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt, Json::Number(n)) => {
+                check_integer(p, n)
+            }
             (Primitive::Decimal, Json::Number(_)) => None,
-            (
-                Primitive::Integer
-                | Primitive::PositiveInt
-                | Primitive::UnsignedInt
-                | Primitive::Decimal,
-                _,
-            ) => Some(format!("expected a JSON number, found {}", v.kind())),
+            (Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt | Primitive::Decimal, _) => {
+                Some(format!("expected a JSON number, found {}", v.kind()))
+            }
             (_, Json::String(s)) => {
                 if s.len() > self.options.max_string_bytes && p != Primitive::Base64Binary {
                     self.issue(
@@ -299,30 +246,23 @@ impl Validator<'_> {
             (_, _) => Some(format!("expected a JSON string, found {}", v.kind())),
         };
         if let Some(message) = problem {
-            self.issue(
-                IssueCode::Value,
-                path,
-                format!("invalid {}: {message}", primitive_name(p)),
-            );
+            self.issue(IssueCode::Value, path, format!("invalid {}: {message}", primitive_name(p)));
             return;
         }
         if let (Some(vs), Json::String(code)) = (&el.required_binding, v)
             && let Some(codes) = self.model.value_set_codes(vs)
             && !codes.contains(code)
         {
-            self.issue(
-                IssueCode::CodeInvalid,
-                path,
-                format!("'{code}' is not in the required value set {vs}"),
-            );
+            self.issue(IssueCode::CodeInvalid, path, format!("'{code}' is not in the required value set {vs}"));
         }
     }
 
     fn primitive_extension(&mut self, s: &Structure, base: &str, v: &Json, path: &str) {
         let loc = format!("{path}._{base}");
-        let is_primitive = s.by_json_name.get(base).is_some_and(|&(i, var)| {
-            matches!(s.elements[i].variants[var].1, TypeRef::Primitive(_))
-        });
+        let is_primitive = s
+            .by_json_name
+            .get(base)
+            .is_some_and(|&(i, var)| matches!(s.elements[i].variants[var].1, TypeRef::Primitive(_)));
         if !is_primitive {
             self.issue(
                 IssueCode::Structure,
@@ -331,11 +271,7 @@ impl Validator<'_> {
             );
             return;
         }
-        let Some(ext) = self
-            .model
-            .structure("Element")
-            .cloned()
-            .or_else(|| self.model.structure("Extension").cloned())
+        let Some(ext) = self.model.structure("Element").cloned().or_else(|| self.model.structure("Extension").cloned())
         else {
             return;
         };
@@ -346,12 +282,7 @@ impl Validator<'_> {
                         "id" if matches!(val, Json::String(_)) => {}
                         "extension" => {
                             if let Some((idx, _)) = ext.by_json_name.get("extension").copied() {
-                                this.element(
-                                    &ext.elements[idx],
-                                    0,
-                                    val,
-                                    &format!("{at}.extension"),
-                                );
+                                this.element(&ext.elements[idx], 0, val, &format!("{at}.extension"));
                             }
                         }
                         other => this.issue(
@@ -366,10 +297,7 @@ impl Validator<'_> {
             other => this.issue(
                 IssueCode::Structure,
                 at,
-                format!(
-                    "a primitive extension must be an object, found {}",
-                    other.kind()
-                ),
+                format!("a primitive extension must be an object, found {}", other.kind()),
             ),
         };
         match v {
@@ -381,6 +309,51 @@ impl Validator<'_> {
             other => check(self, other, &loc),
         }
     }
+}
+
+/// Parses `bytes` as JSON within `limits` and validates it as a resource. JSON errors
+/// become issues at location `""`.
+pub fn parse_and_validate(
+    model: &Model,
+    bytes: &[u8],
+    limits: crate::json::ParseLimits,
+    options: &ValidationOptions,
+) -> Result<(Json, String), Vec<Issue>> {
+    let json = Json::parse(bytes, limits).map_err(|e| vec![json_issue(&e)])?;
+    let rt = validate_resource(model, &json, options)?;
+    Ok((json, rt))
+}
+
+/// The issue for a JSON syntax or limit error.
+pub fn json_issue(e: &crate::json::JsonError) -> Issue {
+    let code = match e {
+        crate::json::JsonError::StringTooLong { .. } => IssueCode::TooLong,
+        crate::json::JsonError::TooDeep { .. } => IssueCode::TooLong,
+        _ => IssueCode::Structure,
+    };
+    Issue { code, location: String::new(), message: e.to_string() }
+}
+
+/// An OperationOutcome (as JSON text) listing `issues` with severity `error`.
+pub fn operation_outcome(issues: &[Issue]) -> Json {
+    let items = issues
+        .iter()
+        .map(|i| {
+            let mut m = vec![
+                ("severity".to_string(), Json::String("error".into())),
+                ("code".to_string(), Json::String(i.code.as_fhir_code().into())),
+                ("diagnostics".to_string(), Json::String(i.message.clone())),
+            ];
+            if !i.location.is_empty() {
+                m.push(("expression".to_string(), Json::Array(vec![Json::String(i.location.clone())])));
+            }
+            Json::Object(m)
+        })
+        .collect();
+    Json::Object(vec![
+        ("resourceType".to_string(), Json::String("OperationOutcome".into())),
+        ("issue".to_string(), Json::Array(items)),
+    ])
 }
 
 fn check_integer(p: Primitive, n: &str) -> Option<String> {
@@ -403,34 +376,52 @@ fn check_string(p: Primitive, s: &str) -> Option<String> {
         return Some("empty strings are not allowed; omit the element instead".into());
     }
     match p {
-        Primitive::Id => {
-            (s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')).then(|| bad("is not a valid id (1-64 of A-Z a-z 0-9 - .)")).flatten()
-        }
+        Primitive::Id => (s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+            .then(|| bad("is not a valid id (1-64 of A-Z a-z 0-9 - .)"))
+            .flatten(),
         Primitive::Code => {
-            let ok = !s.starts_with(char::is_whitespace) && !s.ends_with(char::is_whitespace) && !s.contains("  ") && !s.contains(['\t', '\n', '\r']);
+            let ok = !s.starts_with(char::is_whitespace)
+                && !s.ends_with(char::is_whitespace)
+                && !s.contains("  ")
+                && !s.contains(['\t', '\n', '\r']);
             (!ok).then(|| bad("is not a valid code (no leading, trailing or double whitespace)")).flatten()
         }
-        Primitive::Uri | Primitive::Url | Primitive::Canonical => s.contains(char::is_whitespace).then(|| bad("must not contain whitespace")).flatten(),
+        Primitive::Uri | Primitive::Url | Primitive::Canonical => {
+            s.contains(char::is_whitespace).then(|| bad("must not contain whitespace")).flatten()
+        }
         Primitive::Oid => {
             let ok = s.strip_prefix("urn:oid:").is_some_and(|rest| {
                 let mut parts = rest.split('.');
                 parts.next().is_some_and(|f| matches!(f, "0" | "1" | "2"))
                     && rest.contains('.')
-                    && parts.all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()) && (x == "0" || !x.starts_with('0')))
+                    && parts.all(|x| {
+                        !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()) && (x == "0" || !x.starts_with('0'))
+                    })
             });
             (!ok).then(|| bad("is not a valid oid (urn:oid:...)")).flatten()
         }
         Primitive::Uuid => {
             let ok = s.strip_prefix("urn:uuid:").is_some_and(|u| {
                 u.len() == 36
-                    && u.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() && !b.is_ascii_uppercase() })
+                    && u.bytes().enumerate().all(|(i, b)| {
+                        if matches!(i, 8 | 13 | 18 | 23) {
+                            b == b'-'
+                        } else {
+                            b.is_ascii_hexdigit() && !b.is_ascii_uppercase()
+                        }
+                    })
             });
             (!ok).then(|| bad("is not a valid uuid (urn:uuid:lowercase-hex)")).flatten()
         }
-        Primitive::Base64Binary => {
-            (!s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\r' | b'\n' | b'\t'))).then(|| bad("is not valid base64")).flatten()
-        }
-        Primitive::Date => datetime::parse(Temporal::Date, s).is_none().then(|| bad("is not a valid date (YYYY, YYYY-MM or YYYY-MM-DD)")).flatten(),
+        Primitive::Base64Binary => (!s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\r' | b'\n' | b'\t')))
+        .then(|| bad("is not valid base64"))
+        .flatten(),
+        Primitive::Date => datetime::parse(Temporal::Date, s)
+            .is_none()
+            .then(|| bad("is not a valid date (YYYY, YYYY-MM or YYYY-MM-DD)"))
+            .flatten(),
         Primitive::DateTime => datetime::parse(Temporal::DateTime, s)
             .is_none()
             .then(|| bad("is not a valid dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss[.fff]+zz:zz)"))
@@ -458,9 +449,7 @@ fn truncate(s: &str) -> String {
 fn primitive_name(p: Primitive) -> String {
     let s = format!("{p:?}");
     let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_lowercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
+    c.next().map(|f| f.to_lowercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -485,51 +474,19 @@ mod tests {
     #[test]
     fn problems_are_located() {
         let cases = [
-            (
-                r#"{"resourceType":"Patient","gender":"f"}"#,
-                "Patient.gender",
-                IssueCode::CodeInvalid,
-            ),
-            (
-                r#"{"resourceType":"Patient","birthDate":"1970-13-01"}"#,
-                "Patient.birthDate",
-                IssueCode::Value,
-            ),
-            (
-                r#"{"resourceType":"Patient","name":{"family":"x"}}"#,
-                "Patient.name",
-                IssueCode::Structure,
-            ),
-            (
-                r#"{"resourceType":"Patient","name":[{"given":"x"}]}"#,
-                "Patient.name[0].given",
-                IssueCode::Structure,
-            ),
-            (
-                r#"{"resourceType":"Patient","active":"true"}"#,
-                "Patient.active",
-                IssueCode::Value,
-            ),
-            (
-                r#"{"resourceType":"Patient","foo":1}"#,
-                "Patient.foo",
-                IssueCode::Structure,
-            ),
+            (r#"{"resourceType":"Patient","gender":"f"}"#, "Patient.gender", IssueCode::CodeInvalid),
+            (r#"{"resourceType":"Patient","birthDate":"1970-13-01"}"#, "Patient.birthDate", IssueCode::Value),
+            (r#"{"resourceType":"Patient","name":{"family":"x"}}"#, "Patient.name", IssueCode::Structure),
+            (r#"{"resourceType":"Patient","name":[{"given":"x"}]}"#, "Patient.name[0].given", IssueCode::Structure),
+            (r#"{"resourceType":"Patient","active":"true"}"#, "Patient.active", IssueCode::Value),
+            (r#"{"resourceType":"Patient","foo":1}"#, "Patient.foo", IssueCode::Structure),
             (
                 r#"{"resourceType":"Patient","deceasedBoolean":true,"deceasedDateTime":"2000"}"#,
                 "Patient.deceasedDateTime",
                 IssueCode::Structure,
             ),
-            (
-                r#"{"resourceType":"Observation","code":{"text":"x"}}"#,
-                "Observation.status",
-                IssueCode::Required,
-            ),
-            (
-                r#"{"resourceType":"Patient","id":"a b"}"#,
-                "Patient.id",
-                IssueCode::Value,
-            ),
+            (r#"{"resourceType":"Observation","code":{"text":"x"}}"#, "Observation.status", IssueCode::Required),
+            (r#"{"resourceType":"Patient","id":"a b"}"#, "Patient.id", IssueCode::Value),
             (
                 r#"{"resourceType":"Patient","multipleBirthInteger":1.5}"#,
                 "Patient.multipleBirthInteger",
@@ -538,12 +495,7 @@ mod tests {
         ];
         for (text, location, code) in cases {
             let issues = check(text).expect_err(text);
-            assert!(
-                issues
-                    .iter()
-                    .any(|i| i.location == location && i.code == code),
-                "{text}: {issues:?}"
-            );
+            assert!(issues.iter().any(|i| i.location == location && i.code == code), "{text}: {issues:?}");
         }
     }
 
