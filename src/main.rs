@@ -1,1 +1,16 @@
-fn main() {}
+//! The `fhirlake` binary.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = fhirlake::cli::Cli::parse();
+    fhirlake::cli::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    runtime.block_on(fhirlake::cli::run(cli))
+}

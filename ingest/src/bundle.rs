@@ -114,11 +114,21 @@ pub fn plan_bundle(
     // Pass 2: rewrite references, validate, build ops.
     let mut out = Vec::with_capacity(entries.len());
     for (i, (e, (method, target, problem))) in entries.iter().zip(planned).enumerate() {
+        let if_match = e.get("request").and_then(|r| r.get("ifMatch")).and_then(Json::as_str);
+        let precondition = match if_match.map(|v| v.trim_start_matches("W/").trim_matches('"').parse::<i64>()) {
+            None => Ok(Precondition::None),
+            Some(Ok(v)) => Ok(Precondition::IfMatch(v)),
+            Some(Err(_)) => Err(err(&format!("Bundle.entry[{i}].request.ifMatch"), "ifMatch must be W/\"n\"")),
+        };
+        let (problem, precondition) = match (problem, precondition) {
+            (Some(p), _) | (None, Err(p)) => (Some(p), Precondition::None),
+            (None, Ok(pc)) => (None, pc),
+        };
         let op = match (problem, target) {
             (Some(p), _) => Err(p),
             (None, None) => Err(err(&format!("Bundle.entry[{i}]"), "the entry has no target")),
             (None, Some((rt, id))) if method == "DELETE" => {
-                Ok(WriteOp { resource_type: rt, id, action: Action::Delete, precondition: Precondition::None })
+                Ok(WriteOp { resource_type: rt, id, action: Action::Delete, precondition })
             }
             (None, Some((rt, id))) => {
                 let mut r = e.get("resource").cloned().unwrap_or(Json::Null);
@@ -129,12 +139,7 @@ pub fn plan_bundle(
                         &format!("Bundle.entry[{i}].resource"),
                         &format!("resource type {actual} does not match request.url type {rt}"),
                     )),
-                    Ok(_) => Ok(WriteOp {
-                        resource_type: rt,
-                        id,
-                        action: Action::Put(Arc::new(r)),
-                        precondition: Precondition::None,
-                    }),
+                    Ok(_) => Ok(WriteOp { resource_type: rt, id, action: Action::Put(Arc::new(r)), precondition }),
                     Err(issues) => Err(issues
                         .into_iter()
                         .map(|mut is| {

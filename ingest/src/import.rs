@@ -191,14 +191,14 @@ impl State {
     }
 
     /// Submits `ops` (one atomic request); keeps at most two requests in flight.
-    async fn submit(&mut self, sources: Vec<String>, ops: Vec<WriteOp>) -> Result<()> {
+    async fn submit(&mut self, sources: Vec<String>, ops: Vec<WriteOp>, atomic: bool) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
         self.drain(4).await?;
         let writer = self.writer.clone();
         self.inflight.push(tokio::spawn(async move {
-            let r = writer.submit(ops.clone()).await;
+            let r = if atomic { writer.submit_atomic(ops.clone()).await } else { writer.submit(ops.clone()).await };
             (sources, ops, r)
         }));
         Ok(())
@@ -213,11 +213,13 @@ impl State {
                 match outcome {
                     OpOutcome::Written { .. } | OpOutcome::Deleted { .. } => self.summary.written += 1,
                     OpOutcome::Unchanged { .. } => self.summary.unchanged += 1,
-                    OpOutcome::PreconditionFailed { .. } => {
-                        self.reject(Rejection {
-                            source,
-                            issues: vec![issue(IssueCode::Invalid, "precondition failed")],
-                        })?;
+                    OpOutcome::PreconditionFailed { .. } | OpOutcome::RolledBack => {
+                        let why = if matches!(outcome, OpOutcome::RolledBack) {
+                            "not stored: another entry of the transaction failed"
+                        } else {
+                            "precondition (ifMatch) failed"
+                        };
+                        self.reject(Rejection { source, issues: vec![issue(IssueCode::Invalid, why)] })?;
                         continue;
                     }
                 }
@@ -268,7 +270,7 @@ impl State {
                     Err(issues) => self.reject(Rejection { source: format!("{name}:{n}"), issues })?,
                 }
             }
-            self.submit(sources, ops).await?;
+            self.submit(sources, ops, false).await?;
         }
     }
 
@@ -309,7 +311,7 @@ impl State {
                 }
             }
             if plan.kind == BundleKind::Transaction || ops.len() <= self.options.chunk {
-                self.submit(sources, ops).await?;
+                self.submit(sources, ops, plan.kind == BundleKind::Transaction).await?;
             } else {
                 let mut sources = sources.into_iter();
                 let mut ops = ops.into_iter();
@@ -319,14 +321,14 @@ impl State {
                     if o.is_empty() {
                         break;
                     }
-                    self.submit(s, o).await?;
+                    self.submit(s, o, false).await?;
                 }
             }
             return Ok(());
         }
         let line = String::from_utf8_lossy(&bytes).into_owned();
         match parse_lines(vec![(1, line)], self.options.limits, self.options.validation)?.pop() {
-            Some((_, Ok(op))) => self.submit(vec![name], vec![op]).await,
+            Some((_, Ok(op))) => self.submit(vec![name], vec![op], false).await,
             Some((_, Err(issues))) => self.reject(Rejection { source: name, issues }),
             None => Ok(()),
         }

@@ -90,6 +90,8 @@ pub enum OpOutcome {
         /// The version recording the delete.
         version: Option<i64>,
     },
+    /// Not applied: another operation of the same atomic request failed.
+    RolledBack,
     /// `If-Match` did not hold.
     PreconditionFailed {
         /// The current version (`None` if the resource does not exist).
@@ -161,6 +163,7 @@ impl Default for WriterOptions {
 
 struct Request {
     ops: Vec<WriteOp>,
+    atomic: bool,
     reply: oneshot::Sender<Result<Vec<OpOutcome>>>,
 }
 
@@ -273,8 +276,19 @@ impl Writer {
     /// Submits operations as one request; they are committed together (a request is never
     /// split across group commits) and answered once durable.
     pub async fn submit(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>> {
+        self.send(ops, false).await
+    }
+
+    /// Submits operations that succeed or fail together (a FHIR transaction): when one
+    /// fails its precondition, none is applied and the others answer
+    /// [`OpOutcome::RolledBack`].
+    pub async fn submit_atomic(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>> {
+        self.send(ops, true).await
+    }
+
+    async fn send(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<Vec<OpOutcome>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { ops, reply }).await.map_err(|_| Error::ShuttingDown)?;
+        self.tx.send(Request { ops, atomic, reply }).await.map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -354,6 +368,91 @@ pub fn with_server_meta(resource: &Json, version: i64, last_updated_us: i64) -> 
     r
 }
 
+/// The decisions for one request's ops.
+struct Decided {
+    out: Vec<OpOutcome>,
+    records: Vec<VersionRecord>,
+    parsed: Vec<Option<Arc<Json>>>,
+    pending: HashMap<(String, String), IndexEntry>,
+    existed: HashSet<(String, String)>,
+}
+
+/// Decides `ops` against the index plus earlier decisions of the batch (`batch`).
+fn decide(ops: &[WriteOp], idx: &ResourceIndex, batch: &HashMap<(String, String), IndexEntry>, ts: i64) -> Decided {
+    let mut d = Decided {
+        out: Vec::with_capacity(ops.len()),
+        records: Vec::new(),
+        parsed: Vec::new(),
+        pending: HashMap::new(),
+        existed: HashSet::new(),
+    };
+    for op in ops {
+        let key = (op.resource_type.clone(), op.id.clone());
+        let cur =
+            d.pending.get(&key).or_else(|| batch.get(&key)).copied().or_else(|| idx.get(&op.resource_type, &op.id));
+        if cur.is_some_and(|c| !c.deleted) {
+            d.existed.insert(key.clone());
+        }
+        let live = cur.filter(|c| !c.deleted);
+        if let Precondition::IfMatch(v) = op.precondition
+            && live.map(|c| c.version) != Some(v)
+        {
+            d.out.push(OpOutcome::PreconditionFailed { current: live.map(|c| c.version) });
+            continue;
+        }
+        let next_version = cur.map_or(1, |c| c.version + 1);
+        match &op.action {
+            Action::Put(json) => {
+                let hash = content_hash(json);
+                if let Some(c) = live.filter(|c| c.hash == hash) {
+                    let raw: Arc<str> = with_server_meta(json, c.version, c.last_updated_us).to_json_string().into();
+                    d.out.push(OpOutcome::Unchanged { version: c.version, last_updated_us: c.last_updated_us, raw });
+                    continue;
+                }
+                let served = with_server_meta(json, next_version, ts);
+                let raw: Arc<str> = served.to_json_string().into();
+                d.records.push(VersionRecord {
+                    resource_type: op.resource_type.clone(),
+                    id: op.id.clone(),
+                    version: next_version,
+                    last_updated_us: ts,
+                    deleted: false,
+                    hash,
+                    raw: Some(raw.clone()),
+                });
+                d.parsed.push(Some(Arc::new(served)));
+                d.pending.insert(key, IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts });
+                d.out.push(OpOutcome::Written {
+                    version: next_version,
+                    last_updated_us: ts,
+                    raw,
+                    created: live.is_none(),
+                });
+            }
+            Action::Delete => {
+                if live.is_none() {
+                    d.out.push(OpOutcome::Deleted { version: None });
+                    continue;
+                }
+                d.records.push(VersionRecord {
+                    resource_type: op.resource_type.clone(),
+                    id: op.id.clone(),
+                    version: next_version,
+                    last_updated_us: ts,
+                    deleted: true,
+                    hash: 0,
+                    raw: None,
+                });
+                d.parsed.push(None);
+                d.pending
+                    .insert(key, IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts });
+                d.out.push(OpOutcome::Deleted { version: Some(next_version) });
+            }
+        }
+    }
+    d
+}
+
 impl Core {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>, index: Arc<RwLock<ResourceIndex>>) {
         while let Some(first) = rx.recv().await {
@@ -397,82 +496,25 @@ impl Core {
         {
             let idx = index.read().expect("index lock");
             for req in &reqs {
-                let mut out = Vec::with_capacity(req.ops.len());
-                for op in &req.ops {
-                    let key = (op.resource_type.clone(), op.id.clone());
-                    let cur = pending.get(&key).copied().or_else(|| idx.get(&op.resource_type, &op.id));
-                    if cur.is_some_and(|c| !c.deleted) {
-                        existed.insert(key.clone());
-                    }
-                    if let Precondition::IfMatch(v) = op.precondition
-                        && cur.filter(|c| !c.deleted).map(|c| c.version) != Some(v)
-                    {
-                        out.push(OpOutcome::PreconditionFailed {
-                            current: cur.filter(|c| !c.deleted).map(|c| c.version),
-                        });
-                        continue;
-                    }
-                    let next_version = cur.map_or(1, |c| c.version + 1);
-                    match &op.action {
-                        Action::Put(json) => {
-                            let hash = content_hash(json);
-                            if let Some(c) = cur.filter(|c| !c.deleted && c.hash == hash) {
-                                let raw: Arc<str> =
-                                    with_server_meta(json, c.version, c.last_updated_us).to_json_string().into();
-                                out.push(OpOutcome::Unchanged {
-                                    version: c.version,
-                                    last_updated_us: c.last_updated_us,
-                                    raw,
-                                });
-                                continue;
-                            }
-                            let served = with_server_meta(json, next_version, ts);
-                            let raw: Arc<str> = served.to_json_string().into();
-                            records.push(VersionRecord {
-                                resource_type: op.resource_type.clone(),
-                                id: op.id.clone(),
-                                version: next_version,
-                                last_updated_us: ts,
-                                deleted: false,
-                                hash,
-                                raw: Some(raw.clone()),
-                            });
-                            parsed.push(Some(Arc::new(served)));
-                            pending.insert(
-                                key,
-                                IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts },
-                            );
-                            out.push(OpOutcome::Written {
-                                version: next_version,
-                                last_updated_us: ts,
-                                raw,
-                                created: cur.is_none_or(|c| c.deleted),
-                            });
-                        }
-                        Action::Delete => {
-                            if cur.is_none_or(|c| c.deleted) {
-                                out.push(OpOutcome::Deleted { version: None });
-                                continue;
-                            }
-                            records.push(VersionRecord {
-                                resource_type: op.resource_type.clone(),
-                                id: op.id.clone(),
-                                version: next_version,
-                                last_updated_us: ts,
-                                deleted: true,
-                                hash: 0,
-                                raw: None,
-                            });
-                            parsed.push(None);
-                            pending.insert(
-                                key,
-                                IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts },
-                            );
-                            out.push(OpOutcome::Deleted { version: Some(next_version) });
-                        }
-                    }
+                let d = decide(&req.ops, &idx, &pending, ts);
+                let failed = d.out.iter().any(|o| matches!(o, OpOutcome::PreconditionFailed { .. }));
+                if req.atomic && failed {
+                    let out = d
+                        .out
+                        .into_iter()
+                        .map(|o| match o {
+                            OpOutcome::PreconditionFailed { .. } => o,
+                            _ => OpOutcome::RolledBack,
+                        })
+                        .collect();
+                    answers.push(out);
+                    continue;
                 }
-                answers.push(out);
+                records.extend(d.records);
+                parsed.extend(d.parsed);
+                existed.extend(d.existed);
+                pending.extend(d.pending);
+                answers.push(d.out);
             }
         }
         let result = if records.is_empty() { Ok(()) } else { self.persist(&records, parsed, &existed).await };

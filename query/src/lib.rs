@@ -1,1 +1,35 @@
-//! Query.
+//! fhirlake-query: everything that reads.
+//!
+//! Owns the DataFusion session over an instance's Delta tables ([`catalog`]: SQL names,
+//! read-only SQL) and the history reads behind `read`, `vread` and `_history`
+//! ([`history`]). Must not: write, or depend on `fhirlake-ingest`; it is handed Delta
+//! tables or a storage-root URL and object store by the root crate.
+
+pub mod catalog;
+pub mod history;
+
+pub use catalog::SqlSession;
+pub use history::{HistoryQuery, HistoryRow};
+
+/// Errors of the read side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The SQL is not allowed (DDL, DML, statements) or is invalid.
+    #[error("{0}")]
+    BadSql(String),
+    /// DataFusion error while planning or running.
+    #[error("query failed: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Delta Lake error.
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+    /// Arrow error.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Object store error.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,58 @@
+//! `GET [base]/metadata`: the CapabilityStatement.
+//!
+//! Owns: stating exactly what this server supports. Every interaction listed here has a
+//! route and a test; keep it that way when adding interactions.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::json;
+
+use super::{AppState, fhir_response};
+
+/// Instance and type interactions supported for every resource type.
+pub const TYPE_INTERACTIONS: &[&str] =
+    &["read", "vread", "update", "delete", "history-instance", "history-type", "create"];
+/// System interactions supported.
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+
+/// The CapabilityStatement handler.
+pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
+    let resources: Vec<serde_json::Value> = state
+        .model
+        .resource_types()
+        .iter()
+        .map(|rt| {
+            json!({
+                "type": rt,
+                "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": false,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+            })
+        })
+        .collect();
+    let cs = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-26",
+        "publisher": "fhirlake",
+        "kind": "instance",
+        "software": {"name": "fhirlake", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "fhirlake FHIR R4 lakehouse", "url": state.config.public_base()},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+        }],
+    });
+    fhir_response(StatusCode::OK, cs.to_string(), None, None)
+}

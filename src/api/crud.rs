@@ -1,0 +1,248 @@
+//! create, read, vread, update, delete and `$validate`.
+//!
+//! Owns: the HTTP semantics of the instance interactions — status codes, `Location`,
+//! `ETag`, `Last-Modified`, `Prefer`, `If-Match`, 404 vs 410. Must not: touch storage
+//! except through the writer and the history reads.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use fhirlake_ingest::import::new_id;
+use fhirlake_ingest::{Action, OpOutcome, Precondition, TableKind, WriteOp};
+use fhirlake_query::HistoryQuery;
+use fhirlake_query::history::read_history;
+use fhirlake_schemas::Json;
+use fhirlake_schemas::validate::{ValidationOptions, validate_resource};
+
+use super::{AppState, PreferReturn, fhir_response, if_match, info_outcome, parse_resource, prefer_return, read_body};
+use crate::error::{ApiError, ApiResult};
+
+/// `POST [base]/{type}`.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Path(rt): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
+    let (mut json, actual) = parse_resource(&state, &bytes)?;
+    if actual != rt {
+        return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {rt}")));
+    }
+    let id = new_id();
+    json.set("id", Json::String(id.clone()));
+    move_id_first(&mut json);
+    let op = WriteOp {
+        resource_type: rt.clone(),
+        id: id.clone(),
+        action: Action::Put(Arc::new(json)),
+        precondition: Precondition::None,
+    };
+    let outcome = submit_one(&state, op).await?;
+    written_response(&state, &rt, &id, outcome, &headers)
+}
+
+/// `PUT [base]/{type}/{id}`: update, or update-as-create.
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Path((rt, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    check_id(&id)?;
+    let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
+    let (json, actual) = parse_resource(&state, &bytes)?;
+    if actual != rt {
+        return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {rt}")));
+    }
+    match json.get("id").and_then(Json::as_str) {
+        Some(body_id) if body_id == id => {}
+        Some(body_id) => {
+            return Err(ApiError::BadRequest(format!("the body's id '{body_id}' does not match the URL's id '{id}'")));
+        }
+        None => return Err(ApiError::BadRequest(format!("the body has no id; PUT needs \"id\": \"{id}\""))),
+    }
+    let precondition = match if_match(&headers)? {
+        Some(v) => Precondition::IfMatch(v),
+        None => Precondition::None,
+    };
+    let op = WriteOp { resource_type: rt.clone(), id: id.clone(), action: Action::Put(Arc::new(json)), precondition };
+    let outcome = submit_one(&state, op).await?;
+    written_response(&state, &rt, &id, outcome, &headers)
+}
+
+/// `DELETE [base]/{type}/{id}`.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path((rt, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    check_id(&id)?;
+    let precondition = match if_match(&headers)? {
+        Some(v) => Precondition::IfMatch(v),
+        None => Precondition::None,
+    };
+    let op = WriteOp { resource_type: rt.clone(), id: id.clone(), action: Action::Delete, precondition };
+    match submit_one(&state, op).await? {
+        OpOutcome::Deleted { version } => {
+            let mut r = if prefer_return(&headers) == PreferReturn::OperationOutcome {
+                fhir_response(StatusCode::OK, info_outcome(&format!("deleted {rt}/{id}")), None, None)
+            } else {
+                fhir_response(StatusCode::NO_CONTENT, String::new(), None, None)
+            };
+            if let Some(v) = version.and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok()) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            Ok(r)
+        }
+        OpOutcome::PreconditionFailed { current } => Err(precondition_failed(&rt, &id, current)),
+        other => Err(ApiError::Internal(format!("unexpected delete outcome {other:?}"))),
+    }
+}
+
+/// `GET [base]/{type}/{id}`.
+pub async fn read(State(state): State<Arc<AppState>>, Path((rt, id)): Path<(String, String)>) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    check_id(&id)?;
+    let Some(entry) = state.writer.current(&rt, &id) else {
+        return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
+    };
+    if entry.deleted {
+        return Err(ApiError::Gone(format!("{rt}/{id} was deleted (version {})", entry.version)));
+    }
+    serve_version(&state, &rt, &id, entry.version).await
+}
+
+/// `GET [base]/{type}/{id}/_history/{vid}`.
+pub async fn vread(
+    State(state): State<Arc<AppState>>,
+    Path((rt, id, vid)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    check_id(&id)?;
+    let version: i64 = vid.parse().map_err(|_| ApiError::NotFound(format!("'{vid}' is not a version of {rt}/{id}")))?;
+    serve_version(&state, &rt, &id, version).await
+}
+
+async fn serve_version(state: &AppState, rt: &str, id: &str, version: i64) -> ApiResult<Response> {
+    let Some(table) = state.writer.tables().get(TableKind::History, rt) else {
+        return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
+    };
+    let q = HistoryQuery { id: Some(id.to_string()), version: Some(version), ..Default::default() };
+    let rows = read_history(rt, &table, &q).await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Err(ApiError::NotFound(format!("{rt}/{id} has no version {version}")));
+    };
+    match row.raw {
+        Some(raw) if !row.deleted => {
+            Ok(fhir_response(StatusCode::OK, raw, Some(row.version), Some(row.last_updated_us)))
+        }
+        _ => Err(ApiError::Gone(format!("version {version} of {rt}/{id} is a delete"))),
+    }
+}
+
+/// `POST [base]/{type}/$validate`: 200 with an OperationOutcome either way.
+pub async fn validate(
+    State(state): State<Arc<AppState>>,
+    Path(rt): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
+    let limits = fhirlake_schemas::json::ParseLimits {
+        max_depth: state.config.max_depth,
+        max_string_bytes: state.config.max_resource_bytes,
+    };
+    let json =
+        Json::parse(&bytes, limits).map_err(|e| ApiError::BadJson(vec![fhirlake_schemas::validate::json_issue(&e)]))?;
+    // Accept the resource itself or Parameters with a `resource` parameter.
+    let resource = if json.get("resourceType").and_then(Json::as_str) == Some("Parameters") && rt != "Parameters" {
+        match json.get("parameter") {
+            Some(Json::Array(ps)) => ps
+                .iter()
+                .find(|p| p.get("name").and_then(Json::as_str) == Some("resource"))
+                .and_then(|p| p.get("resource"))
+                .cloned()
+                .ok_or_else(|| ApiError::BadRequest("Parameters has no 'resource' parameter".into()))?,
+            _ => return Err(ApiError::BadRequest("Parameters has no 'resource' parameter".into())),
+        }
+    } else {
+        json
+    };
+    let body = match validate_resource(state.model, &resource, &ValidationOptions::default()) {
+        Ok(actual) if actual == rt => info_outcome("the resource is valid"),
+        Ok(actual) => ApiError::BadRequest(format!("the body is a {actual}, not a {rt}")).outcome().to_json_string(),
+        Err(issues) => ApiError::Invalid(issues).outcome().to_json_string(),
+    };
+    Ok(fhir_response(StatusCode::OK, body, None, None))
+}
+
+async fn submit_one(state: &AppState, op: WriteOp) -> ApiResult<OpOutcome> {
+    let mut out = state.writer.submit(vec![op]).await?;
+    out.pop().ok_or_else(|| ApiError::Internal("writer returned no outcome".into()))
+}
+
+fn precondition_failed(rt: &str, id: &str, current: Option<i64>) -> ApiError {
+    match current {
+        Some(v) => ApiError::PreconditionFailed(format!("If-Match does not hold: {rt}/{id} is at version {v}")),
+        None => ApiError::PreconditionFailed(format!("If-Match does not hold: {rt}/{id} does not exist")),
+    }
+}
+
+fn written_response(
+    state: &AppState,
+    rt: &str,
+    id: &str,
+    outcome: OpOutcome,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let (status, version, ts, raw) = match outcome {
+        OpOutcome::Written { version, last_updated_us, raw, created } => {
+            (if created { StatusCode::CREATED } else { StatusCode::OK }, version, last_updated_us, raw)
+        }
+        OpOutcome::Unchanged { version, last_updated_us, raw } => (StatusCode::OK, version, last_updated_us, raw),
+        OpOutcome::PreconditionFailed { current } => return Err(precondition_failed(rt, id, current)),
+        OpOutcome::Deleted { .. } | OpOutcome::RolledBack => {
+            return Err(ApiError::Internal("unexpected outcome of a single write".into()));
+        }
+    };
+    let body = match prefer_return(headers) {
+        PreferReturn::Representation => raw.to_string(),
+        PreferReturn::Minimal => String::new(),
+        PreferReturn::OperationOutcome => info_outcome(&format!("{rt}/{id} is at version {version}")),
+    };
+    let mut r = fhir_response(status, body, Some(version), Some(ts));
+    if let Ok(loc) = HeaderValue::from_str(&state.url(&format!("{rt}/{id}/_history/{version}"))) {
+        r.headers_mut().insert(header::LOCATION, loc.clone());
+        r.headers_mut().insert(header::CONTENT_LOCATION, loc);
+    }
+    Ok(r)
+}
+
+fn check_id(id: &str) -> ApiResult<()> {
+    let ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")))
+    }
+}
+
+/// Puts `id` right after `resourceType`, as FHIR JSON usually has it.
+pub fn move_id_first(json: &mut Json) {
+    if let Json::Object(m) = json
+        && let Some(pos) = m.iter().position(|(k, _)| k == "id")
+    {
+        let item = m.remove(pos);
+        let at = m.iter().position(|(k, _)| k == "resourceType").map_or(0, |i| i + 1);
+        m.insert(at, item);
+    }
+}

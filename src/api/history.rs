@@ -1,0 +1,185 @@
+//! history: instance, type and system `_history` as Bundles of type `history`.
+//!
+//! Owns: `_count`, `_since`, `_at` and stable paging. Each page link carries `_till`, the
+//! newest `_last_updated` of the first page's query time, and `_offset`; history is
+//! append-only with increasing times, so the versions at or before `_till` never change
+//! and offsets stay stable while new versions arrive. Must not: read tables other than
+//! the history tables.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use fhirlake_ingest::TableKind;
+use fhirlake_query::history::{merge_newest_first, read_history};
+use fhirlake_query::{HistoryQuery, HistoryRow};
+use fhirlake_schemas::json::write_str;
+
+use super::{AppState, fhir_response, parse_time_param};
+use crate::error::{ApiError, ApiResult};
+
+const DEFAULT_COUNT: usize = 50;
+const MAX_COUNT: usize = 1000;
+
+struct Paging {
+    count: usize,
+    offset: usize,
+    since: Option<i64>,
+    at: Option<i64>,
+    till: i64,
+}
+
+fn paging(params: &HashMap<String, String>) -> ApiResult<Paging> {
+    let count = match params.get("_count") {
+        Some(c) => c
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest(format!("_count='{c}' is not a non-negative integer")))?
+            .min(MAX_COUNT),
+        None => DEFAULT_COUNT,
+    };
+    let offset = match params.get("_offset") {
+        Some(o) => o
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a non-negative integer")))?,
+        None => 0,
+    };
+    let since = params.get("_since").map(|v| parse_time_param("_since", v)).transpose()?;
+    let at = params.get("_at").map(|v| parse_time_param("_at", v)).transpose()?;
+    let till = match params.get("_till") {
+        Some(t) => t.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("_till='{t}' is not a paging cursor")))?,
+        None => chrono::Utc::now().timestamp_micros(),
+    };
+    Ok(Paging { count, offset, since, at, till })
+}
+
+impl Paging {
+    fn query(&self, id: Option<String>) -> HistoryQuery {
+        HistoryQuery {
+            id,
+            since_us: self.since,
+            at_us: self.at,
+            until_us: Some(self.till),
+            limit: Some(self.offset + self.count + 1),
+            ..Default::default()
+        }
+    }
+}
+
+/// `GET [base]/{type}/{id}/_history`.
+pub async fn instance_history(
+    State(state): State<Arc<AppState>>,
+    Path((rt, id)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    if state.writer.current(&rt, &id).is_none() {
+        return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
+    }
+    let p = paging(&params)?;
+    let rows = match state.writer.tables().get(TableKind::History, &rt) {
+        Some(t) => read_history(&rt, &t, &p.query(Some(id.clone()))).await?,
+        None => Vec::new(),
+    };
+    Ok(bundle(&state, &format!("{rt}/{id}/_history"), &p, rows))
+}
+
+/// `GET [base]/{type}/_history`.
+pub async fn type_history(
+    State(state): State<Arc<AppState>>,
+    Path(rt): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    state.check_type(&rt)?;
+    let p = paging(&params)?;
+    let rows = match state.writer.tables().get(TableKind::History, &rt) {
+        Some(t) => read_history(&rt, &t, &p.query(None)).await?,
+        None => Vec::new(),
+    };
+    Ok(bundle(&state, &format!("{rt}/_history"), &p, rows))
+}
+
+/// `GET [base]/_history`.
+pub async fn system_history(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let p = paging(&params)?;
+    let q = p.query(None);
+    let mut parts = Vec::new();
+    for rt in state.writer.tables().current_types() {
+        if let Some(t) = state.writer.tables().get(TableKind::History, &rt) {
+            parts.push(read_history(&rt, &t, &q).await?);
+        }
+    }
+    let rows = merge_newest_first(parts, q.limit);
+    Ok(bundle(&state, "_history", &p, rows))
+}
+
+fn link(state: &AppState, path: &str, p: &Paging, offset: usize) -> String {
+    let mut url = format!("{}?_count={}&_till={}&_offset={offset}", state.url(path), p.count, p.till);
+    if let Some(s) = p.since {
+        url.push_str(&format!("&_since={}", time_param(s)));
+    }
+    if let Some(a) = p.at {
+        url.push_str(&format!("&_at={}", time_param(a)));
+    }
+    url
+}
+
+fn time_param(us: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B")
+}
+
+fn bundle(state: &AppState, path: &str, p: &Paging, rows: Vec<HistoryRow>) -> Response {
+    let has_next = rows.len() > p.offset + p.count;
+    let page: Vec<&HistoryRow> = rows.iter().skip(p.offset).take(p.count).collect();
+    let mut out = String::from(r#"{"resourceType":"Bundle","type":"history","link":["#);
+    out.push_str(r#"{"relation":"self","url":"#);
+    write_str(&mut out, &link(state, path, p, p.offset));
+    out.push('}');
+    if has_next {
+        out.push_str(r#",{"relation":"next","url":"#);
+        write_str(&mut out, &link(state, path, p, p.offset + p.count));
+        out.push('}');
+    }
+    if p.offset > 0 {
+        out.push_str(r#",{"relation":"previous","url":"#);
+        write_str(&mut out, &link(state, path, p, p.offset.saturating_sub(p.count)));
+        out.push('}');
+    }
+    out.push_str(r#"],"entry":["#);
+    for (i, r) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        entry(state, r, &mut out);
+    }
+    out.push_str("]}");
+    fhir_response(StatusCode::OK, out, None, None)
+}
+
+fn entry(state: &AppState, r: &HistoryRow, out: &mut String) {
+    let rel = format!("{}/{}", r.resource_type, r.id);
+    out.push_str(r#"{"fullUrl":"#);
+    write_str(out, &state.url(&rel));
+    if let (Some(raw), false) = (&r.raw, r.deleted) {
+        out.push_str(r#","resource":"#);
+        out.push_str(raw);
+    }
+    let (method, url, status) = match (r.deleted, r.version) {
+        (true, _) => ("DELETE", rel.clone(), "204 No Content"),
+        (false, 1) => ("POST", r.resource_type.clone(), "201 Created"),
+        (false, _) => ("PUT", rel.clone(), "200 OK"),
+    };
+    out.push_str(&format!(r#","request":{{"method":"{method}","url":"#));
+    write_str(out, &url);
+    out.push_str(&format!(r#"}},"response":{{"status":"{status}","etag":"W/\"{}\"","lastModified":"#, r.version));
+    let lm = chrono::DateTime::from_timestamp_micros(r.last_updated_us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    write_str(out, &lm);
+    out.push_str("}}");
+}

@@ -1,0 +1,88 @@
+//! The command line: `serve`, `import`, `sql`.
+//!
+//! Every flag can also be set from a `FHIRLAKE_*` environment variable. Exit codes:
+//! 0 success; 1 failure (message on stderr); 2 usage error (clap); 3 `import` finished
+//! but rejected some resources (see the error file); 4 the storage root is held by
+//! another process (the single-writer lease).
+
+mod import;
+mod serve;
+mod sql;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// fhirlake: a FHIR R4 server whose data is a set of Delta Lake tables.
+#[derive(Debug, Parser)]
+#[command(name = "fhirlake", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the FHIR server.
+    Serve(serve::ServeArgs),
+    /// Import Bundle and NDJSON files (or folders of them).
+    Import(import::ImportArgs),
+    /// Run a read-only SQL query over the tables.
+    Sql(sql::SqlArgs),
+}
+
+/// Where the data lives; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Storage root: a local path or a file:// URL.
+    #[arg(long, env = "FHIRLAKE_DATA", default_value = "./fhirlake-data")]
+    pub data: String,
+}
+
+/// Exit code: the import rejected some resources.
+pub const EXIT_REJECTED: u8 = 3;
+/// Exit code: the storage root's write lease is held by another process.
+pub const EXIT_LEASE_HELD: u8 = 4;
+
+/// Sets up logging (`RUST_LOG`, default `info`) to stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,fhirlake=info,fhirlake_ingest=info,fhirlake_query=info")
+    });
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(a) => serve::run(a).await,
+        Command::Import(a) => import::run(a).await,
+        Command::Sql(a) => sql::run(a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(fhirlake_ingest::Error::LeaseHeld { .. }) = e.downcast_ref::<fhirlake_ingest::Error>() {
+                return ExitCode::from(EXIT_LEASE_HELD);
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Error type of the commands.
+pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Downcast helper used by [`run`].
+trait Downcast {
+    fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T>;
+}
+
+impl Downcast for Box<dyn std::error::Error + Send + Sync> {
+    fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        (**self).downcast_ref::<T>()
+    }
+}

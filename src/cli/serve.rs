@@ -1,0 +1,87 @@
+//! `fhirlake serve`: take the write lease, recover, listen; drain on SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use fhirlake_ingest::{StorageRoot, Writer, WriterOptions};
+
+use super::{CliResult, DataArgs};
+use crate::api::{AppState, app};
+use crate::config::ApiConfig;
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "FHIRLAKE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Path prefix of the FHIR API.
+    #[arg(long, env = "FHIRLAKE_BASE_PATH", default_value = "/fhir")]
+    base_path: String,
+    /// Public base URL used in Location headers, fullUrl and links (default:
+    /// http://<listen address><base path>).
+    #[arg(long, env = "FHIRLAKE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Largest single-resource request body, in bytes.
+    #[arg(long, env = "FHIRLAKE_MAX_RESOURCE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_resource_bytes: usize,
+    /// Largest Bundle request body (POST to the base), in bytes.
+    #[arg(long, env = "FHIRLAKE_MAX_BUNDLE_BYTES", default_value_t = 128 * 1024 * 1024)]
+    max_bundle_bytes: usize,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C.
+pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
+    let root = StorageRoot::open(&a.data.data)?;
+    let options = WriterOptions { holder: "fhirlake serve".into(), ..Default::default() };
+    let (writer, task) = Writer::start(root.clone(), options).await?;
+    let listener =
+        tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let base_path = format!("/{}", a.base_path.trim_matches('/'));
+    let public_url = a.public_url.unwrap_or_else(|| format!("http://{addr}{}", base_path.trim_end_matches('/')));
+    let config = ApiConfig {
+        base_path: base_path.clone(),
+        public_url: public_url.clone(),
+        max_resource_bytes: a.max_resource_bytes,
+        max_bundle_bytes: a.max_bundle_bytes,
+        ..Default::default()
+    };
+    let state = Arc::new(AppState { writer, config, model: fhirlake_schemas::Model::r4()? });
+    println!("fhirlake listening on http://{addr} (FHIR base {public_url}, data {})", root.url());
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "listening on a non-loopback address WITHOUT authentication: anyone who can reach {addr} can read and write all data"
+        );
+    }
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app(state));
+    axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped accepting; committing in-flight writes");
+    task.shutdown().await?;
+    tracing::info!("shut down cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

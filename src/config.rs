@@ -1,0 +1,36 @@
+//! Settings of the HTTP API, shared by `serve` and the in-process test router.
+
+/// API settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Path prefix of the FHIR API (default `/fhir`).
+    pub base_path: String,
+    /// Public base URL used in `Location`, `fullUrl` and links (default: from the listen
+    /// address and base path).
+    pub public_url: String,
+    /// Largest single-resource body, in bytes.
+    pub max_resource_bytes: usize,
+    /// Largest Bundle body (`POST [base]`), in bytes.
+    pub max_bundle_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_depth: usize,
+}
+
+impl ApiConfig {
+    /// The public base without a trailing slash.
+    pub fn public_base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            base_path: "/fhir".into(),
+            public_url: "http://127.0.0.1:8080/fhir".into(),
+            max_resource_bytes: 16 * 1024 * 1024,
+            max_bundle_bytes: 128 * 1024 * 1024,
+            max_depth: 100,
+        }
+    }
+}
