@@ -1,1 +1,9 @@
+//! Integration tests of the fhirlake binary crate: the axum router driven in process, the
+//! CLI binary, and the official fixtures in `../shared/fixtures`.
 
+mod bad_inputs;
+mod cli;
+mod common;
+mod concurrency;
+mod examples;
+mod versions;

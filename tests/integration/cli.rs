@@ -1,0 +1,188 @@
+//! The `fhirlake` binary: import of the Synthea fixtures, SQL, lease, exit codes.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::common::fixtures;
+
+fn fhirlake() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fhirlake"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn sql_json(data: &Path, query: &str) -> Vec<serde_json::Value> {
+    let out = fhirlake().args(["sql", "--data"]).arg(data).args(["--format", "json", query]).output().unwrap();
+    assert!(out.status.success(), "{query}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn counts(data: &Path, types: &[String]) -> BTreeMap<String, u64> {
+    types
+        .iter()
+        .map(|t| {
+            let rows = sql_json(data, &format!("SELECT count(*) AS n FROM \"{t}\""));
+            (t.clone(), rows[0]["n"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn synthea_bundles_import_with_counts_from_counts_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let errors = dir.path().join("errors.ndjson");
+    let out = fhirlake()
+        .args(["import", "--no-progress", "--data"])
+        .arg(&data)
+        .arg("--errors")
+        .arg(&errors)
+        .arg(fixtures().join("synthea/bundles"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("resources/s"), "summary: {stdout}");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("synthea/COUNTS.json")).unwrap()).unwrap();
+    let expected: BTreeMap<String, u64> = expected["resourceCountsTotal"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    let types: Vec<String> = expected.keys().cloned().collect();
+    assert_eq!(counts(&data, &types), expected);
+    // references were rewritten from urn:uuid to Type/id, so every Observation has an owner
+    let orphans = sql_json(&data, "SELECT count(*) AS n FROM observation WHERE _patient IS NULL");
+    assert_eq!(orphans[0]["n"], serde_json::json!(0));
+    let joined =
+        sql_json(&data, "SELECT count(*) AS n FROM observation o JOIN patient p ON o.subject._target_id = p.id");
+    assert_eq!(joined[0]["n"].as_u64(), expected.get("Observation").copied());
+}
+
+#[test]
+fn synthea_ndjson_keeps_ids_and_reimport_makes_no_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ndjson = fixtures().join("synthea/ndjson");
+    let mut expected = BTreeMap::new();
+    let mut genders: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sample_ids = Vec::new();
+    for f in std::fs::read_dir(&ndjson).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_none_or(|e| e != "ndjson") {
+            continue;
+        }
+        let mut n = 0;
+        for line in BufReader::new(std::fs::File::open(&p).unwrap()).lines() {
+            let line = line.unwrap();
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let rt = v["resourceType"].as_str().unwrap().to_string();
+            if n == 0 {
+                sample_ids.push((rt.clone(), v["id"].as_str().unwrap().to_string()));
+            }
+            if rt == "Patient" {
+                *genders.entry(v["gender"].as_str().unwrap_or("").to_string()).or_default() += 1;
+            }
+            *expected.entry(rt).or_insert(0u64) += 1;
+            n += 1;
+        }
+    }
+    let run = || {
+        fhirlake()
+            .args(["import", "--no-progress", "--data"])
+            .arg(&data)
+            .arg("--errors")
+            .arg(dir.path().join("errors.ndjson"))
+            .arg(&ndjson)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let types: Vec<String> = expected.keys().cloned().collect();
+    assert_eq!(counts(&data, &types), expected);
+    for (rt, id) in &sample_ids {
+        let rows = sql_json(&data, &format!("SELECT id FROM \"{rt}\" WHERE id = '{id}'"));
+        assert_eq!(rows.len(), 1, "{rt}/{id} kept its id");
+    }
+    let g = sql_json(&data, "SELECT gender, count(*) AS n FROM patient GROUP BY gender ORDER BY gender");
+    let got: BTreeMap<String, u64> =
+        g.iter().map(|r| (r["gender"].as_str().unwrap().to_string(), r["n"].as_u64().unwrap())).collect();
+    assert_eq!(got, genders);
+    // the same data again: nothing is re-versioned
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let total: u64 = expected.values().sum();
+    assert!(stdout.contains(&format!("(0 new versions, {total} unchanged)")), "{stdout}");
+    let versions = sql_json(&data, "SELECT max(_version_id) AS v FROM patient_history");
+    assert_eq!(versions[0]["v"], serde_json::json!(1));
+}
+
+#[test]
+fn rejected_resources_go_to_the_error_file_with_exit_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mixed.ndjson");
+    std::fs::write(
+        &input,
+        "{\"resourceType\":\"Patient\",\"id\":\"ok\"}\n{\"resourceType\":\"Patient\",\"gender\":\"x\"}\nnot json\n",
+    )
+    .unwrap();
+    let errors = dir.path().join("errors.ndjson");
+    let out = fhirlake()
+        .args(["import", "--no-progress", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--errors")
+        .arg(&errors)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&errors).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["source"].as_str().unwrap().ends_with(":2"));
+    assert_eq!(lines[0]["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(lines[0]["outcome"]["issue"][0]["expression"][0], "Patient.gender");
+    let n = sql_json(&dir.path().join("data"), "SELECT count(*) AS n FROM patient");
+    assert_eq!(n[0]["n"], serde_json::json!(1));
+}
+
+#[test]
+fn import_refuses_while_a_server_holds_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = fhirlake()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+    let input = dir.path().join("one.ndjson");
+    std::fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"x\"}\n").unwrap();
+    let out = fhirlake().args(["import", "--no-progress", "--data"]).arg(&data).arg(&input).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("held by fhirlake serve"), "{stderr}");
+    // SQL reads beside the server
+    let out = fhirlake().args(["sql", "--data"]).arg(&data).arg("SELECT 1 AS one").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // SIGTERM: the server drains, releases the lease and exits 0
+    let pid = server.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let out = fhirlake().args(["import", "--no-progress", "--data"]).arg(&data).arg(&input).output().unwrap();
+    assert!(out.status.success(), "after the server stopped: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,162 @@
+//! Every official R4 example: PUT, read back JSON-equal, typed columns filled.
+
+use std::collections::HashMap;
+
+use fhirlake_schemas::Json;
+use fhirlake_schemas::json::ParseLimits;
+use futures::StreamExt;
+
+use crate::common::{TestServer, fixtures, same_resource, sql_rows};
+
+/// Examples that are invalid against the R4 definitions themselves (at most 5 allowed).
+const MAX_INVALID_EXAMPLES: usize = 5;
+
+struct Example {
+    file: String,
+    rt: String,
+    id: String,
+    text: String,
+    json: Json,
+}
+
+fn load_examples() -> Vec<Example> {
+    let dir = fixtures().join("fhir-examples/examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).expect("read");
+            let json = Json::parse(text.as_bytes(), ParseLimits { max_depth: 200, max_string_bytes: usize::MAX })
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let rt = json.get("resourceType").and_then(Json::as_str).expect("resourceType").to_string();
+            let id = json.get("id").and_then(Json::as_str).expect("every official example has an id").to_string();
+            Example { file: p.file_name().unwrap().to_string_lossy().into_owned(), rt, id, text, json }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_official_example_round_trips_and_fills_typed_columns() {
+    let examples = load_examples();
+    assert!(examples.len() >= 700, "expected the 731 official examples, found {}", examples.len());
+    let server = TestServer::start().await;
+    let started = std::time::Instant::now();
+
+    // PUT everything, 32 requests in flight (group commit batches them).
+    let results: Vec<(usize, u16, String)> = futures::stream::iter(examples.iter().enumerate())
+        .map(|(i, e)| {
+            let server = &server;
+            async move {
+                let r = server.put(&format!("/fhir/{}/{}", e.rt, e.id), &e.text).await;
+                (i, r.status.as_u16(), r.body)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut invalid = Vec::new();
+    let mut stored = Vec::new();
+    for (i, status, body) in results {
+        match status {
+            200 | 201 => stored.push(i),
+            422 | 400 => invalid.push(format!("{}: {status} {body}", examples[i].file)),
+            other => panic!("{}: unexpected status {other}: {body}", examples[i].file),
+        }
+    }
+    println!("{:?} stored", started.elapsed());
+    for m in &invalid {
+        println!("official example rejected by the validator: {m}");
+    }
+    assert!(invalid.len() <= MAX_INVALID_EXAMPLES, "{} examples rejected:\n{}", invalid.len(), invalid.join("\n"));
+
+    // Read each back: JSON-equal apart from server meta, decimals as written.
+    let reads: Vec<(usize, u16, String)> = futures::stream::iter(stored.iter().copied())
+        .map(|i| {
+            let server = &server;
+            let e = &examples[i];
+            async move {
+                let r = server.get(&format!("/fhir/{}/{}", e.rt, e.id)).await;
+                (i, r.status.as_u16(), r.body)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (i, status, body) in reads {
+        let e = &examples[i];
+        assert_eq!(status, 200, "{}: {body}", e.file);
+        let back = Json::parse(body.as_bytes(), ParseLimits { max_depth: 200, max_string_bytes: usize::MAX }).unwrap();
+        if let Err(diff) = same_resource(&e.json, &back) {
+            panic!("{} did not round-trip: {diff}", e.file);
+        }
+    }
+
+    // Typed columns: every stored resource's row has its top-level elements in typed form.
+    let mut by_type: HashMap<&str, Vec<&Example>> = HashMap::new();
+    for &i in &stored {
+        by_type.entry(examples[i].rt.as_str()).or_default().push(&examples[i]);
+    }
+    let mut checked_columns = 0usize;
+    let session = server.session().await;
+    println!("{:?} stored, read back", started.elapsed());
+    for (rt, list) in &by_type {
+        let rows = sql_rows(&session, &format!("SELECT * FROM \"{rt}\"")).await;
+        let rows: HashMap<String, &serde_json::Value> =
+            rows.iter().map(|r| (r["id"].as_str().expect("id column").to_string(), r)).collect();
+        for e in list {
+            let row =
+                rows.get(&e.id).unwrap_or_else(|| panic!("{}: no row for {rt}/{} in the current table", e.file, e.id));
+            checked_columns += check_row(&e.file, &e.json, row);
+        }
+    }
+    println!("checked {checked_columns} typed columns of {} resources in {} types", stored.len(), by_type.len());
+    assert!(by_type.len() >= 130, "only {} types stored", by_type.len());
+    server.stop().await;
+}
+
+/// Compares top-level elements of `json` with the typed columns of `row`; returns how many
+/// columns were compared.
+fn check_row(file: &str, json: &Json, row: &serde_json::Value) -> usize {
+    let mut n = 0;
+    for (k, v) in json.as_object().expect("object") {
+        if k == "resourceType" || k.starts_with('_') || k == "contained" {
+            continue;
+        }
+        let col = &row[k.as_str()];
+        match v {
+            Json::String(s) => {
+                assert_eq!(col.as_str(), Some(s.as_str()), "{file}: column {k}");
+                if fhirlake_schemas::datetime::parse(fhirlake_schemas::datetime::Temporal::DateTime, s).is_some()
+                    && row.get(format!("_{k}_ts")).is_some()
+                {
+                    assert!(!row[format!("_{k}_ts")].is_null(), "{file}: timestamp companion of {k} is empty");
+                }
+            }
+            Json::Bool(b) => assert_eq!(col.as_bool(), Some(*b), "{file}: column {k}"),
+            Json::Number(t) => {
+                let got = match col {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                assert_eq!(
+                    fhirlake_ingest::flatten::normalize_decimal(&got),
+                    fhirlake_ingest::flatten::normalize_decimal(t),
+                    "{file}: column {k}"
+                );
+            }
+            Json::Object(_) => assert!(col.is_object() || col.is_string(), "{file}: column {k} is {col}"),
+            Json::Array(items) => {
+                let arr = col.as_array().unwrap_or_else(|| panic!("{file}: column {k} is {col}, expected a list"));
+                assert_eq!(arr.len(), items.len(), "{file}: column {k} length");
+            }
+            Json::Null => {}
+        }
+        n += 1;
+    }
+    n
+}
