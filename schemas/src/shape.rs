@@ -323,3 +323,59 @@ mod tests {
         assert_eq!(deepest.shape, Shape::Json);
     }
 }
+
+/// An indented, one-field-per-line rendering of a schema (for snapshots and docs).
+pub fn describe(schema: &Schema) -> String {
+    fn field(out: &mut String, f: &Field, depth: usize) {
+        let pad = "  ".repeat(depth);
+        let (list, dt) = match f.data_type() {
+            DataType::List(inner) => ("[]", inner.data_type()),
+            other => ("", other),
+        };
+        match dt {
+            DataType::Struct(fs) => {
+                out.push_str(&format!("{pad}{}{list}: struct\n", f.name()));
+                for c in fs {
+                    field(out, c, depth + 1);
+                }
+            }
+            other => out.push_str(&format!("{pad}{}{list}: {other}\n", f.name())),
+        }
+    }
+    let mut out = String::new();
+    for f in schema.fields() {
+        field(&mut out, f, 0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod snapshots {
+    use super::*;
+
+    fn snapshot(rt: &str) -> String {
+        let m = Model::r4().unwrap();
+        let shape = TableShape::try_new(m, rt, ShapeOptions::default()).unwrap();
+        format!("# {rt}: {} leaf columns\n{}", shape.leaf_count(), describe(&shape.arrow_schema()))
+    }
+
+    #[test]
+    fn patient_schema() {
+        insta::assert_snapshot!(snapshot("Patient"));
+    }
+
+    #[test]
+    fn observation_schema() {
+        insta::assert_snapshot!(snapshot("Observation"));
+    }
+
+    #[test]
+    fn questionnaire_schema() {
+        insta::assert_snapshot!(snapshot("Questionnaire"));
+    }
+
+    #[test]
+    fn explanation_of_benefit_schema() {
+        insta::assert_snapshot!(snapshot("ExplanationOfBenefit"));
+    }
+}
