@@ -47,6 +47,9 @@ pub struct BundlePlan {
     pub entries: Vec<EntryPlan>,
 }
 
+/// (method, target type and id, problem) of one entry after the first pass.
+type Planned = (String, Option<(String, String)>, Option<Vec<Issue>>);
+
 /// Plans `bundle` (a JSON object with `resourceType` `Bundle`). `new_id` makes server ids.
 pub fn plan_bundle(
     model: &Model,
@@ -71,7 +74,7 @@ pub fn plan_bundle(
         Some(_) => return Err(err("Bundle.entry", "Bundle.entry must be an array")),
     };
     // Pass 1: methods, ids, and the fullUrl -> Type/id map.
-    let mut planned: Vec<(String, Option<(String, String)>, Option<Vec<Issue>>)> = Vec::with_capacity(entries.len());
+    let mut planned: Vec<Planned> = Vec::with_capacity(entries.len());
     let mut refs: HashMap<String, String> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         let loc = format!("Bundle.entry[{i}]");

@@ -31,10 +31,10 @@ impl PatientCompartment {
                     continue;
                 };
                 for part in expr.split('|') {
-                    if let Some(p) = simple_path(rt, part) {
-                        if !type_paths.contains(&p) {
-                            type_paths.push(p);
-                        }
+                    if let Some(p) = simple_path(rt, part)
+                        && !type_paths.contains(&p)
+                    {
+                        type_paths.push(p);
                     }
                 }
             }

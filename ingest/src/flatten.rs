@@ -200,7 +200,7 @@ fn write_field(f: &FieldShape, v: &Json, path: &str, out: &mut String, prim_ext:
     match &f.shape {
         Shape::Scalar(p) => write_many(f.many, v, out, |item, out| write_scalar(*p, item, out)),
         Shape::Json => write_many(f.many, v, out, |item, out| write_str(out, &item.to_json_string())),
-        Shape::Extensions => write_many(f.many, v, out, |item, out| write_extension(item, out)),
+        Shape::Extensions => write_many(f.many, v, out, write_extension),
         Shape::Struct(s) => {
             let mut i = 0usize;
             write_many(f.many, v, out, |item, out| {

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""End-to-end import benchmark: `fhirlake import` against DuckDB, same NDJSON, one run.
+
+The Synthea NDJSON fixtures are replicated with fresh ids (references rewritten
+consistently per replica) to at least --resources resources. Then, in this one invocation:
+
+  write  fhirlake: `fhirlake import DIR` into a fresh storage root (validation, typed
+         flattening, Delta commits of current + history tables, journal fsync).
+         DuckDB:   per type, COPY (SELECT * FROM read_json(file)) TO parquet.
+  read   fhirlake: `fhirlake sql` aggregate over Observation's typed columns.
+         DuckDB:   the same aggregate over its Parquet file.
+
+Each side runs in its own process; wall time and peak RSS (ru_maxrss of the child) are
+printed with the fhirlake/DuckDB ratio. --smoke uses one replica (~11,000 resources; CI runs it with the
+debug binary to keep the script working; its numbers mean nothing).
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+
+
+def replicate(src: Path, dst: Path, target: int) -> int:
+    """Writes replicas of every NDJSON file in src to dst; returns the resource count."""
+    files = sorted(src.glob("*.ndjson"))
+    originals = {f.name: [json.loads(l) for l in f.open() if l.strip()] for f in files}
+    per_replica = sum(len(v) for v in originals.values())
+    replicas = max(1, -(-target // per_replica))
+    dst.mkdir(parents=True, exist_ok=True)
+    total = 0
+    outs = {name: (dst / name).open("w") for name in originals}
+    for r in range(replicas):
+        ns = uuid.UUID(int=r + 1)
+
+        def new_id(old: str) -> str:
+            return str(uuid.uuid5(ns, old))
+
+        def rewrite(v):
+            if isinstance(v, dict):
+                out = {}
+                for k, x in v.items():
+                    if k == "reference" and isinstance(x, str) and "/" in x:
+                        t, _, i = x.rpartition("/")
+                        out[k] = f"{t}/{new_id(i)}"
+                    else:
+                        out[k] = rewrite(x)
+                return out
+            if isinstance(v, list):
+                return [rewrite(x) for x in v]
+            return v
+
+        for name, resources in originals.items():
+            w = outs[name]
+            for res in resources:
+                copy = rewrite(res)
+                copy["id"] = new_id(res["id"])
+                w.write(json.dumps(copy, separators=(",", ":")))
+                w.write("\n")
+                total += 1
+    for w in outs.values():
+        w.close()
+    return total
+
+
+WRAPPER = """
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:])
+print(f"MAXRSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}", file=sys.stderr)
+sys.exit(p.returncode)
+"""
+
+
+def run(cmd, env=None):
+    """Runs cmd in a fresh wrapper process; returns (seconds, peak RSS MiB, stdout)."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", WRAPPER, *map(str, cmd)], capture_output=True, text=True, env=env)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(map(str, cmd))}\n{p.stdout}\n{p.stderr}")
+    kb = int(p.stderr.strip().splitlines()[-1].split("=")[1])
+    return dt, kb / 1024, p.stdout
+
+
+DUCKDB_WRITE = """
+import sys, duckdb
+src, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads=2")
+import glob, os
+for f in sorted(glob.glob(os.path.join(src, '*.ndjson'))):
+    name = os.path.basename(f)[:-7]
+    con.execute(f"COPY (SELECT * FROM read_json('{f}', format='newline_delimited', maximum_object_size=67108864, sample_size=-1)) TO '{out}/{name}.parquet' (FORMAT parquet)")
+"""
+
+DUCKDB_READ = """
+import sys, duckdb
+con = duckdb.connect()
+con.execute("SET threads=2")
+print(con.execute(f"SELECT count(*), count(valueQuantity.value), max(effectiveDateTime) FROM read_parquet('{sys.argv[1]}/Observation.parquet')").fetchone())
+"""
+
+READ_SQL = "SELECT count(*), count(valueQuantity.value), max(effectiveDateTime) FROM observation"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/fhirlake-release")) / "release" / "fhirlake"))
+    ap.add_argument("--resources", type=int, default=100_000)
+    ap.add_argument("--smoke", action="store_true", help="one replica (~11,000 resources): checks the script, not the speed")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    a = ap.parse_args()
+    target = 2_000 if a.smoke else a.resources
+    work = Path(tempfile.mkdtemp(prefix="fhirlake-bench-"))
+    try:
+        src = work / "ndjson"
+        n = replicate(FIXTURES / "synthea" / "ndjson", src, target)
+        size = sum(f.stat().st_size for f in src.glob("*.ndjson")) / 2**20
+        print(f"data: {n} resources, {size:.1f} MiB NDJSON, {len(list(src.glob('*.ndjson')))} types")
+        env = dict(os.environ, RUST_LOG="warn")
+
+        data = work / "fhirlake-data"
+        t_fl, rss_fl, out = run([a.bin, "import", "--no-progress", "--data", str(data), "--errors", str(work / "errors.ndjson"), str(src)], env)
+        if f"imported {n} resources" not in out:
+            sys.exit(f"fhirlake import did not import {n} resources:\n{out}")
+        pq = work / "duckdb-parquet"
+        pq.mkdir()
+        t_dd, rss_dd, _ = run([sys.executable, "-c", DUCKDB_WRITE, str(src), str(pq)])
+
+        r_fl, rss_rfl, out_fl = run([a.bin, "sql", "--data", str(data), "--format", "csv", READ_SQL], env)
+        r_dd, rss_rdd, out_dd = run([sys.executable, "-c", DUCKDB_READ, str(pq)])
+
+        print(f"{'':22}{'fhirlake':>14}{'DuckDB':>14}{'ratio':>10}")
+        print(f"{'write resources/s':22}{n / t_fl:14,.0f}{n / t_dd:14,.0f}{(n / t_fl) / (n / t_dd):10.2f}")
+        print(f"{'write seconds':22}{t_fl:14.2f}{t_dd:14.2f}{t_fl / t_dd:10.2f}")
+        print(f"{'write peak RSS MiB':22}{rss_fl:14.0f}{rss_dd:14.0f}")
+        print(f"{'read query seconds':22}{r_fl:14.2f}{r_dd:14.2f}{r_fl / r_dd:10.2f}")
+        print(f"{'read peak RSS MiB':22}{rss_rfl:14.0f}{rss_rdd:14.0f}")
+        print(f"fhirlake read result: {out_fl.strip().splitlines()[-1]}; DuckDB: {out_dd.strip()}")
+    finally:
+        if a.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
