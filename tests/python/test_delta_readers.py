@@ -40,6 +40,9 @@ def test_deltalake_reads_typed_nested_columns(data):
     patients = ndjson("Patient.ndjson")
     t = DeltaTable(str(data / "resources" / "Patient"))
     assert t.protocol().min_reader_version == 1
+    stats = set(t.get_add_actions(flatten=True).column_names)
+    for col in ("id", "_patient", "_last_updated", "_version_id"):
+        assert f"min.{col}" in stats, f"no file statistics for {col}: {sorted(stats)[:20]}"
     table = t.to_pyarrow_table()
     assert table.num_rows == len(patients)
     schema = table.schema
