@@ -127,8 +127,14 @@ impl TableShape {
 
     /// The Arrow schema of the current table: FHIR fields, then reserved columns.
     pub fn arrow_schema(&self) -> Schema {
-        let mut fields: Vec<Field> = struct_fields(&self.root);
-        fields.extend(reserved_fields());
+        let mut fhir = struct_fields(&self.root).into_iter();
+        // `id`, then the hot reserved columns, so they are within the first 32 leaf columns
+        // that readers without `delta.dataSkippingStatsColumns` collect statistics for.
+        let mut fields: Vec<Field> = fhir.next().into_iter().collect();
+        let (head, tail) = reserved_fields();
+        fields.extend(head);
+        fields.extend(fhir);
+        fields.extend(tail);
         Schema::new(fields)
     }
 
@@ -138,10 +144,10 @@ impl TableShape {
     }
 }
 
-/// The reserved columns of the current table, after the FHIR fields.
-pub fn reserved_fields() -> Vec<Field> {
-    vec![
-        Field::new(reserved::RAW, DataType::Utf8, false),
+/// The reserved columns of the current table: (those placed right after `id`, those placed
+/// after the FHIR fields).
+pub fn reserved_fields() -> (Vec<Field>, Vec<Field>) {
+    let head = vec![
         Field::new(reserved::VERSION_ID, DataType::Int64, false),
         Field::new(reserved::LAST_UPDATED, timestamp_type(), false),
         Field::new(reserved::PATIENT, DataType::Utf8, true),
@@ -150,8 +156,12 @@ pub fn reserved_fields() -> Vec<Field> {
             DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
             true,
         ),
+    ];
+    let tail = vec![
         Field::new(reserved::PRIMITIVE_EXTENSIONS, DataType::Utf8, true),
-    ]
+        Field::new(reserved::RAW, DataType::Utf8, false),
+    ];
+    (head, tail)
 }
 
 /// The schema of a history table: keys, version, time, deleted flag, raw JSON.
@@ -301,6 +311,7 @@ mod tests {
         for t in m.resource_types() {
             let shape = TableShape::try_new(m, t, ShapeOptions::default()).unwrap();
             let schema = shape.arrow_schema();
+            assert_eq!(schema.field(0).name(), "id", "{t}: id must be the first column");
             let mut seen = std::collections::HashSet::new();
             for f in schema.fields() {
                 assert!(seen.insert(f.name().to_lowercase()), "{t}: column {} collides case-insensitively", f.name());

@@ -51,6 +51,14 @@ pub async fn transaction_or_batch(
             if !issues.is_empty() {
                 return Err(ApiError::Invalid(issues));
             }
+            // FHIR: a transaction whose entries name the same resource twice fails.
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = ops.iter().find(|op| !seen.insert((op.resource_type.as_str(), op.id.as_str()))) {
+                return Err(ApiError::Conflict(format!(
+                    "transaction not applied: {}/{} appears in more than one entry",
+                    dup.resource_type, dup.id
+                )));
+            }
             let outcomes = state.writer.submit_atomic(ops.clone()).await?;
             if let Some((i, OpOutcome::PreconditionFailed { current })) =
                 outcomes.iter().enumerate().find(|(_, o)| matches!(o, OpOutcome::PreconditionFailed { .. }))

@@ -277,6 +277,14 @@ fn cases() -> Vec<Case> {
         ),
         case("non-Bundle to base", p.clone(), "/fhir", r#"{"resourceType":"Patient"}"#, 400, None),
         case(
+            "transaction naming one resource twice",
+            p.clone(),
+            "/fhir",
+            r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","id":"p0"},"request":{"method":"PUT","url":"Patient/p0"}},{"request":{"method":"DELETE","url":"Patient/p0"}}]}"#,
+            409,
+            None,
+        ),
+        case(
             "transaction entry with bad method",
             p.clone(),
             "/fhir",
