@@ -61,7 +61,8 @@ impl Flattener {
         let rt = &self.shape.resource_type;
         out.push('{');
         let mut first = true;
-        write_struct_fields(&self.shape.root, resource, rt, &mut out, &mut first, &mut prim_ext);
+        let mut path = rt.to_string();
+        write_struct_fields(&self.shape.root, resource, &mut path, &mut out, &mut first, &mut prim_ext);
         let mut key = |out: &mut String, k: &str| {
             if !first {
                 out.push(',');
@@ -144,16 +145,24 @@ fn write_key(out: &mut String, first: &mut bool, k: &str) {
 fn write_struct_fields(
     s: &StructShape,
     obj: &Json,
-    path: &str,
+    path: &mut String,
     out: &mut String,
     first: &mut bool,
     prim_ext: &mut Vec<(String, String)>,
 ) {
     let Some(members) = obj.as_object() else { return };
-    for f in &s.fields {
-        let Some(v) = obj.get(&f.name) else { continue };
+    for (k, v) in members {
+        if let Some(base) = k.strip_prefix('_') {
+            prim_ext.push((format!("{path}.{base}"), v.to_json_string()));
+            continue;
+        }
+        let Some(f) = s.field(k) else { continue };
         write_key(out, first, &f.name);
-        write_field(f, v, &format!("{path}.{}", f.name), out, prim_ext);
+        let len = path.len();
+        path.push('.');
+        path.push_str(&f.name);
+        write_field(f, v, path, out, prim_ext);
+        path.truncate(len);
         if let Shape::Scalar(p) = f.shape
             && p.is_temporal()
         {
@@ -162,11 +171,6 @@ fn write_struct_fields(
                 Some(us) => out.push_str(&us.to_string()),
                 None => out.push_str("null"),
             });
-        }
-    }
-    for (k, v) in members {
-        if let Some(base) = k.strip_prefix('_') {
-            prim_ext.push((format!("{path}.{base}"), v.to_json_string()));
         }
     }
     if s.is_reference
@@ -196,7 +200,7 @@ fn write_many(many: bool, v: &Json, out: &mut String, mut f: impl FnMut(&Json, &
     }
 }
 
-fn write_field(f: &FieldShape, v: &Json, path: &str, out: &mut String, prim_ext: &mut Vec<(String, String)>) {
+fn write_field(f: &FieldShape, v: &Json, path: &mut String, out: &mut String, prim_ext: &mut Vec<(String, String)>) {
     match &f.shape {
         Shape::Scalar(p) => write_many(f.many, v, out, |item, out| write_scalar(*p, item, out)),
         Shape::Json => write_many(f.many, v, out, |item, out| write_str(out, &item.to_json_string())),
@@ -204,16 +208,20 @@ fn write_field(f: &FieldShape, v: &Json, path: &str, out: &mut String, prim_ext:
         Shape::Struct(s) => {
             let mut i = 0usize;
             write_many(f.many, v, out, |item, out| {
-                let at = if f.many { format!("{path}[{i}]") } else { path.to_string() };
+                let len = path.len();
+                if f.many {
+                    path.push_str(&format!("[{i}]"));
+                }
                 i += 1;
                 if item.as_object().is_none() {
                     out.push_str("null");
-                    return;
+                } else {
+                    out.push('{');
+                    let mut first = true;
+                    write_struct_fields(s, item, path, out, &mut first, prim_ext);
+                    out.push('}');
                 }
-                out.push('{');
-                let mut first = true;
-                write_struct_fields(s, item, &at, out, &mut first, prim_ext);
-                out.push('}');
+                path.truncate(len);
             });
         }
     }

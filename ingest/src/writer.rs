@@ -333,16 +333,41 @@ struct Core {
 
 /// FNV-1a 64 of the resource's JSON without `meta.versionId` / `meta.lastUpdated`.
 pub fn content_hash(resource: &Json) -> u64 {
-    let mut r = resource.clone();
-    if let Some(meta) = r.get_mut("meta") {
-        meta.remove("versionId");
-        meta.remove("lastUpdated");
-        if meta.as_object().is_some_and(<[_]>::is_empty) {
-            r.remove("meta");
+    // Same bytes as the compact serialisation of the resource with those two meta fields
+    // removed (and `meta` dropped when nothing else is in it), without cloning the tree.
+    let mut text = String::with_capacity(1024);
+    match resource.as_object() {
+        Some(members) => {
+            text.push('{');
+            let mut first = true;
+            for (k, v) in members {
+                let stripped;
+                let v = if k == "meta" {
+                    let mut m = v.clone();
+                    m.remove("versionId");
+                    m.remove("lastUpdated");
+                    if m.as_object().is_some_and(<[_]>::is_empty) {
+                        continue;
+                    }
+                    stripped = m;
+                    &stripped
+                } else {
+                    v
+                };
+                if !first {
+                    text.push(',');
+                }
+                first = false;
+                fhirlake_schemas::json::write_str(&mut text, k);
+                text.push(':');
+                v.write_to(&mut text);
+            }
+            text.push('}');
         }
+        None => resource.write_to(&mut text),
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in r.to_json_string().bytes() {
+    for b in text.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -836,6 +861,21 @@ mod tests {
             action: Action::Put(patient(id, family)),
             precondition,
         }
+    }
+
+    #[test]
+    fn content_hash_ignores_server_meta_only() {
+        let a = Json::parse(br#"{"resourceType":"Patient","id":"a","meta":{"versionId":"3","lastUpdated":"2020-01-01T00:00:00Z"},"active":true}"#, ParseLimits::default()).unwrap();
+        let b = Json::parse(br#"{"resourceType":"Patient","id":"a","active":true}"#, ParseLimits::default()).unwrap();
+        let c = Json::parse(
+            br#"{"resourceType":"Patient","id":"a","meta":{"source":"x"},"active":true}"#,
+            ParseLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+        assert_ne!(content_hash(&b), content_hash(&with_server_meta(&c, 1, 0)));
+        assert_eq!(content_hash(&c), content_hash(&with_server_meta(&c, 7, 123)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,15 @@ pub struct StructShape {
     pub fields: Vec<FieldShape>,
     /// True for `Reference`: adds `_target_type` / `_target_id`.
     pub is_reference: bool,
+    /// Field name -> index into `fields`.
+    pub by_name: std::collections::HashMap<String, usize>,
+}
+
+impl StructShape {
+    /// The field named `name`.
+    pub fn field(&self, name: &str) -> Option<&FieldShape> {
+        self.by_name.get(name).map(|&i| &self.fields[i])
+    }
 }
 
 /// One field of a struct.
@@ -219,7 +228,8 @@ fn struct_shape(
         }
     }
     stack.pop();
-    Ok(StructShape { fields, is_reference: key == "Reference" })
+    let by_name = fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
+    Ok(StructShape { fields, is_reference: key == "Reference", by_name })
 }
 
 fn struct_fields(s: &StructShape) -> Vec<Field> {
