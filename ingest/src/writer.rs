@@ -397,21 +397,40 @@ pub fn with_server_meta(resource: &Json, version: i64, last_updated_us: i64) -> 
 struct Decided {
     out: Vec<OpOutcome>,
     records: Vec<VersionRecord>,
-    parsed: Vec<Option<Arc<Json>>>,
     pending: HashMap<(String, String), IndexEntry>,
     existed: HashSet<(String, String)>,
+    /// Served JSON still to build: (index into `out`, index into `records` for a new
+    /// version, the resource, version, last-updated).
+    builds: Vec<Build>,
 }
 
-/// Decides `ops` against the index plus earlier decisions of the batch (`batch`).
-fn decide(ops: &[WriteOp], idx: &ResourceIndex, batch: &HashMap<(String, String), IndexEntry>, ts: i64) -> Decided {
+struct Build {
+    out: usize,
+    record: Option<usize>,
+    json: Arc<Json>,
+    version: i64,
+    last_updated_us: i64,
+}
+
+/// Decides `ops` against the index plus earlier decisions of the batch (`batch`). `hashes`
+/// holds the content hash of each op (0 for deletes). Served JSON is built afterwards, in
+/// parallel ([`build_served`]): the `raw` of the outcomes and records is filled in then.
+fn decide(
+    ops: &[WriteOp],
+    hashes: &[u64],
+    idx: &ResourceIndex,
+    batch: &HashMap<(String, String), IndexEntry>,
+    ts: i64,
+) -> Decided {
     let mut d = Decided {
         out: Vec::with_capacity(ops.len()),
         records: Vec::new(),
-        parsed: Vec::new(),
         pending: HashMap::new(),
         existed: HashSet::new(),
+        builds: Vec::new(),
     };
-    for op in ops {
+    let placeholder: Arc<str> = Arc::from("");
+    for (op, &hash) in ops.iter().zip(hashes) {
         let key = (op.resource_type.clone(), op.id.clone());
         let cur =
             d.pending.get(&key).or_else(|| batch.get(&key)).copied().or_else(|| idx.get(&op.resource_type, &op.id));
@@ -428,14 +447,28 @@ fn decide(ops: &[WriteOp], idx: &ResourceIndex, batch: &HashMap<(String, String)
         let next_version = cur.map_or(1, |c| c.version + 1);
         match &op.action {
             Action::Put(json) => {
-                let hash = content_hash(json);
                 if let Some(c) = live.filter(|c| c.hash == hash) {
-                    let raw: Arc<str> = with_server_meta(json, c.version, c.last_updated_us).to_json_string().into();
-                    d.out.push(OpOutcome::Unchanged { version: c.version, last_updated_us: c.last_updated_us, raw });
+                    d.builds.push(Build {
+                        out: d.out.len(),
+                        record: None,
+                        json: json.clone(),
+                        version: c.version,
+                        last_updated_us: c.last_updated_us,
+                    });
+                    d.out.push(OpOutcome::Unchanged {
+                        version: c.version,
+                        last_updated_us: c.last_updated_us,
+                        raw: placeholder.clone(),
+                    });
                     continue;
                 }
-                let served = with_server_meta(json, next_version, ts);
-                let raw: Arc<str> = served.to_json_string().into();
+                d.builds.push(Build {
+                    out: d.out.len(),
+                    record: Some(d.records.len()),
+                    json: json.clone(),
+                    version: next_version,
+                    last_updated_us: ts,
+                });
                 d.records.push(VersionRecord {
                     resource_type: op.resource_type.clone(),
                     id: op.id.clone(),
@@ -443,14 +476,13 @@ fn decide(ops: &[WriteOp], idx: &ResourceIndex, batch: &HashMap<(String, String)
                     last_updated_us: ts,
                     deleted: false,
                     hash,
-                    raw: Some(raw.clone()),
+                    raw: None,
                 });
-                d.parsed.push(Some(Arc::new(served)));
                 d.pending.insert(key, IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts });
                 d.out.push(OpOutcome::Written {
                     version: next_version,
                     last_updated_us: ts,
-                    raw,
+                    raw: placeholder.clone(),
                     created: live.is_none(),
                 });
             }
@@ -468,7 +500,6 @@ fn decide(ops: &[WriteOp], idx: &ResourceIndex, batch: &HashMap<(String, String)
                     hash: 0,
                     raw: None,
                 });
-                d.parsed.push(None);
                 d.pending
                     .insert(key, IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts });
                 d.out.push(OpOutcome::Deleted { version: Some(next_version) });
@@ -476,6 +507,35 @@ fn decide(ops: &[WriteOp], idx: &ResourceIndex, batch: &HashMap<(String, String)
         }
     }
     d
+}
+
+/// Content hashes of every op of every request, computed in parallel.
+fn hash_ops(reqs: &[Request]) -> Vec<Vec<u64>> {
+    use rayon::prelude::*;
+    reqs.iter()
+        .map(|r| {
+            r.ops
+                .par_iter()
+                .map(|op| match &op.action {
+                    Action::Put(json) => content_hash(json),
+                    Action::Delete => 0,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Builds the served JSON (with server meta) of every build, in parallel.
+fn build_served(builds: &[(usize, Build)]) -> Vec<(Json, Arc<str>)> {
+    use rayon::prelude::*;
+    builds
+        .par_iter()
+        .map(|(_, b)| {
+            let served = with_server_meta(&b.json, b.version, b.last_updated_us);
+            let raw: Arc<str> = served.to_json_string().into();
+            (served, raw)
+        })
+        .collect()
 }
 
 impl Core {
@@ -511,17 +571,29 @@ impl Core {
     }
 
     async fn group_commit(&mut self, reqs: Vec<Request>, index: &Arc<RwLock<ResourceIndex>>) {
+        let (reqs, hashes) = match tokio::task::spawn_blocking(move || {
+            let h = hash_ops(&reqs);
+            (reqs, h)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "hashing failed");
+                return;
+            }
+        };
         // Decide every op against the index plus the versions decided earlier in this batch.
         let mut pending: HashMap<(String, String), IndexEntry> = HashMap::new();
         let mut records: Vec<VersionRecord> = Vec::new();
-        let mut parsed: Vec<Option<Arc<Json>>> = Vec::new();
         let mut existed: HashSet<(String, String)> = HashSet::new();
         let mut answers: Vec<Vec<OpOutcome>> = Vec::with_capacity(reqs.len());
+        let mut builds: Vec<(usize, Build)> = Vec::new();
         let ts = self.next_ts();
         {
             let idx = index.read().expect("index lock");
-            for req in &reqs {
-                let d = decide(&req.ops, &idx, &pending, ts);
+            for (r, req) in reqs.iter().enumerate() {
+                let d = decide(&req.ops, &hashes[r], &idx, &pending, ts);
                 let failed = d.out.iter().any(|o| matches!(o, OpOutcome::PreconditionFailed { .. }));
                 if req.atomic && failed {
                     let out = d
@@ -535,11 +607,38 @@ impl Core {
                     answers.push(out);
                     continue;
                 }
+                let offset = records.len();
+                builds.extend(d.builds.into_iter().map(|mut b| {
+                    b.record = b.record.map(|i| i + offset);
+                    (r, b)
+                }));
                 records.extend(d.records);
-                parsed.extend(d.parsed);
                 existed.extend(d.existed);
                 pending.extend(d.pending);
                 answers.push(d.out);
+            }
+        }
+        let (builds, built) = match tokio::task::spawn_blocking(move || {
+            let built = build_served(&builds);
+            (builds, built)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "serialising failed");
+                return;
+            }
+        };
+        let mut parsed: Vec<Option<Arc<Json>>> = vec![None; records.len()];
+        for ((r, b), (served, raw)) in builds.into_iter().zip(built) {
+            match &mut answers[r][b.out] {
+                OpOutcome::Written { raw: slot, .. } | OpOutcome::Unchanged { raw: slot, .. } => *slot = raw.clone(),
+                _ => {}
+            }
+            if let Some(i) = b.record {
+                records[i].raw = Some(raw);
+                parsed[i] = Some(Arc::new(served));
             }
         }
         let result = if records.is_empty() { Ok(()) } else { self.persist(&records, parsed, &existed).await };
