@@ -159,16 +159,8 @@ fn rejected_resources_go_to_the_error_file_with_exit_code_3() {
 fn import_refuses_while_a_server_holds_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = fhirlake()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+    let (mut server, addr) = serve(&data);
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     let input = dir.path().join("one.ndjson");
     std::fs::write(&input, "{\"resourceType\":\"Patient\",\"id\":\"x\"}\n").unwrap();
     let out = fhirlake().args(["import", "--no-progress", "--data"]).arg(&data).arg(&input).output().unwrap();
@@ -185,4 +177,81 @@ fn import_refuses_while_a_server_holds_the_root() {
     assert!(status.success(), "{status:?}");
     let out = fhirlake().args(["import", "--no-progress", "--data"]).arg(&data).arg(&input).output().unwrap();
     assert!(out.status.success(), "after the server stopped: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts `fhirlake serve` on a free port; returns the child and its base URL host:port.
+fn serve(data: &Path) -> (std::process::Child, String) {
+    let mut server = fhirlake()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    (server, addr)
+}
+
+/// A minimal HTTP/1.1 exchange over a fresh connection: (status, headers+body text).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, resp)
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, addr) = serve(&data);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let (status, resp) = http(
+            &addr,
+            "POST",
+            "/fhir/Patient",
+            &format!(r#"{{"resourceType":"Patient","name":[{{"family":"K{i}"}}]}}"#),
+        );
+        assert_eq!(status, 201, "{resp}");
+        let loc = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("location:")).unwrap();
+        ids.push(loc.split("/Patient/").nth(1).unwrap().split('/').next().unwrap().to_string());
+    }
+    // no graceful shutdown: the lease and possibly a journal entry are left behind
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (mut server, addr) = serve(&data);
+    for id in &ids {
+        let (status, resp) = http(&addr, "GET", &format!("/fhir/Patient/{id}"), "");
+        assert_eq!(status, 200, "acknowledged Patient/{id} lost after kill -9: {resp}");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn gzipped_ndjson_imports() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("patients.ndjson.gz");
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&input).unwrap(), flate2::Compression::fast());
+    for i in 0..50 {
+        writeln!(gz, r#"{{"resourceType":"Patient","id":"gz{i}","gender":"unknown"}}"#).unwrap();
+    }
+    gz.finish().unwrap();
+    let data = dir.path().join("data");
+    let out = fhirlake().args(["import", "--no-progress", "--data"]).arg(&data).arg(&input).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let n = sql_json(&data, "SELECT count(*) AS n FROM patient WHERE gender = 'unknown'");
+    assert_eq!(n[0]["n"], serde_json::json!(50));
 }
