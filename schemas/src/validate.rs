@@ -7,6 +7,8 @@
 //! Every problem is reported with the FHIRPath location of the offending element.
 //! Must not: change the resource or do I/O.
 
+use std::fmt::Write as _;
+
 use crate::datetime::{self, Temporal};
 use crate::json::Json;
 use crate::model::{Element, Model, Primitive, Structure, TypeRef};
@@ -125,6 +127,9 @@ impl Validator<'_> {
             return;
         };
         let mut chosen: Vec<(usize, usize)> = Vec::new();
+        let mut buf = String::with_capacity(path.len() + 32);
+        buf.push_str(path);
+        let base = buf.len();
         for (key, v) in members {
             if is_resource && key == "resourceType" {
                 continue;
@@ -151,12 +156,17 @@ impl Validator<'_> {
                 );
             }
             chosen.push((idx, var));
-            self.element(el, var, v, &format!("{path}.{key}"));
+            buf.truncate(base);
+            buf.push('.');
+            buf.push_str(key);
+            self.element(el, var, v, &buf);
         }
         for (idx, el) in s.elements.iter().enumerate() {
-            let present = chosen.iter().any(|(i, _)| *i == idx)
-                || el.variants.iter().any(|(n, _)| value.get(&format!("_{n}")).is_some());
-            if el.min > 0 && !present {
+            if el.min == 0 || chosen.iter().any(|(i, _)| *i == idx) {
+                continue;
+            }
+            let present = el.variants.iter().any(|(n, _)| members.iter().any(|(k, _)| k.strip_prefix('_') == Some(n)));
+            if !present {
                 self.issue(
                     IssueCode::Required,
                     &format!("{path}.{}", el.name),
@@ -173,12 +183,16 @@ impl Validator<'_> {
                 if items.is_empty() {
                     self.issue(IssueCode::Structure, path, "arrays must not be empty; omit the element instead".into());
                 }
+                let mut buf = String::with_capacity(path.len() + 8);
                 for (i, item) in items.iter().enumerate() {
                     // null holds the place of a value that only has a primitive extension.
                     if matches!(item, Json::Null) && matches!(ty, TypeRef::Primitive(_)) {
                         continue;
                     }
-                    self.value(el, ty, item, &format!("{path}[{i}]"));
+                    buf.clear();
+                    buf.push_str(path);
+                    let _ = write!(buf, "[{i}]");
+                    self.value(el, ty, item, &buf);
                 }
             }
             (true, _) => self.issue(
