@@ -159,3 +159,22 @@ async fn transaction_bundles_are_atomic_and_rewrite_references() {
     assert_eq!(n[0]["n"], serde_json::json!(1));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_operation_reports_without_storing() {
+    let s = TestServer::start().await;
+    let ok = s.post("/fhir/Patient/$validate", r#"{"resourceType":"Patient","gender":"male"}"#).await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.body.contains(r#""severity":"information""#), "{}", ok.body);
+    let bad = s.post("/fhir/Patient/$validate", r#"{"resourceType":"Patient","gender":"m"}"#).await;
+    assert_eq!(bad.status, 200);
+    assert!(bad.body.contains(r#""severity":"error""#) && bad.body.contains("Patient.gender"), "{}", bad.body);
+    let wrapped = r#"{"resourceType":"Parameters","parameter":[{"name":"resource","resource":{"resourceType":"Patient","birthDate":"x"}}]}"#;
+    let r = s.post("/fhir/Patient/$validate", wrapped).await;
+    assert!(r.body.contains("Patient.birthDate"), "{}", r.body);
+    assert!(
+        s.state.writer.tables().get(fhirlake_ingest::TableKind::Current, "Patient").is_none(),
+        "$validate stored something"
+    );
+    s.stop().await;
+}
