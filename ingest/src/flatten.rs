@@ -320,7 +320,11 @@ pub fn normalize_decimal(text: &str) -> Option<String> {
         return None;
     }
     // value = digits * 10^(exp - frac_len)
-    let point = int_part.len() as i64 + exp;
+    let point = (int_part.len() as i64).saturating_add(exp);
+    // Far outside Decimal128(38, 18) (and never worth materialising digit strings for).
+    if !(-(DECIMAL_SCALE as i64) - 64..=64).contains(&point) {
+        return None;
+    }
     let (int_digits, frac_digits): (String, String) = if point <= 0 {
         (String::new(), "0".repeat((-point) as usize) + &digits)
     } else if point as usize >= digits.len() {
@@ -358,6 +362,8 @@ mod tests {
         assert_eq!(normalize_decimal("25E-2").as_deref(), Some("0.25"));
         assert_eq!(normalize_decimal("0.0000000000000000001"), None);
         assert_eq!(normalize_decimal("123456789012345678901"), None);
+        assert_eq!(normalize_decimal("1e999999999999"), None);
+        assert_eq!(normalize_decimal("1e-999999999999"), None);
     }
 
     #[test]
