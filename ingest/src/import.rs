@@ -160,7 +160,10 @@ pub async fn import_paths(writer: &Writer, paths: &[PathBuf], options: ImportOpt
     Ok(state.summary)
 }
 
-type Pending = tokio::task::JoinHandle<(Vec<String>, Vec<WriteOp>, Result<Vec<OpOutcome>>)>;
+/// What is kept of a submitted op for the summary: (resource type, is a put).
+type OpInfo = (String, bool);
+
+type Pending = tokio::task::JoinHandle<(Vec<String>, Vec<OpInfo>, Result<Vec<OpOutcome>>)>;
 
 struct State {
     writer: Writer,
@@ -190,16 +193,18 @@ impl State {
         w.write_all(line.as_bytes()).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
     }
 
-    /// Submits `ops` (one atomic request); keeps at most two requests in flight.
+    /// Submits `ops` as one request; keeps at most three requests in flight.
     async fn submit(&mut self, sources: Vec<String>, ops: Vec<WriteOp>, atomic: bool) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
-        self.drain(4).await?;
+        self.drain(2).await?;
         let writer = self.writer.clone();
+        let info: Vec<OpInfo> =
+            ops.iter().map(|op| (op.resource_type.clone(), matches!(op.action, Action::Put(_)))).collect();
         self.inflight.push(tokio::spawn(async move {
-            let r = if atomic { writer.submit_atomic(ops.clone()).await } else { writer.submit(ops.clone()).await };
-            (sources, ops, r)
+            let r = if atomic { writer.submit_atomic(ops).await } else { writer.submit(ops).await };
+            (sources, info, r)
         }));
         Ok(())
     }
@@ -223,8 +228,8 @@ impl State {
                         continue;
                     }
                 }
-                if matches!(op.action, Action::Put(_)) {
-                    *self.summary.per_type.entry(op.resource_type.clone()).or_default() += 1;
+                if op.1 {
+                    *self.summary.per_type.entry(op.0.clone()).or_default() += 1;
                     self.progress.resources += 1;
                 }
             }

@@ -376,7 +376,11 @@ pub fn content_hash(resource: &Json) -> u64 {
 
 /// The resource with the server's `meta.versionId` and `meta.lastUpdated`.
 pub fn with_server_meta(resource: &Json, version: i64, last_updated_us: i64) -> Json {
-    let mut r = resource.clone();
+    set_server_meta(resource.clone(), version, last_updated_us)
+}
+
+/// Sets the server's `meta.versionId` and `meta.lastUpdated` (meta right after `id`).
+pub fn set_server_meta(mut r: Json, version: i64, last_updated_us: i64) -> Json {
     let ts = chrono::DateTime::from_timestamp_micros(last_updated_us)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -525,15 +529,17 @@ fn hash_ops(reqs: &[Request]) -> Vec<Vec<u64>> {
         .collect()
 }
 
-/// Builds the served JSON (with server meta) of every build, in parallel.
-fn build_served(builds: &[(usize, Build)]) -> Vec<(Json, Arc<str>)> {
+/// Builds the served JSON (with server meta) of every build, in parallel. A resource no one
+/// else holds is updated in place instead of cloned.
+fn build_served(builds: Vec<(usize, Build)>) -> Vec<(usize, usize, Option<usize>, Json, Arc<str>)> {
     use rayon::prelude::*;
     builds
-        .par_iter()
-        .map(|(_, b)| {
-            let served = with_server_meta(&b.json, b.version, b.last_updated_us);
+        .into_par_iter()
+        .map(|(r, b)| {
+            let json = Arc::try_unwrap(b.json).unwrap_or_else(|shared| (*shared).clone());
+            let served = set_server_meta(json, b.version, b.last_updated_us);
             let raw: Arc<str> = served.to_json_string().into();
-            (served, raw)
+            (r, b.out, b.record, served, raw)
         })
         .collect()
 }
@@ -571,7 +577,7 @@ impl Core {
     }
 
     async fn group_commit(&mut self, reqs: Vec<Request>, index: &Arc<RwLock<ResourceIndex>>) {
-        let (reqs, hashes) = match tokio::task::spawn_blocking(move || {
+        let (mut reqs, hashes) = match tokio::task::spawn_blocking(move || {
             let h = hash_ops(&reqs);
             (reqs, h)
         })
@@ -618,12 +624,11 @@ impl Core {
                 answers.push(d.out);
             }
         }
-        let (builds, built) = match tokio::task::spawn_blocking(move || {
-            let built = build_served(&builds);
-            (builds, built)
-        })
-        .await
-        {
+        // The ops are decided: let go of their resources so the builds own them.
+        for req in reqs.iter_mut() {
+            req.ops.clear();
+        }
+        let built = match tokio::task::spawn_blocking(move || build_served(builds)).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "serialising failed");
@@ -631,12 +636,12 @@ impl Core {
             }
         };
         let mut parsed: Vec<Option<Arc<Json>>> = vec![None; records.len()];
-        for ((r, b), (served, raw)) in builds.into_iter().zip(built) {
-            match &mut answers[r][b.out] {
+        for (r, out, record, served, raw) in built {
+            match &mut answers[r][out] {
                 OpOutcome::Written { raw: slot, .. } | OpOutcome::Unchanged { raw: slot, .. } => *slot = raw.clone(),
                 _ => {}
             }
-            if let Some(i) = b.record {
+            if let Some(i) = record {
                 records[i].raw = Some(raw);
                 parsed[i] = Some(Arc::new(served));
             }
