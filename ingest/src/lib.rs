@@ -7,6 +7,7 @@
 //!
 //! Must not: speak HTTP, or depend on `fhirlake-query` (the root composes the two).
 
+mod apply;
 pub mod bundle;
 pub mod compartment;
 pub mod durable;

@@ -14,20 +14,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use deltalake::DeltaTable;
-use deltalake::datafusion::prelude::{col, lit};
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::protocol::SaveMode;
-use fhirlake_schemas::json::ParseLimits;
-use fhirlake_schemas::shape::history_schema;
-use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use fhirlake_schemas::{Json, Model, ShapeOptions};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::compartment::PatientCompartment;
-use crate::flatten::{Flattener, RowMeta};
-use crate::journal::{JOURNAL_APP_ID, Journal, VersionRecord};
+use crate::apply::{Applier, load_index};
+use crate::journal::{Journal, VersionRecord};
 use crate::store::{Lease, StorageRoot, TableKind};
 use crate::{Clock, Error, Result, SystemClock};
 
@@ -124,7 +116,7 @@ impl ResourceIndex {
         self.types.get(rt)?.get(id).copied()
     }
 
-    fn set(&mut self, rt: &str, id: &str, e: IndexEntry) {
+    pub(crate) fn set(&mut self, rt: &str, id: &str, e: IndexEntry) {
         self.types.entry(rt.to_string()).or_default().insert(id.to_string(), e);
     }
 
@@ -179,7 +171,7 @@ impl TableSet {
         self.tables.read().expect("table set lock").get(&(kind, rt.to_string())).cloned()
     }
 
-    fn put(&self, kind: TableKind, rt: &str, t: DeltaTable) {
+    pub(crate) fn put(&self, kind: TableKind, rt: &str, t: DeltaTable) {
         self.tables.write().expect("table set lock").insert((kind, rt.to_string()), t);
     }
 
@@ -248,16 +240,12 @@ impl Writer {
         let lease = Lease::acquire(&root, &options.holder).await?;
         let model = Model::r4()?;
         let mut core = Core {
-            root: root.clone(),
             journal: Journal::new(root.clone()),
-            tables: Arc::new(TableSet::default()),
-            flatteners: Mutex::new(HashMap::new()),
-            compartment: PatientCompartment::new(model),
+            applier: Applier::new(root.clone(), options.shape, model),
             options: options.clone(),
             clock,
             last_seq: 0,
             last_ts: 0,
-            stats: Arc::new(WriterStats::default()),
         };
         let index = match core.recover().await {
             Ok(index) => index,
@@ -268,7 +256,13 @@ impl Writer {
         };
         let index = Arc::new(RwLock::new(index));
         let (tx, rx) = mpsc::channel(1024);
-        let writer = Writer { tx, index: index.clone(), tables: core.tables.clone(), root, stats: core.stats.clone() };
+        let writer = Writer {
+            tx,
+            index: index.clone(),
+            tables: core.applier.tables.clone(),
+            root,
+            stats: core.applier.stats.clone(),
+        };
         let join = tokio::spawn(core.run(rx, index));
         Ok((writer, WriterTask { join, lease }))
     }
@@ -319,16 +313,12 @@ impl Writer {
 }
 
 struct Core {
-    root: StorageRoot,
     journal: Journal,
-    tables: Arc<TableSet>,
-    flatteners: Mutex<HashMap<String, Arc<Flattener>>>,
-    compartment: PatientCompartment,
+    applier: Applier,
     options: WriterOptions,
     clock: Arc<dyn Clock>,
     last_seq: i64,
     last_ts: i64,
-    stats: Arc<WriterStats>,
 }
 
 /// FNV-1a 64 of the resource's JSON without `meta.versionId` / `meta.lastUpdated`.
@@ -529,17 +519,26 @@ fn hash_ops(reqs: &[Request]) -> Vec<Vec<u64>> {
         .collect()
 }
 
+/// A built version: (request index, index into its outcomes, record index, served JSON, raw).
+struct Built {
+    request: usize,
+    out: usize,
+    record: Option<usize>,
+    served: Json,
+    raw: Arc<str>,
+}
+
 /// Builds the served JSON (with server meta) of every build, in parallel. A resource no one
 /// else holds is updated in place instead of cloned.
-fn build_served(builds: Vec<(usize, Build)>) -> Vec<(usize, usize, Option<usize>, Json, Arc<str>)> {
+fn build_served(builds: Vec<(usize, Build)>) -> Vec<Built> {
     use rayon::prelude::*;
     builds
         .into_par_iter()
-        .map(|(r, b)| {
+        .map(|(request, b)| {
             let json = Arc::try_unwrap(b.json).unwrap_or_else(|shared| (*shared).clone());
             let served = set_server_meta(json, b.version, b.last_updated_us);
             let raw: Arc<str> = served.to_json_string().into();
-            (r, b.out, b.record, served, raw)
+            Built { request, out: b.out, record: b.record, served, raw }
         })
         .collect()
 }
@@ -577,6 +576,7 @@ impl Core {
     }
 
     async fn group_commit(&mut self, reqs: Vec<Request>, index: &Arc<RwLock<ResourceIndex>>) {
+        let started = std::time::Instant::now();
         let (mut reqs, hashes) = match tokio::task::spawn_blocking(move || {
             let h = hash_ops(&reqs);
             (reqs, h)
@@ -636,17 +636,19 @@ impl Core {
             }
         };
         let mut parsed: Vec<Option<Arc<Json>>> = vec![None; records.len()];
-        for (r, out, record, served, raw) in built {
-            match &mut answers[r][out] {
-                OpOutcome::Written { raw: slot, .. } | OpOutcome::Unchanged { raw: slot, .. } => *slot = raw.clone(),
+        for b in built {
+            match &mut answers[b.request][b.out] {
+                OpOutcome::Written { raw: slot, .. } | OpOutcome::Unchanged { raw: slot, .. } => *slot = b.raw.clone(),
                 _ => {}
             }
-            if let Some(i) = record {
-                records[i].raw = Some(raw);
-                parsed[i] = Some(Arc::new(served));
+            if let Some(i) = b.record {
+                records[i].raw = Some(b.raw);
+                parsed[i] = Some(Arc::new(b.served));
             }
         }
+        let prepared = started.elapsed();
         let result = if records.is_empty() { Ok(()) } else { self.persist(&records, parsed, &existed).await };
+        tracing::debug!(versions = records.len(), ?prepared, total = ?started.elapsed(), "group commit");
         match result {
             Ok(()) => {
                 let mut idx = index.write().expect("index lock");
@@ -675,170 +677,21 @@ impl Core {
     ) -> Result<()> {
         let seq = self.clock.now_us().max(self.last_seq + 1);
         self.last_seq = seq;
-        self.journal.append(seq, records).await?;
-        let applied = self.apply(seq, records, parsed, Some(existed)).await;
+        // The journal fsync and the flattening overlap; the tables are touched only after both.
+        let (journaled, prepared) =
+            tokio::join!(self.journal.append(seq, records), self.applier.prepare(records, parsed, Some(existed)));
+        let applied = match (journaled, prepared) {
+            (Ok(()), Ok(p)) => self.applier.commit(seq, p).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
         if applied.is_err() {
             // The callers are told the write failed: it must not reappear on restart.
             let _ = self.journal.remove(seq).await;
         } else {
             self.journal.remove(seq).await?;
         }
-        self.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.applier.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         applied
-    }
-
-    /// Applies journal entry `seq` to every table it touches that does not have it yet.
-    /// `existed`: ids that existed before the batch (`None` during recovery: unknown).
-    async fn apply(
-        &self,
-        seq: i64,
-        records: &[VersionRecord],
-        parsed: Vec<Option<Arc<Json>>>,
-        existed: Option<&HashSet<(String, String)>>,
-    ) -> Result<()> {
-        let mut by_type: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            match by_type.iter_mut().find(|(t, _)| *t == r.resource_type) {
-                Some((_, v)) => v.push(i),
-                None => by_type.push((r.resource_type.clone(), vec![i])),
-            }
-        }
-        let parsed = Arc::new(parsed);
-        let futures = by_type.into_iter().map(|(rt, rows)| {
-            let parsed = parsed.clone();
-            async move {
-                let all_new =
-                    existed.is_some_and(|ex| rows.iter().all(|&i| !ex.contains(&(rt.clone(), records[i].id.clone()))));
-                self.apply_type(seq, &rt, records, &rows, &parsed, all_new).await
-            }
-        });
-        for r in futures::future::join_all(futures).await {
-            r?;
-        }
-        Ok(())
-    }
-
-    async fn table(&self, kind: TableKind, rt: &str) -> Result<DeltaTable> {
-        if let Some(t) = self.tables.get(kind, rt) {
-            return Ok(t);
-        }
-        let t = match self.root.open_table(kind, rt).await? {
-            Some(t) => t,
-            None => {
-                let schema = match kind {
-                    TableKind::History => history_schema(),
-                    TableKind::Current => self.flattener(rt).await?.schema().as_ref().clone(),
-                };
-                self.root.create_table(kind, rt, &schema).await?
-            }
-        };
-        self.tables.put(kind, rt, t.clone());
-        Ok(t)
-    }
-
-    async fn flattener(&self, rt: &str) -> Result<Arc<Flattener>> {
-        let mut f = self.flatteners.lock().await;
-        if let Some(x) = f.get(rt) {
-            return Ok(x.clone());
-        }
-        let shape = TableShape::try_new(Model::r4()?, rt, self.options.shape)?;
-        let x = Arc::new(Flattener::new(Arc::new(shape)));
-        f.insert(rt.to_string(), x.clone());
-        Ok(x)
-    }
-
-    async fn apply_type(
-        &self,
-        seq: i64,
-        rt: &str,
-        records: &[VersionRecord],
-        rows: &[usize],
-        parsed: &Arc<Vec<Option<Arc<Json>>>>,
-        all_new: bool,
-    ) -> Result<()> {
-        let commit = || CommitProperties::default().with_application_transaction(Transaction::new(JOURNAL_APP_ID, seq));
-        // Parse what recovery did not carry in memory; compute compartment owners.
-        let mut docs: Vec<Option<Arc<Json>>> = Vec::with_capacity(rows.len());
-        for &i in rows {
-            let doc = match (&parsed.get(i).cloned().flatten(), &records[i].raw) {
-                (Some(d), _) => Some(d.clone()),
-                (None, Some(raw)) => Some(Arc::new(Json::parse(
-                    raw.as_bytes(),
-                    ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX },
-                )?)),
-                (None, None) => None,
-            };
-            docs.push(doc);
-        }
-        let owners: Vec<(Option<String>, Vec<String>)> = rows
-            .iter()
-            .zip(&docs)
-            .map(|(&i, d)| d.as_ref().map(|d| self.compartment.members(rt, &records[i].id, d)).unwrap_or_default())
-            .collect();
-
-        let history = self.table(TableKind::History, rt).await?;
-        if applied(&history, seq).await? {
-            tracing::info!(seq, rt, "history already has journal entry");
-        } else {
-            let batch = history_batch(records, rows, &owners)?;
-            let t =
-                history.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(commit()).await?;
-            self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.tables.put(TableKind::History, rt, t);
-        }
-
-        let current = self.table(TableKind::Current, rt).await?;
-        if applied(&current, seq).await? {
-            return Ok(());
-        }
-        // The last version of each id in this batch decides its current row.
-        let mut last: HashMap<&str, usize> = HashMap::new();
-        for (k, &i) in rows.iter().enumerate() {
-            last.insert(records[i].id.as_str(), k);
-        }
-        let mut keep: Vec<usize> = last.values().copied().filter(|&k| !records[rows[k]].deleted).collect();
-        keep.sort_unstable();
-        let flattener = self.flattener(rt).await?;
-        let metas: Vec<RowMeta> = keep
-            .iter()
-            .map(|&k| {
-                let r = &records[rows[k]];
-                RowMeta {
-                    version: r.version,
-                    last_updated_us: r.last_updated_us,
-                    raw: r.raw.clone().unwrap_or_else(|| Arc::from("")),
-                    patient: owners[k].0.clone(),
-                    compartment: owners[k].1.clone(),
-                }
-            })
-            .collect();
-        let keep_docs: Vec<Option<Arc<Json>>> = keep.iter().map(|&k| docs[k].clone()).collect();
-        let batch = tokio::task::spawn_blocking(move || {
-            let input: Vec<(&Json, &RowMeta)> =
-                keep_docs.iter().zip(&metas).filter_map(|(d, m)| d.as_deref().map(|d| (d, m))).collect();
-            flattener.to_batch(&input)
-        })
-        .await
-        .map_err(|e| Error::Flatten(e.to_string()))??;
-        let t = if all_new {
-            current.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(commit()).await?
-        } else {
-            let ids: Vec<_> = last.keys().map(|id| lit(id.to_string())).collect();
-            let predicate = col("id").in_list(ids, false);
-            if batch.num_rows() == 0 {
-                current.delete().with_predicate(predicate).with_commit_properties(commit()).await?.0
-            } else {
-                current
-                    .write(vec![batch])
-                    .with_save_mode(SaveMode::Overwrite)
-                    .with_replace_where(predicate)
-                    .with_commit_properties(commit())
-                    .await?
-            }
-        };
-        self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tables.put(TableKind::Current, rt, t);
-        Ok(())
     }
 
     /// Replays the journal and builds the index from the history tables.
@@ -846,110 +699,37 @@ impl Core {
         for (seq, records) in self.journal.pending().await? {
             if !records.is_empty() {
                 tracing::info!(seq, versions = records.len(), "replaying journal entry left by an earlier run");
-                let none = vec![None; records.len()];
-                self.apply(seq, &records, none, None).await?;
+                let prepared = self.applier.prepare(&records, vec![None; records.len()], None).await?;
+                self.applier.commit(seq, prepared).await?;
             }
             self.journal.remove(seq).await?;
             self.last_seq = self.last_seq.max(seq);
         }
         let mut index = ResourceIndex::default();
-        for rt in self.root.existing_tables(TableKind::History).await? {
+        let root = self.applier.root.clone();
+        for rt in root.existing_tables(TableKind::History).await? {
             if !Model::r4()?.is_resource_type(&rt) {
                 continue;
             }
-            let Some(t) = self.root.open_table(TableKind::History, &rt).await? else { continue };
+            let Some(t) = root.open_table(TableKind::History, &rt).await? else { continue };
             load_index(&t, &rt, &mut index).await?;
             self.last_ts = self
                 .last_ts
                 .max(index.types.get(&rt).map_or(0, |m| m.values().map(|e| e.last_updated_us).max().unwrap_or(0)));
-            self.tables.put(TableKind::History, &rt, t);
-            if let Some(c) = self.root.open_table(TableKind::Current, &rt).await? {
-                self.tables.put(TableKind::Current, &rt, c);
+            self.applier.tables.put(TableKind::History, &rt, t);
+            if let Some(c) = root.open_table(TableKind::Current, &rt).await? {
+                self.applier.tables.put(TableKind::Current, &rt, c);
             }
         }
         Ok(index)
     }
 }
 
-async fn applied(table: &DeltaTable, seq: i64) -> Result<bool> {
-    let v = table.snapshot()?.transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID).await?;
-    Ok(v.is_some_and(|v| v >= seq))
-}
-
-fn history_batch(
-    records: &[VersionRecord],
-    rows: &[usize],
-    owners: &[(Option<String>, Vec<String>)],
-) -> Result<RecordBatch> {
-    let schema = Arc::new(history_schema());
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|&i| records[i].id.as_str()))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| records[i].version))),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|&i| records[i].last_updated_us))
-                .with_timezone("UTC"),
-        ),
-        Arc::new(BooleanArray::from(rows.iter().map(|&i| records[i].deleted).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(owners.iter().map(|o| o.0.as_deref()).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(rows.iter().map(|&i| records[i].raw.as_deref()).collect::<Vec<_>>())),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| records[i].hash as i64))),
-    ];
-    Ok(RecordBatch::try_new(schema, cols)?)
-}
-
-async fn load_index(table: &DeltaTable, rt: &str, index: &mut ResourceIndex) -> Result<()> {
-    use arrow::array::{Array, AsArray};
-    use deltalake::datafusion::prelude::SessionContext;
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-    let provider = table.table_provider().await?;
-    let df = ctx.read_table(provider)?.select(vec![
-        col("id"),
-        col("_version_id"),
-        col("_deleted"),
-        col("_content_hash"),
-        col("_last_updated"),
-    ])?;
-    let batches = df.collect().await?;
-    for b in batches {
-        let b: ArrayRef = Arc::new(arrow::array::StructArray::from(b));
-        let b = arrow::compute::cast(&b, &arrow::datatypes::DataType::Struct(history_index_fields()))?;
-        let s = b.as_struct();
-        let ids = s.column(0).as_string::<i32>();
-        let versions = s.column(1).as_primitive::<arrow::datatypes::Int64Type>();
-        let deleted = s.column(2).as_boolean();
-        let hashes = s.column(3).as_primitive::<arrow::datatypes::Int64Type>();
-        let ts = s.column(4).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        for i in 0..s.len() {
-            let e = IndexEntry {
-                version: versions.value(i),
-                deleted: deleted.value(i),
-                hash: hashes.value(i) as u64,
-                last_updated_us: ts.value(i),
-            };
-            let id = ids.value(i);
-            if index.get(rt, id).is_none_or(|old| old.version < e.version) {
-                index.set(rt, id, e);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn history_index_fields() -> arrow::datatypes::Fields {
-    use arrow::datatypes::{DataType, Field};
-    arrow::datatypes::Fields::from(vec![
-        Field::new("id", DataType::Utf8, true),
-        Field::new("_version_id", DataType::Int64, true),
-        Field::new("_deleted", DataType::Boolean, true),
-        Field::new("_content_hash", DataType::Int64, true),
-        Field::new("_last_updated", fhirlake_schemas::shape::timestamp_type(), true),
-    ])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Journal;
+    use fhirlake_schemas::json::ParseLimits;
 
     fn patient(id: &str, family: &str) -> Arc<Json> {
         let text = format!(
