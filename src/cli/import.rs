@@ -57,7 +57,7 @@ pub async fn run(a: ImportArgs) -> CliResult<ExitCode> {
     drop(writer);
     task.shutdown().await?;
     let s = result?;
-    println!(
+    crate::outln!(
         "imported {} resources ({} new versions, {} unchanged) from {} files in {:.1}s: {:.0} resources/s; {} rejected",
         s.written + s.unchanged,
         s.written,
@@ -68,7 +68,7 @@ pub async fn run(a: ImportArgs) -> CliResult<ExitCode> {
         s.rejected
     );
     for (rt, n) in &s.per_type {
-        println!("  {rt:32} {n}");
+        crate::outln!("  {rt:32} {n}");
     }
     if s.rejected > 0 {
         eprintln!("{} resources were rejected; see {}", s.rejected, a.errors.display());

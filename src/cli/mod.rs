@@ -73,6 +73,17 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Prints a line to stdout; a closed stdout (`| head`) is not an error worth a panic.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 /// Error type of the commands.
 pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

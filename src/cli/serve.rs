@@ -51,7 +51,7 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         ..Default::default()
     };
     let state = Arc::new(AppState { writer, config, model: fhirlake_schemas::Model::r4()? });
-    println!("fhirlake listening on http://{addr} (FHIR base {public_url}, data {})", root.url());
+    crate::outln!("fhirlake listening on http://{addr} (FHIR base {public_url}, data {})", root.url());
     if !addr.ip().is_loopback() {
         tracing::warn!(
             "listening on a non-loopback address WITHOUT authentication: anyone who can reach {addr} can read and write all data"

@@ -42,10 +42,16 @@ pub async fn run(a: SqlArgs) -> CliResult<ExitCode> {
     let root = StorageRoot::open(&a.data.data)?;
     let session = SqlSession::open_root(root.url(), root.object_store().clone()).await?;
     let batches = session.sql(&a.query).await?;
+    // The batches are in memory already; render, then write once.
+    let mut rendered = Vec::new();
+    write_batches(&mut rendered, &batches, a.format)?;
     let mut out = std::io::stdout().lock();
-    write_batches(&mut out, &batches, a.format)?;
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    match out.write_all(&rendered).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // The reader went away (`| head`): nothing more to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes `batches` in `format`.
