@@ -3,12 +3,12 @@
 //! Owns: the single writer task of a storage root. Requests from many callers queue on a
 //! channel; the task takes everything queued (up to a batch limit, after an optional short
 //! linger), decides each operation against the in-memory [`ResourceIndex`] (version
-//! numbers, `If-Match`, no-op updates), writes the batch to the [`Journal`] (durable), then
-//! applies it to every touched type — one append to `history/<Type>` and one commit to
-//! `resources/<Type>` (append when every id is new, otherwise an overwrite with
-//! `replaceWhere id IN (...)`), each carrying the journal sequence as a `txn` action — and
-//! only then answers the callers. On start-up, journal entries left by a crash are replayed
-//! into the tables that lack them. Must not: validate resources or speak HTTP.
+//! numbers, `If-Match`, no-op updates; hashing and serialising on rayon), writes the batch
+//! to the [`Journal`] (durable) while [`crate::apply`] flattens it, then has every touched
+//! type committed — `history/<Type>` and `resources/<Type>`, each commit carrying the
+//! journal sequence as a `txn` action — and only then answers the callers. On start-up,
+//! journal entries left by a crash are replayed into the tables that lack them and the
+//! index is rebuilt from the history tables. Must not: validate resources or speak HTTP.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
