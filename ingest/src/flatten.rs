@@ -40,13 +40,19 @@ pub struct RowMeta {
 pub struct Flattener {
     shape: Arc<TableShape>,
     schema: SchemaRef,
+    /// The schema arrow-json decodes: everything but `_raw`, which is added as a column
+    /// directly (escaping whole resources into the shaped line and back would dominate).
+    decoded: SchemaRef,
 }
 
 impl Flattener {
     /// A flattener for `shape`.
     pub fn new(shape: Arc<TableShape>) -> Self {
         let schema = Arc::new(shape.arrow_schema());
-        Self { shape, schema }
+        let decoded = Arc::new(arrow::datatypes::Schema::new(
+            schema.fields().iter().filter(|f| f.name() != reserved::RAW).cloned().collect::<Vec<_>>(),
+        ));
+        Self { shape, schema, decoded }
     }
 
     /// The table's Arrow schema.
@@ -71,8 +77,6 @@ impl Flattener {
             write_str(out, k);
             out.push(':');
         };
-        key(&mut out, reserved::RAW);
-        write_str(&mut out, &meta.raw);
         key(&mut out, reserved::VERSION_ID);
         out.push_str(&meta.version.to_string());
         key(&mut out, reserved::LAST_UPDATED);
@@ -113,7 +117,7 @@ impl Flattener {
     /// A `RecordBatch` of `rows` (resource, meta), shaped in parallel.
     pub fn to_batch(&self, rows: &[(&Json, &RowMeta)]) -> Result<RecordBatch> {
         let lines: Vec<String> = rows.par_iter().map(|(r, m)| self.shape_row(r, m)).collect();
-        let mut decoder = arrow::json::ReaderBuilder::new(self.schema.clone())
+        let mut decoder = arrow::json::ReaderBuilder::new(self.decoded.clone())
             .with_batch_size(rows.len().max(1))
             .build_decoder()
             .map_err(|e| Error::Flatten(e.to_string()))?;
@@ -128,8 +132,24 @@ impl Flattener {
             }
             decoder.decode(b"\n").map_err(|e| Error::Flatten(e.to_string()))?;
         }
-        let batch = decoder.flush().map_err(|e| Error::Flatten(e.to_string()))?;
-        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())))
+        let decoded = decoder
+            .flush()
+            .map_err(|e| Error::Flatten(e.to_string()))?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.decoded.clone()));
+        let raw: arrow::array::ArrayRef =
+            Arc::new(arrow::array::StringArray::from_iter_values(rows.iter().map(|(_, m)| &*m.raw)));
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                reserved::RAW => Ok(raw.clone()),
+                name => {
+                    decoded.column_by_name(name).cloned().ok_or_else(|| Error::Flatten(format!("no column {name}")))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 
