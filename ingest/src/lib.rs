@@ -14,6 +14,7 @@ pub mod durable;
 pub mod flatten;
 pub mod import;
 pub mod journal;
+mod pipeline;
 pub mod store;
 pub mod writer;
 

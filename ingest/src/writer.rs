@@ -11,7 +11,7 @@
 //! index is rebuilt from the history tables. Must not: validate resources or speak HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use deltalake::DeltaTable;
@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, load_index};
 use crate::journal::{Journal, VersionRecord};
+use crate::pipeline::{Committer, Overlay, Staged};
 use crate::store::{Lease, StorageRoot, TableKind};
 use crate::{Clock, Error, Result, SystemClock};
 
@@ -241,7 +242,8 @@ impl Writer {
         let model = Model::r4()?;
         let mut core = Core {
             journal: Journal::new(root.clone()),
-            applier: Applier::new(root.clone(), options.shape, model),
+            applier: Arc::new(Applier::new(root.clone(), options.shape, model)),
+            overlay: Arc::new(Mutex::new(Overlay::default())),
             options: options.clone(),
             clock,
             last_seq: 0,
@@ -314,7 +316,8 @@ impl Writer {
 
 struct Core {
     journal: Journal,
-    applier: Applier,
+    applier: Arc<Applier>,
+    overlay: Arc<Mutex<Overlay>>,
     options: WriterOptions,
     clock: Arc<dyn Clock>,
     last_seq: i64,
@@ -409,10 +412,16 @@ struct Build {
 /// Decides `ops` against the index plus earlier decisions of the batch (`batch`). `hashes`
 /// holds the content hash of each op (0 for deletes). Served JSON is built afterwards, in
 /// parallel ([`build_served`]): the `raw` of the outcomes and records is filled in then.
+/// What is known before a batch: the committed index and the staged batches' decisions.
+struct Known<'a> {
+    index: &'a ResourceIndex,
+    overlay: &'a HashMap<(String, String), (IndexEntry, i64)>,
+}
+
 fn decide(
     ops: &[WriteOp],
     hashes: &[u64],
-    idx: &ResourceIndex,
+    known: &Known<'_>,
     batch: &HashMap<(String, String), IndexEntry>,
     ts: i64,
 ) -> Decided {
@@ -426,8 +435,13 @@ fn decide(
     let placeholder: Arc<str> = Arc::from("");
     for (op, &hash) in ops.iter().zip(hashes) {
         let key = (op.resource_type.clone(), op.id.clone());
-        let cur =
-            d.pending.get(&key).or_else(|| batch.get(&key)).copied().or_else(|| idx.get(&op.resource_type, &op.id));
+        let cur = d
+            .pending
+            .get(&key)
+            .or_else(|| batch.get(&key))
+            .or_else(|| known.overlay.get(&key).map(|(e, _)| e))
+            .copied()
+            .or_else(|| known.index.get(&op.resource_type, &op.id));
         if cur.is_some_and(|c| !c.deleted) {
             d.existed.insert(key.clone());
         }
@@ -545,6 +559,15 @@ fn build_served(builds: Vec<(usize, Build)>) -> Vec<Built> {
 
 impl Core {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>, index: Arc<RwLock<ResourceIndex>>) {
+        // Stage two commits while this task decides the next batch; one batch may wait.
+        let (staged_tx, staged_rx) = mpsc::channel::<Staged>(1);
+        let committer = Committer {
+            applier: self.applier.clone(),
+            journal: self.journal.clone(),
+            index: index.clone(),
+            overlay: self.overlay.clone(),
+        };
+        let stage_two = tokio::spawn(committer.run(staged_rx));
         while let Some(first) = rx.recv().await {
             let mut reqs = vec![first];
             let mut n: usize = reqs[0].ops.len();
@@ -565,8 +588,15 @@ impl Core {
                     },
                 }
             }
-            self.group_commit(reqs, &index).await;
+            if let Some(staged) = self.stage(reqs, &index).await
+                && staged_tx.send(staged).await.is_err()
+            {
+                tracing::error!("the commit stage stopped");
+                break;
+            }
         }
+        drop(staged_tx);
+        let _ = stage_two.await;
     }
 
     fn next_ts(&mut self) -> i64 {
@@ -575,7 +605,9 @@ impl Core {
         now
     }
 
-    async fn group_commit(&mut self, reqs: Vec<Request>, index: &Arc<RwLock<ResourceIndex>>) {
+    /// Stage one of a group commit: hash, decide, serialise, then journal and flatten.
+    /// Returns the batch for stage two, or `None` after answering the callers itself.
+    async fn stage(&mut self, reqs: Vec<Request>, index: &Arc<RwLock<ResourceIndex>>) -> Option<Staged> {
         let started = std::time::Instant::now();
         let (mut reqs, hashes) = match tokio::task::spawn_blocking(move || {
             let h = hash_ops(&reqs);
@@ -586,20 +618,25 @@ impl Core {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "hashing failed");
-                return;
+                return None;
             }
         };
-        // Decide every op against the index plus the versions decided earlier in this batch.
+        // Decide every op against the index, the staged batches (overlay) and the versions
+        // decided earlier in this batch.
         let mut pending: HashMap<(String, String), IndexEntry> = HashMap::new();
         let mut records: Vec<VersionRecord> = Vec::new();
         let mut existed: HashSet<(String, String)> = HashSet::new();
         let mut answers: Vec<Vec<OpOutcome>> = Vec::with_capacity(reqs.len());
         let mut builds: Vec<(usize, Build)> = Vec::new();
         let ts = self.next_ts();
+        let epoch;
         {
             let idx = index.read().expect("index lock");
+            let overlay = self.overlay.lock().expect("overlay lock");
+            epoch = overlay.epoch;
+            let known = Known { index: &idx, overlay: &overlay.entries };
             for (r, req) in reqs.iter().enumerate() {
-                let d = decide(&req.ops, &hashes[r], &idx, &pending, ts);
+                let d = decide(&req.ops, &hashes[r], &known, &pending, ts);
                 let failed = d.out.iter().any(|o| matches!(o, OpOutcome::PreconditionFailed { .. }));
                 if req.atomic && failed {
                     let out = d
@@ -628,11 +665,12 @@ impl Core {
         for req in reqs.iter_mut() {
             req.ops.clear();
         }
+        let replies: Vec<_> = reqs.into_iter().map(|r| r.reply).collect();
         let built = match tokio::task::spawn_blocking(move || build_served(builds)).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "serialising failed");
-                return;
+                return None;
             }
         };
         let mut parsed: Vec<Option<Arc<Json>>> = vec![None; records.len()];
@@ -646,52 +684,38 @@ impl Core {
                 parsed[i] = Some(Arc::new(b.served));
             }
         }
-        let prepared = started.elapsed();
-        let result = if records.is_empty() { Ok(()) } else { self.persist(&records, parsed, &existed).await };
-        tracing::debug!(versions = records.len(), ?prepared, total = ?started.elapsed(), "group commit");
-        match result {
-            Ok(()) => {
-                let mut idx = index.write().expect("index lock");
-                for ((rt, id), e) in pending {
-                    idx.set(&rt, &id, e);
+        let mut seq = None;
+        let mut prepared = Vec::new();
+        if !records.is_empty() {
+            let s = self.clock.now_us().max(self.last_seq + 1);
+            self.last_seq = s;
+            // The journal fsync and the flattening overlap.
+            let (journaled, flattened) =
+                tokio::join!(self.journal.append(s, &records), self.applier.prepare(&records, parsed, Some(&existed)));
+            match (journaled, flattened) {
+                (Ok(()), Ok(p)) => {
+                    seq = Some(s);
+                    prepared = p;
                 }
-                drop(idx);
-                for (req, out) in reqs.into_iter().zip(answers) {
-                    let _ = req.reply.send(Ok(out));
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "group commit failed before any table was touched");
+                    let _ = self.journal.remove(s).await;
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::CommitFailed(e.to_string())));
+                    }
+                    return None;
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed");
-                for req in reqs {
-                    let _ = req.reply.send(Err(Error::CommitFailed(e.to_string())));
+            // Later batches decide on top of this one until stage two has committed it.
+            let mut overlay = self.overlay.lock().expect("overlay lock");
+            if overlay.epoch == epoch {
+                for (k, e) in &pending {
+                    overlay.entries.insert(k.clone(), (*e, s));
                 }
             }
         }
-    }
-
-    async fn persist(
-        &mut self,
-        records: &[VersionRecord],
-        parsed: Vec<Option<Arc<Json>>>,
-        existed: &HashSet<(String, String)>,
-    ) -> Result<()> {
-        let seq = self.clock.now_us().max(self.last_seq + 1);
-        self.last_seq = seq;
-        // The journal fsync and the flattening overlap; the tables are touched only after both.
-        let (journaled, prepared) =
-            tokio::join!(self.journal.append(seq, records), self.applier.prepare(records, parsed, Some(existed)));
-        let applied = match (journaled, prepared) {
-            (Ok(()), Ok(p)) => self.applier.commit(seq, p).await,
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        if applied.is_err() {
-            // The callers are told the write failed: it must not reappear on restart.
-            let _ = self.journal.remove(seq).await;
-        } else {
-            self.journal.remove(seq).await?;
-        }
-        self.applier.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        applied
+        tracing::debug!(versions = records.len(), elapsed = ?started.elapsed(), "group commit staged");
+        Some(Staged { seq, epoch, prepared, pending, replies, answers })
     }
 
     /// Replays the journal and builds the index from the history tables.

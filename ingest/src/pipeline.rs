@@ -1,0 +1,177 @@
+//! The second stage of the writer: committing staged group commits, in order.
+//!
+//! Owns: the hand-off between deciding a group commit (stage one, in
+//! [`crate::writer`]: hash, decide, serialise, journal + flatten) and committing it (this
+//! stage: Delta commits, journal removal, index update, answers). The two stages overlap:
+//! while batch N is committed, batch N+1 is decided and journaled. Decisions about batch N+1
+//! must see batch N's versions before they are in the index, so stage one records them in
+//! the [`Overlay`]; this stage moves them into the index when N commits. If a commit
+//! fails, every batch decided on top of it is failed too (the overlay's `epoch` changes and
+//! staged batches of an older epoch are refused), so no version is ever committed on top
+//! of one that was not. Must not: decide versions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::{Applier, PreparedType};
+use crate::journal::Journal;
+use crate::writer::{IndexEntry, OpOutcome, ResourceIndex};
+use crate::{Error, Result};
+
+/// Decisions of staged batches that are not in the index yet.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    /// Changes whenever a staged batch fails; batches decided under an older epoch fail.
+    pub(crate) epoch: u64,
+    /// (type, id) -> (entry, seq of the batch that decided it).
+    pub(crate) entries: HashMap<(String, String), (IndexEntry, i64)>,
+}
+
+/// A decided, journaled and flattened group commit, waiting for its Delta commits.
+pub(crate) struct Staged {
+    /// Journal sequence (`None` when the batch wrote nothing new).
+    pub(crate) seq: Option<i64>,
+    /// Overlay epoch the batch was decided under.
+    pub(crate) epoch: u64,
+    pub(crate) prepared: Vec<PreparedType>,
+    pub(crate) pending: HashMap<(String, String), IndexEntry>,
+    pub(crate) replies: Vec<oneshot::Sender<Result<Vec<OpOutcome>>>>,
+    pub(crate) answers: Vec<Vec<OpOutcome>>,
+}
+
+/// Shared state of the two stages.
+pub(crate) struct Committer {
+    pub(crate) applier: Arc<Applier>,
+    pub(crate) journal: Journal,
+    pub(crate) index: Arc<RwLock<ResourceIndex>>,
+    pub(crate) overlay: Arc<Mutex<Overlay>>,
+}
+
+impl Committer {
+    /// Commits staged batches in arrival order until the channel closes.
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Staged>) {
+        while let Some(st) = rx.recv().await {
+            self.commit(st).await;
+        }
+    }
+
+    async fn commit(&self, st: Staged) {
+        let stale = self.overlay.lock().expect("overlay lock").epoch != st.epoch;
+        let result = match (stale, st.seq) {
+            (true, _) => {
+                Err(Error::CommitFailed("an earlier group commit failed; nothing of this one was stored".into()))
+            }
+            (false, Some(seq)) => self.applier.commit(seq, st.prepared).await,
+            (false, None) => Ok(()),
+        };
+        if let Some(seq) = st.seq
+            && let Err(e) = self.journal.remove(seq).await
+        {
+            // Committed tables carry the seq as a txn: a leftover entry is skipped on replay.
+            tracing::warn!(seq, error = %e, "could not remove a journal entry");
+        }
+        match result {
+            Ok(()) => {
+                {
+                    let mut idx = self.index.write().expect("index lock");
+                    let mut overlay = self.overlay.lock().expect("overlay lock");
+                    for ((rt, id), e) in st.pending {
+                        idx.set(&rt, &id, e);
+                        let key = (rt, id);
+                        if overlay.entries.get(&key).is_some_and(|(_, s)| Some(*s) == st.seq) {
+                            overlay.entries.remove(&key);
+                        }
+                    }
+                }
+                if st.seq.is_some() {
+                    self.applier.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                for (reply, out) in st.replies.into_iter().zip(st.answers) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                if !stale {
+                    let mut overlay = self.overlay.lock().expect("overlay lock");
+                    overlay.epoch += 1;
+                    overlay.entries.clear();
+                }
+                for reply in st.replies {
+                    let _ = reply.send(Err(Error::CommitFailed(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::VersionRecord;
+    use crate::store::StorageRoot;
+    use fhirlake_schemas::{Model, ShapeOptions};
+
+    fn record(id: &str) -> VersionRecord {
+        VersionRecord {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            version: 1,
+            last_updated_us: 1,
+            deleted: false,
+            hash: 1,
+            raw: Some(format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#).into()),
+        }
+    }
+
+    fn entry() -> IndexEntry {
+        IndexEntry { version: 1, deleted: false, hash: 1, last_updated_us: 1 }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_the_batches_staged_on_top_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        // A file where the tables' folder should be: creating any table fails.
+        std::fs::write(dir.path().join("resources"), b"not a folder").unwrap();
+        let applier = Arc::new(Applier::new(root.clone(), ShapeOptions::default(), Model::r4().unwrap()));
+        let overlay = Arc::new(Mutex::new(Overlay::default()));
+        let index = Arc::new(RwLock::new(ResourceIndex::default()));
+        let committer = Committer {
+            applier: applier.clone(),
+            journal: Journal::new(root),
+            index: index.clone(),
+            overlay: overlay.clone(),
+        };
+        let key = ("Patient".to_string(), "a".to_string());
+        overlay.lock().unwrap().entries.insert(key.clone(), (entry(), 1));
+        overlay.lock().unwrap().entries.insert(("Patient".into(), "b".into()), (entry(), 2));
+
+        let mut staged = Vec::new();
+        for (seq, id) in [(1, "a"), (2, "b")] {
+            let prepared = applier.prepare(&[record(id)], vec![None], None).await.unwrap();
+            let (tx, rx) = oneshot::channel();
+            let pending = HashMap::from([(("Patient".to_string(), id.to_string()), entry())]);
+            staged.push((
+                Staged { seq: Some(seq), epoch: 0, prepared, pending, replies: vec![tx], answers: vec![vec![]] },
+                rx,
+            ));
+        }
+        let mut replies = Vec::new();
+        for (st, rx) in staged {
+            committer.commit(st).await;
+            replies.push(rx.await.unwrap());
+        }
+        assert!(matches!(replies[0], Err(Error::CommitFailed(_))), "the failing commit is reported");
+        match &replies[1] {
+            Err(Error::CommitFailed(m)) => assert!(m.contains("earlier group commit failed"), "{m}"),
+            other => panic!("the batch staged on top must fail too: {other:?}"),
+        }
+        let o = overlay.lock().unwrap();
+        assert_eq!(o.epoch, 1, "one failure, one new epoch");
+        assert!(o.entries.is_empty(), "decisions built on the failed batch are forgotten");
+        assert!(index.read().unwrap().get("Patient", "a").is_none());
+    }
+}
