@@ -91,7 +91,10 @@ pub fn plan_bundle(
             let path = url.split('?').next().unwrap_or("");
             let target = match method.as_str() {
                 "POST" => rt.map(|rt| (rt.to_string(), new_id())),
-                "PUT" | "DELETE" => path.split_once('/').map(|(t, id)| (t.to_string(), id.to_string())),
+                "PUT" | "DELETE" => path
+                    .split_once('/')
+                    .filter(|(t, id)| model.is_resource_type(t) && is_id(id))
+                    .map(|(t, id)| (t.to_string(), id.to_string())),
                 _ => None,
             };
             (method, target)
@@ -100,9 +103,10 @@ pub fn plan_bundle(
             ("POST" | "PUT", _) if resource.is_none() => {
                 Some(err(&format!("{loc}.resource"), "the entry has no resource"))
             }
-            ("POST" | "PUT" | "DELETE", None) => {
-                Some(err(&format!("{loc}.request.url"), "request.url must be 'Type' (POST) or 'Type/id' (PUT, DELETE)"))
-            }
+            ("POST" | "PUT" | "DELETE", None) => Some(err(
+                &format!("{loc}.request.url"),
+                "request.url must be 'Type' (POST) or 'Type/id' (PUT, DELETE) with an R4 type and a valid id",
+            )),
             ("POST" | "PUT" | "DELETE", Some(_)) => None,
             (m, _) => Some(err(
                 &format!("{loc}.request.method"),
@@ -158,6 +162,10 @@ pub fn plan_bundle(
     Ok(BundlePlan { kind, entries: out })
 }
 
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// Replaces every `reference` whose value is a key of `refs`.
 pub fn rewrite_references(v: &mut Json, refs: &HashMap<String, String>) {
     match v {
@@ -203,6 +211,21 @@ mod tests {
         let Action::Put(obs) = &ops[1].action else { panic!() };
         assert_eq!(obs.get("subject").unwrap().get("reference").unwrap().as_str(), Some("Patient/id1"));
         assert!(matches!(ops[2].action, Action::Delete));
+    }
+
+    #[test]
+    fn unknown_types_and_bad_ids_in_request_urls_are_rejected() {
+        let b = r#"{"resourceType":"Bundle","type":"batch","entry":[
+          {"request":{"method":"DELETE","url":"Foo/1"}},
+          {"request":{"method":"DELETE","url":"Patient/a/b"}},
+          {"request":{"method":"DELETE","url":"Patient/ok"}}]}"#;
+        let json = Json::parse(b.as_bytes(), ParseLimits::default()).unwrap();
+        let plan = plan_bundle(Model::r4().unwrap(), &json, &ValidationOptions::default(), &mut || "a".into()).unwrap();
+        for e in &plan.entries[..2] {
+            let issues = e.op.clone().unwrap_err();
+            assert!(issues[0].location.ends_with("request.url"), "{issues:?}");
+        }
+        assert!(plan.entries[2].op.is_ok());
     }
 
     #[test]
