@@ -52,7 +52,7 @@ pub struct ImportOptions {
 impl Default for ImportOptions {
     fn default() -> Self {
         Self {
-            chunk: 5000,
+            chunk: 2000,
             errors_path: None,
             validation: ValidationOptions::default(),
             limits: ParseLimits { max_depth: 100, max_string_bytes: 64 * 1024 * 1024 },

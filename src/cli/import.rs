@@ -20,7 +20,7 @@ pub struct ImportArgs {
     #[arg(long, env = "FHIRLAKE_IMPORT_ERRORS", default_value = "fhirlake-import-errors.ndjson")]
     errors: PathBuf,
     /// Resources per write request.
-    #[arg(long, env = "FHIRLAKE_IMPORT_CHUNK", default_value_t = 5000)]
+    #[arg(long, env = "FHIRLAKE_IMPORT_CHUNK", default_value_t = 2000)]
     chunk: usize,
     /// Do not draw a progress bar.
     #[arg(long, env = "FHIRLAKE_NO_PROGRESS")]
