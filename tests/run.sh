@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/fhirlake-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== python requirements"
-python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt 2>&1 | grep -v "Running pip as the 'root' user" || true
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
 echo "== build (debug)"
 cargo build --locked --workspace --all-targets
