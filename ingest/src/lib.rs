@@ -10,6 +10,7 @@
 mod apply;
 pub mod bundle;
 pub mod compartment;
+mod decide;
 pub mod durable;
 pub mod flatten;
 pub mod import;
