@@ -22,6 +22,7 @@ use deltalake::protocol::SaveMode;
 use fhirlake_schemas::json::ParseLimits;
 use fhirlake_schemas::shape::history_schema;
 use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
+use object_store::ObjectStoreExt;
 use tokio::sync::Mutex;
 
 use crate::compartment::PatientCompartment;
@@ -64,12 +65,46 @@ impl Applier {
         }
     }
 
+    /// Where the shape options of a type's current table are recorded when it is created:
+    /// the recursion depth is fixed per table, whatever later defaults say.
+    fn shape_path(&self, rt: &str) -> object_store::path::Path {
+        self.root.path(&format!("_fhirlake/shape/{rt}.json"))
+    }
+
+    /// The shape options of `rt`'s current table: as recorded, or the configured ones for a
+    /// table that does not exist yet.
+    async fn shape_options(&self, rt: &str) -> Result<ShapeOptions> {
+        match self.root.object_store().get(&self.shape_path(rt)).await {
+            Ok(r) => {
+                let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)
+                    .map_err(|e| Error::Config(format!("{}: {e}", self.shape_path(rt))))?;
+                let depth = v["maxDepth"]
+                    .as_u64()
+                    .filter(|d| *d >= 1)
+                    .ok_or_else(|| Error::Config(format!("{} has no valid maxDepth", self.shape_path(rt))))?;
+                Ok(ShapeOptions { max_depth: depth as usize })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(self.shape),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn record_shape_options(&self, rt: &str, options: ShapeOptions) -> Result<()> {
+        let body = serde_json::json!({ "resourceType": rt, "maxDepth": options.max_depth }).to_string();
+        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.root.object_store().put_opts(&self.shape_path(rt), body.into(), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn flattener(&self, rt: &str) -> Result<Arc<Flattener>> {
         let mut f = self.flatteners.lock().await;
         if let Some(x) = f.get(rt) {
             return Ok(x.clone());
         }
-        let shape = TableShape::try_new(Model::r4()?, rt, self.shape)?;
+        let options = self.shape_options(rt).await?;
+        let shape = TableShape::try_new(Model::r4()?, rt, options)?;
         let x = Arc::new(Flattener::new(Arc::new(shape)));
         f.insert(rt.to_string(), x.clone());
         Ok(x)
@@ -85,7 +120,11 @@ impl Applier {
             None => {
                 let schema = match kind {
                     TableKind::History => history_schema(),
-                    TableKind::Current => self.flattener(rt).await?.schema().as_ref().clone(),
+                    TableKind::Current => {
+                        let f = self.flattener(rt).await?;
+                        self.record_shape_options(rt, f.shape().options).await?;
+                        f.schema().as_ref().clone()
+                    }
                 };
                 self.root.create_table(kind, rt, &schema).await?
             }
@@ -315,4 +354,24 @@ fn history_index_fields() -> arrow::datatypes::Fields {
         Field::new("_content_hash", DataType::Int64, true),
         Field::new("_last_updated", fhirlake_schemas::shape::timestamp_type(), true),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recursion_depth_is_fixed_per_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+        // A table created earlier with depth 2 keeps it under a default of 1.
+        std::fs::create_dir_all(dir.path().join("_fhirlake/shape")).unwrap();
+        std::fs::write(dir.path().join("_fhirlake/shape/Questionnaire.json"), r#"{"maxDepth":2}"#).unwrap();
+        let applier = Applier::new(root, ShapeOptions { max_depth: 1 }, Model::r4().unwrap());
+        assert_eq!(applier.flattener("Questionnaire").await.unwrap().shape().options.max_depth, 2);
+        // A new table records the configured depth when it is created.
+        applier.table(TableKind::Current, "Patient").await.unwrap();
+        let recorded = std::fs::read_to_string(dir.path().join("_fhirlake/shape/Patient.json")).unwrap();
+        assert!(recorded.contains(r#""maxDepth":1"#), "{recorded}");
+    }
 }

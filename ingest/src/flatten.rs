@@ -55,6 +55,11 @@ impl Flattener {
         Self { shape, schema, decoded }
     }
 
+    /// The table's shape.
+    pub fn shape(&self) -> &TableShape {
+        &self.shape
+    }
+
     /// The table's Arrow schema.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
