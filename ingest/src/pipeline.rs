@@ -8,7 +8,8 @@
 //! the [`Overlay`]; this stage moves them into the index when N commits. If a commit
 //! fails, every batch decided on top of it is failed too (the overlay's `epoch` changes and
 //! staged batches of an older epoch are refused), so no version is ever committed on top
-//! of one that was not. Must not: decide versions.
+//! of one that was not. The failed batch's journal entry is kept and writes stop (fail
+//! closed) until a restart replays it. Must not: decide versions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +28,8 @@ pub(crate) struct Overlay {
     pub(crate) epoch: u64,
     /// (type, id) -> (entry, seq of the batch that decided it).
     pub(crate) entries: HashMap<(String, String), (IndexEntry, i64)>,
+    /// Set when a commit failed: writes stop (fail closed) until a restart replays it.
+    pub(crate) stopped: Option<String>,
 }
 
 /// A decided, journaled and flattened group commit, waiting for its Delta commits.
@@ -66,7 +69,11 @@ impl Committer {
             (false, Some(seq)) => self.applier.commit(seq, st.prepared).await,
             (false, None) => Ok(()),
         };
-        if let Some(seq) = st.seq
+        // A batch that failed part-way keeps its journal entry: the next start-up replays it
+        // into the tables that lack it, so the tables never keep half a group commit. Every
+        // other entry (committed, or refused before touching a table) goes.
+        let keep_entry = result.is_err() && !stale;
+        if let Some(seq) = st.seq.filter(|_| !keep_entry)
             && let Err(e) = self.journal.remove(seq).await
         {
             // Committed tables carry the seq as a txn: a leftover entry is skipped on replay.
@@ -98,6 +105,8 @@ impl Committer {
                     let mut overlay = self.overlay.lock().expect("overlay lock");
                     overlay.epoch += 1;
                     overlay.entries.clear();
+                    overlay.stopped = Some(format!("group commit {:?} failed: {e}", st.seq));
+                    tracing::error!("writes stopped; restart fhirlake to replay the journal and resume");
                 }
                 for reply in st.replies {
                     let _ = reply.send(Err(Error::CommitFailed(e.to_string())));
@@ -139,9 +148,12 @@ mod tests {
         let applier = Arc::new(Applier::new(root.clone(), ShapeOptions::default(), Model::r4().unwrap()));
         let overlay = Arc::new(Mutex::new(Overlay::default()));
         let index = Arc::new(RwLock::new(ResourceIndex::default()));
+        let journal = Journal::new(root);
+        journal.append(1, &[record("a")]).await.unwrap();
+        journal.append(2, &[record("b")]).await.unwrap();
         let committer = Committer {
             applier: applier.clone(),
-            journal: Journal::new(root),
+            journal: journal.clone(),
             index: index.clone(),
             overlay: overlay.clone(),
         };
@@ -169,9 +181,14 @@ mod tests {
             Err(Error::CommitFailed(m)) => assert!(m.contains("earlier group commit failed"), "{m}"),
             other => panic!("the batch staged on top must fail too: {other:?}"),
         }
-        let o = overlay.lock().unwrap();
-        assert_eq!(o.epoch, 1, "one failure, one new epoch");
-        assert!(o.entries.is_empty(), "decisions built on the failed batch are forgotten");
-        assert!(index.read().unwrap().get("Patient", "a").is_none());
+        {
+            let o = overlay.lock().unwrap();
+            assert!(o.stopped.is_some(), "writes stop after a failed commit");
+            assert_eq!(o.epoch, 1, "one failure, one new epoch");
+            assert!(o.entries.is_empty(), "decisions built on the failed batch are forgotten");
+            assert!(index.read().unwrap().get("Patient", "a").is_none());
+        }
+        let left: Vec<i64> = journal.pending().await.unwrap().into_iter().map(|(seq, _)| seq).collect();
+        assert_eq!(left, vec![1], "the failed batch stays in the journal for replay; the refused one does not");
     }
 }

@@ -402,6 +402,17 @@ impl Core {
         {
             let idx = index.read().expect("index lock");
             let overlay = self.overlay.lock().expect("overlay lock");
+            if let Some(why) = &overlay.stopped {
+                // Fail closed: a commit failed part-way; only a restart (journal replay) can
+                // tell what the tables hold.
+                let message = format!("writes are stopped until fhirlake restarts: {why}");
+                drop(overlay);
+                drop(idx);
+                for req in reqs {
+                    let _ = req.reply.send(Err(Error::CommitFailed(message.clone())));
+                }
+                return None;
+            }
             epoch = overlay.epoch;
             let known = Known { index: &idx, overlay: &overlay.entries };
             for (r, req) in reqs.iter().enumerate() {
