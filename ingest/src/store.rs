@@ -83,11 +83,6 @@ impl StorageRoot {
         &self.url
     }
 
-    /// The local directory, for `file://` roots.
-    pub fn local_path(&self) -> Option<&std::path::Path> {
-        self.local.as_deref()
-    }
-
     /// The object store the root lives in (rooted at the store's root, not at `url`).
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -229,23 +224,6 @@ impl Lease {
     pub async fn release(self) -> Result<()> {
         self.root.store.delete(&self.path).await?;
         Ok(())
-    }
-}
-
-/// The holder recorded in the lease of `root`, if a live process holds it.
-pub async fn lease_holder(root: &StorageRoot) -> Result<Option<String>> {
-    let path = root.path("_fhirlake/lease.json");
-    match root.store.get(&path).await {
-        Ok(r) => {
-            let info: serde_json::Value = serde_json::from_slice(&r.bytes().await?).unwrap_or_default();
-            let pid = info["pid"].as_u64().unwrap_or(0);
-            if info["host"].as_str() == Some(hostname().as_str()) && !process_alive(pid) {
-                return Ok(None);
-            }
-            Ok(Some(info.to_string()))
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
     }
 }
 

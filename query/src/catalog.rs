@@ -70,11 +70,6 @@ impl SqlSession {
         Ok(())
     }
 
-    /// Names of the registered tables.
-    pub fn table_names(&self) -> &[String] {
-        &self.tables
-    }
-
     /// Runs a read-only query and collects the result.
     pub async fn sql(&self, query: &str) -> Result<Vec<RecordBatch>> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
@@ -84,11 +79,6 @@ impl SqlSession {
             other => Error::DataFusion(other),
         })?;
         Ok(df.collect().await?)
-    }
-
-    /// The underlying context (for the history reads).
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
     }
 }
 

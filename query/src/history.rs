@@ -5,8 +5,6 @@
 //! back into [`HistoryRow`]s, newest first. Must not: decide HTTP semantics (410 vs 404 is
 //! the caller's business).
 
-use std::sync::Arc;
-
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use datafusion::prelude::{SessionContext, col, lit};
@@ -129,6 +127,3 @@ pub fn merge_newest_first(mut parts: Vec<Vec<HistoryRow>>, limit: Option<usize>)
     }
     all
 }
-
-/// Shared handle type used by callers that keep tables around.
-pub type TableRef = Arc<DeltaTable>;

@@ -195,12 +195,6 @@ impl Json {
             }
         }
     }
-
-    /// Converts to a `serde_json::Value` (numbers go through their text, so a number with
-    /// more precision than f64 is approximated: use only where that is acceptable).
-    pub fn to_serde(&self) -> serde_json::Value {
-        serde_json::from_str(&self.to_json_string()).unwrap_or(serde_json::Value::Null)
-    }
 }
 
 /// Writes `s` as a JSON string literal.
