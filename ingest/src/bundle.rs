@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fhirlake_schemas::validate::{Issue, IssueCode, ValidationOptions, validate_resource};
+use fhirlake_schemas::validate::{Issue, IssueCode, ValidationOptions, is_valid_id, validate_resource};
 use fhirlake_schemas::{Json, Model};
 
 use crate::writer::{Action, Precondition, WriteOp};
@@ -93,7 +93,7 @@ pub fn plan_bundle(
                 "POST" => rt.map(|rt| (rt.to_string(), new_id())),
                 "PUT" | "DELETE" => path
                     .split_once('/')
-                    .filter(|(t, id)| model.is_resource_type(t) && is_id(id))
+                    .filter(|(t, id)| model.is_resource_type(t) && is_valid_id(id))
                     .map(|(t, id)| (t.to_string(), id.to_string())),
                 _ => None,
             };
@@ -160,10 +160,6 @@ pub fn plan_bundle(
         out.push(EntryPlan { index: i, method, op });
     }
     Ok(BundlePlan { kind, entries: out })
-}
-
-fn is_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Replaces every `reference` whose value is a key of `refs`.

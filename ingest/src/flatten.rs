@@ -17,6 +17,7 @@ use fhirlake_schemas::datetime::{self, Temporal};
 use fhirlake_schemas::json::write_str;
 use fhirlake_schemas::model::Primitive;
 use fhirlake_schemas::shape::{DECIMAL_PRECISION, DECIMAL_SCALE, FieldShape, Shape, StructShape, TableShape, reserved};
+use fhirlake_schemas::validate::is_valid_id;
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -322,9 +323,7 @@ pub fn reference_target(reference: &str) -> Option<(&str, &str)> {
     };
     let type_ok =
         t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
-    let id_ok =
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    (type_ok && id_ok).then_some((t, id))
+    (type_ok && is_valid_id(id)).then_some((t, id))
 }
 
 /// The decimal text as plain digits with at most [`DECIMAL_SCALE`] fractional digits, or

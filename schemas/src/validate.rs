@@ -384,15 +384,18 @@ fn check_integer(p: Primitive, n: &str) -> Option<String> {
     }
 }
 
+/// True when `s` is a FHIR `id`: 1-64 characters of A-Z, a-z, 0-9, `-` and `.`.
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 fn check_string(p: Primitive, s: &str) -> Option<String> {
     let bad = |why: &str| Some(format!("'{}' {why}", truncate(s)));
     if s.is_empty() {
         return Some("empty strings are not allowed; omit the element instead".into());
     }
     match p {
-        Primitive::Id => (s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
-            .then(|| bad("is not a valid id (1-64 of A-Z a-z 0-9 - .)"))
-            .flatten(),
+        Primitive::Id => (!is_valid_id(s)).then(|| bad("is not a valid id (1-64 of A-Z a-z 0-9 - .)")).flatten(),
         Primitive::Code => {
             let ok = !s.starts_with(char::is_whitespace)
                 && !s.ends_with(char::is_whitespace)

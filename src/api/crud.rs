@@ -227,9 +227,7 @@ fn written_response(
 }
 
 fn check_id(id: &str) -> ApiResult<()> {
-    let ok =
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok {
+    if fhirlake_schemas::validate::is_valid_id(id) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")))
