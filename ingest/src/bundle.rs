@@ -122,10 +122,10 @@ pub fn plan_bundle(
     let mut out = Vec::with_capacity(entries.len());
     for (i, (e, (method, target, problem))) in entries.iter().zip(planned).enumerate() {
         let if_match = e.get("request").and_then(|r| r.get("ifMatch")).and_then(Json::as_str);
-        let precondition = match if_match.map(|v| v.trim_start_matches("W/").trim_matches('"').parse::<i64>()) {
+        let precondition = match if_match.map(etag_version) {
             None => Ok(Precondition::None),
-            Some(Ok(v)) => Ok(Precondition::IfMatch(v)),
-            Some(Err(_)) => Err(err(&format!("Bundle.entry[{i}].request.ifMatch"), "ifMatch must be W/\"n\"")),
+            Some(Some(v)) => Ok(Precondition::IfMatch(v)),
+            Some(None) => Err(err(&format!("Bundle.entry[{i}].request.ifMatch"), "ifMatch must be W/\"n\"")),
         };
         let (problem, precondition) = match (problem, precondition) {
             (Some(p), _) | (None, Err(p)) => (Some(p), Precondition::None),
@@ -160,6 +160,11 @@ pub fn plan_bundle(
         out.push(EntryPlan { index: i, method, op });
     }
     Ok(BundlePlan { kind, entries: out })
+}
+
+/// The version in an ETag-style value: `W/"3"`, `"3"` or `3`.
+pub fn etag_version(v: &str) -> Option<i64> {
+    v.strip_prefix("W/").unwrap_or(v).trim_matches('"').parse().ok()
 }
 
 /// Replaces every `reference` whose value is a key of `refs`.

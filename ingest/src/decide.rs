@@ -61,11 +61,15 @@ pub fn with_server_meta(resource: &Json, version: i64, last_updated_us: i64) -> 
     set_server_meta(resource.clone(), version, last_updated_us)
 }
 
+/// A FHIR `instant` (RFC 3339, microseconds, `Z`) of epoch microseconds: the form of
+/// `meta.lastUpdated` everywhere fhirlake writes or serves it.
+pub fn format_instant(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// Sets the server's `meta.versionId` and `meta.lastUpdated` (meta right after `id`).
 pub fn set_server_meta(mut r: Json, version: i64, last_updated_us: i64) -> Json {
-    let ts = chrono::DateTime::from_timestamp_micros(last_updated_us)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let ts = format_instant(last_updated_us);
     let mut meta = r.remove("meta").unwrap_or(Json::Object(Vec::new()));
     if meta.as_object().is_none() {
         meta = Json::Object(Vec::new());

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, load_index};
 use crate::decide::{Build, Known, build_served, decide, hash_ops};
-pub use crate::decide::{content_hash, set_server_meta, with_server_meta};
+pub use crate::decide::{content_hash, format_instant, set_server_meta, with_server_meta};
 use crate::journal::{Journal, VersionRecord};
 use crate::pipeline::{Committer, Overlay, Staged};
 use crate::store::{Lease, StorageRoot, TableKind};

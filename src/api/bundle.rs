@@ -13,12 +13,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use fhirlake_ingest::bundle::{BundleKind, plan_bundle};
 use fhirlake_ingest::import::new_id;
+use fhirlake_ingest::writer::format_instant;
 use fhirlake_ingest::{OpOutcome, WriteOp};
 use fhirlake_schemas::Json;
-use fhirlake_schemas::json::{ParseLimits, write_str};
-use fhirlake_schemas::validate::{ValidationOptions, json_issue};
+use fhirlake_schemas::json::write_str;
+use fhirlake_schemas::validate::ValidationOptions;
 
-use super::{AppState, fhir_response, read_body};
+use super::{AppState, fhir_response, parse_json, read_body};
 use crate::error::{ApiError, ApiResult};
 
 /// The handler of `POST [base]`.
@@ -28,8 +29,7 @@ pub async fn transaction_or_batch(
     body: Body,
 ) -> ApiResult<Response> {
     let bytes = read_body(&headers, body, state.config.max_bundle_bytes).await?;
-    let limits = ParseLimits { max_depth: state.config.max_depth, max_string_bytes: state.config.max_resource_bytes };
-    let json = Json::parse(&bytes, limits).map_err(|e| ApiError::BadJson(vec![json_issue(&e)]))?;
+    let json = parse_json(&state, &bytes)?;
     if json.get("resourceType").and_then(Json::as_str) != Some("Bundle") {
         return Err(ApiError::BadRequest("POST to the base URL needs a Bundle of type transaction or batch".into()));
     }
@@ -149,11 +149,8 @@ fn response(
             out.push_str(&format!(r#","etag":"W/\"{v}\"""#));
         }
         if let Some(t) = ts {
-            let lm = chrono::DateTime::from_timestamp_micros(t)
-                .unwrap_or_default()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             out.push_str(r#","lastModified":"#);
-            write_str(&mut out, &lm);
+            write_str(&mut out, &format_instant(t));
         }
         out.push_str("}}");
     }

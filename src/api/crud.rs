@@ -17,7 +17,9 @@ use fhirlake_query::history::read_history;
 use fhirlake_schemas::Json;
 use fhirlake_schemas::validate::{ValidationOptions, validate_resource};
 
-use super::{AppState, PreferReturn, fhir_response, if_match, info_outcome, parse_resource, prefer_return, read_body};
+use super::{
+    AppState, PreferReturn, fhir_response, if_match, info_outcome, parse_json, parse_resource, prefer_return, read_body,
+};
 use crate::error::{ApiError, ApiResult};
 
 /// `POST [base]/{type}`.
@@ -28,11 +30,7 @@ pub async fn create(
     body: Body,
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
-    let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
-    let (mut json, actual) = parse_resource(&state, &bytes)?;
-    if actual != rt {
-        return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {rt}")));
-    }
+    let mut json = read_resource_of_type(&state, &rt, &headers, body).await?;
     let id = new_id();
     json.set("id", Json::String(id.clone()));
     move_id_first(&mut json);
@@ -55,11 +53,7 @@ pub async fn update(
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
     check_id(&id)?;
-    let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
-    let (json, actual) = parse_resource(&state, &bytes)?;
-    if actual != rt {
-        return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {rt}")));
-    }
+    let json = read_resource_of_type(&state, &rt, &headers, body).await?;
     match json.get("id").and_then(Json::as_str) {
         Some(body_id) if body_id == id => {}
         Some(body_id) => {
@@ -67,10 +61,7 @@ pub async fn update(
         }
         None => return Err(ApiError::BadRequest(format!("the body has no id; PUT needs \"id\": \"{id}\""))),
     }
-    let precondition = match if_match(&headers)? {
-        Some(v) => Precondition::IfMatch(v),
-        None => Precondition::None,
-    };
+    let precondition = if_match(&headers)?;
     let op = WriteOp { resource_type: rt.clone(), id: id.clone(), action: Action::Put(Arc::new(json)), precondition };
     let outcome = submit_one(&state, op).await?;
     written_response(&state, &rt, &id, outcome, &headers)
@@ -84,10 +75,7 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
     check_id(&id)?;
-    let precondition = match if_match(&headers)? {
-        Some(v) => Precondition::IfMatch(v),
-        None => Precondition::None,
-    };
+    let precondition = if_match(&headers)?;
     let op = WriteOp { resource_type: rt.clone(), id: id.clone(), action: Action::Delete, precondition };
     match submit_one(&state, op).await? {
         OpOutcome::Deleted { version } => {
@@ -156,12 +144,7 @@ pub async fn validate(
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
     let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
-    let limits = fhirlake_schemas::json::ParseLimits {
-        max_depth: state.config.max_depth,
-        max_string_bytes: state.config.max_resource_bytes,
-    };
-    let json =
-        Json::parse(&bytes, limits).map_err(|e| ApiError::BadJson(vec![fhirlake_schemas::validate::json_issue(&e)]))?;
+    let json = parse_json(&state, &bytes)?;
     // Accept the resource itself or Parameters with a `resource` parameter.
     let resource = if json.get("resourceType").and_then(Json::as_str) == Some("Parameters") && rt != "Parameters" {
         match json.get("parameter") {
@@ -182,6 +165,16 @@ pub async fn validate(
         Err(issues) => ApiError::Invalid(issues).outcome().to_json_string(),
     };
     Ok(fhir_response(StatusCode::OK, body, None, None))
+}
+
+/// Reads, parses and validates a resource body that must be a `rt`.
+async fn read_resource_of_type(state: &AppState, rt: &str, headers: &HeaderMap, body: Body) -> ApiResult<Json> {
+    let bytes = read_body(headers, body, state.config.max_resource_bytes).await?;
+    let (json, actual) = parse_resource(state, &bytes)?;
+    if actual != rt {
+        return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {rt}")));
+    }
+    Ok(json)
 }
 
 async fn submit_one(state: &AppState, op: WriteOp) -> ApiResult<OpOutcome> {

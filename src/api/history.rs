@@ -13,6 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use fhirlake_ingest::TableKind;
+use fhirlake_ingest::writer::format_instant;
 use fhirlake_query::history::{merge_newest_first, read_history};
 use fhirlake_query::{HistoryQuery, HistoryRow};
 use fhirlake_schemas::json::write_str;
@@ -129,8 +130,7 @@ fn link(state: &AppState, path: &str, p: &Paging, offset: usize) -> String {
 }
 
 fn time_param(us: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B")
+    format_instant(us).replace('+', "%2B")
 }
 
 fn bundle(state: &AppState, path: &str, p: &Paging, rows: Vec<HistoryRow>) -> Response {
@@ -177,9 +177,6 @@ fn entry(state: &AppState, r: &HistoryRow, out: &mut String) {
     out.push_str(&format!(r#","request":{{"method":"{method}","url":"#));
     write_str(out, &url);
     out.push_str(&format!(r#"}},"response":{{"status":"{status}","etag":"W/\"{}\"","lastModified":"#, r.version));
-    let lm = chrono::DateTime::from_timestamp_micros(r.last_updated_us)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    write_str(out, &lm);
+    write_str(out, &format_instant(r.last_updated_us));
     out.push_str("}}");
 }

@@ -18,7 +18,8 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fhirlake_ingest::Writer;
+use fhirlake_ingest::bundle::etag_version;
+use fhirlake_ingest::{Precondition, Writer};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::Model;
 use fhirlake_schemas::json::ParseLimits;
@@ -123,10 +124,15 @@ fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// Parses a JSON body within the API's limits; syntax and limit errors are 400s.
+pub fn parse_json(state: &AppState, bytes: &[u8]) -> ApiResult<Json> {
+    let limits = ParseLimits { max_depth: state.config.max_depth, max_string_bytes: state.config.max_resource_bytes };
+    Json::parse(bytes, limits).map_err(|e| ApiError::BadJson(vec![json_issue(&e)]))
+}
+
 /// Parses and validates a resource body.
 pub fn parse_resource(state: &AppState, bytes: &[u8]) -> ApiResult<(Json, String)> {
-    let limits = ParseLimits { max_depth: state.config.max_depth, max_string_bytes: state.config.max_resource_bytes };
-    let json = Json::parse(bytes, limits).map_err(|e| ApiError::BadJson(vec![json_issue(&e)]))?;
+    let json = parse_json(state, bytes)?;
     let options = ValidationOptions::default();
     let rt = validate_resource(state.model, &json, &options).map_err(ApiError::Invalid)?;
     Ok((json, rt))
@@ -155,14 +161,13 @@ pub fn prefer_return(headers: &HeaderMap) -> PreferReturn {
     }
 }
 
-/// Parses `If-Match: W/"3"` (or `"3"`, `3`).
-pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
-    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+/// The precondition of `If-Match: W/"3"` (or `"3"`, `3`); none without the header.
+pub fn if_match(headers: &HeaderMap) -> ApiResult<Precondition> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(Precondition::None) };
     let s = v.to_str().unwrap_or("").trim();
-    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
-    s.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ApiError::BadRequest(format!("If-Match '{s}' is not a version (expected W/\"n\")")))
+    etag_version(s)
+        .map(Precondition::IfMatch)
+        .ok_or_else(|| ApiError::BadRequest(format!("If-Match '{s}' is not a version (expected W/\"n\")")))
 }
 
 /// HTTP-date of epoch microseconds.
