@@ -156,10 +156,7 @@ impl StorageRoot {
         match created {
             Ok(t) => Ok(t),
             // Another creator won the race (or a previous run crashed after creating it).
-            Err(_) if self.open_table(kind, resource_type).await?.is_some() => {
-                Ok(self.open_table(kind, resource_type).await?.expect("table exists"))
-            }
-            Err(e) => Err(e.into()),
+            Err(e) => self.open_table(kind, resource_type).await?.ok_or_else(|| e.into()),
         }
     }
 
