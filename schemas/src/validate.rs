@@ -285,8 +285,9 @@ impl Validator<'_> {
             );
             return;
         }
-        let Some(ext) = self.model.structure("Element").cloned().or_else(|| self.model.structure("Extension").cloned())
-        else {
+        // A primitive's `_x` holds Element's `id` and `extension`; Element is abstract and not
+        // modelled, so Extension (which has the same `extension` element) supplies its rule.
+        let Some(ext) = self.model.structure("Extension").cloned() else {
             return;
         };
         let check = |this: &mut Self, item: &Json, at: &str| match item {
