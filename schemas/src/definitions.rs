@@ -66,6 +66,8 @@ pub struct StructureDefinition {
     /// The type defined.
     #[serde(rename = "type")]
     pub type_name: String,
+    /// Canonical URL of the type this one specializes or constrains.
+    pub base_definition: Option<String>,
     /// The snapshot element list.
     pub snapshot: Option<Snapshot>,
 }

@@ -137,6 +137,14 @@ impl Json {
         }
     }
 
+    /// The items, if this is an array.
+    pub fn as_array(&self) -> Option<&[Json]> {
+        match self {
+            Json::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
     /// The members, if this is an object.
     pub fn as_object(&self) -> Option<&[(String, Json)]> {
         match self {

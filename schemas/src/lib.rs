@@ -10,6 +10,7 @@
 
 pub mod datetime;
 pub mod definitions;
+pub mod fhirpath;
 pub mod json;
 pub mod model;
 pub mod shape;

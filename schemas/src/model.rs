@@ -129,6 +129,9 @@ pub struct Model {
     value_sets: HashMap<String, Option<Arc<HashSet<String>>>>,
     compartment_params: BTreeMap<String, Vec<String>>,
     search_parameters: Vec<SearchParameter>,
+    /// Every type name (resources, datatypes, primitives, datatype constraints such as
+    /// `Age`) -> the name of its base type (`None` for `Base`).
+    bases: HashMap<String, Option<String>>,
 }
 
 static MODEL: OnceLock<Result<Model>> = OnceLock::new();
@@ -178,9 +181,57 @@ impl Model {
         })
     }
 
+    /// The model's own copy of a type name (so it can be held for the process lifetime).
+    pub fn type_name(&self, name: &str) -> Option<&str> {
+        self.bases.get_key_value(name).map(|(k, _)| k.as_str())
+    }
+
+    /// The base type of a type (`Patient` -> `DomainResource`, `code` -> `string`,
+    /// `Age` -> `Quantity`).
+    pub fn base_type(&self, name: &str) -> Option<&str> {
+        self.bases.get(name).and_then(|b| b.as_deref())
+    }
+
+    /// True when `name` is `ancestor` or derives from it.
+    pub fn is_subtype(&self, name: &str, ancestor: &str) -> bool {
+        let mut cur = Some(name);
+        while let Some(t) = cur {
+            if t == ancestor {
+                return true;
+            }
+            cur = self.base_type(t);
+        }
+        false
+    }
+
+    /// The structure holding the elements of a type: its own, or for a datatype
+    /// constraint (`Age`, `SimpleQuantity`) its base's.
+    pub fn structure_of_type(&self, name: &str) -> Option<&Structure> {
+        let mut cur = Some(name);
+        while let Some(t) = cur {
+            if let Some(s) = self.structures.get(t) {
+                return Some(s.as_ref());
+            }
+            if t.contains('.') {
+                return None;
+            }
+            cur = self.base_type(t);
+        }
+        None
+    }
+
     fn build(defs: Definitions) -> Result<Model> {
         let mut structures = HashMap::new();
         let mut resource_types = Vec::new();
+        let mut bases = HashMap::new();
+        for sd in &defs.structures {
+            let core_type = sd.derivation.as_deref() != Some("constraint")
+                || matches!(sd.kind.as_str(), "complex-type" | "primitive-type");
+            if core_type && sd.kind != "logical" && !sd.id.contains('-') {
+                let base = sd.base_definition.as_deref().and_then(|b| b.rsplit('/').next()).map(str::to_string);
+                bases.insert(sd.id.clone(), base);
+            }
+        }
         for sd in &defs.structures {
             let concrete_complex = sd.kind == "complex-type" && sd.derivation.as_deref() == Some("specialization");
             let resource = sd.kind == "resource";
@@ -210,6 +261,7 @@ impl Model {
             value_sets,
             compartment_params,
             search_parameters: defs.search_parameters,
+            bases,
         })
     }
 }
@@ -387,5 +439,9 @@ mod tests {
         let p = m.structure("Patient").unwrap();
         assert_eq!(p.elements[p.by_json_name["id"].0].variants[0].1, TypeRef::Primitive(Primitive::Id));
         assert_eq!(m.patient_compartment_params("Observation"), ["subject", "performer"]);
+        assert!(m.is_subtype("Patient", "DomainResource") && m.is_subtype("Patient", "Resource"));
+        assert!(m.is_subtype("code", "string") && !m.is_subtype("id", "code"));
+        assert!(m.is_subtype("Age", "Quantity") && m.structure_of_type("Age").is_some());
+        assert!(!m.is_subtype("Bundle", "DomainResource"));
     }
 }
