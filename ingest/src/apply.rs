@@ -82,7 +82,9 @@ impl Applier {
                     .as_u64()
                     .filter(|d| *d >= 1)
                     .ok_or_else(|| Error::Config(format!("{} has no valid maxDepth", self.shape_path(rt))))?;
-                Ok(ShapeOptions { max_depth: depth as usize })
+                // Tables recorded before search indexing existed have no `_sp_*` columns.
+                let search_index = v["searchIndex"].as_bool().unwrap_or(false);
+                Ok(ShapeOptions { max_depth: depth as usize, search_index })
             }
             Err(object_store::Error::NotFound { .. }) => Ok(self.shape),
             Err(e) => Err(e.into()),
@@ -90,7 +92,12 @@ impl Applier {
     }
 
     async fn record_shape_options(&self, rt: &str, options: ShapeOptions) -> Result<()> {
-        let body = serde_json::json!({ "resourceType": rt, "maxDepth": options.max_depth }).to_string();
+        let body = serde_json::json!({
+            "resourceType": rt,
+            "maxDepth": options.max_depth,
+            "searchIndex": options.search_index,
+        })
+        .to_string();
         let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
         match self.root.object_store().put_opts(&self.shape_path(rt), body.into(), opts).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -367,7 +374,7 @@ mod tests {
         // A table created earlier with depth 2 keeps it under a default of 1.
         std::fs::create_dir_all(dir.path().join("_fhirlake/shape")).unwrap();
         std::fs::write(dir.path().join("_fhirlake/shape/Questionnaire.json"), r#"{"maxDepth":2}"#).unwrap();
-        let applier = Applier::new(root, ShapeOptions { max_depth: 1 }, Model::r4().unwrap());
+        let applier = Applier::new(root, ShapeOptions { max_depth: 1, ..Default::default() }, Model::r4().unwrap());
         assert_eq!(applier.flattener("Questionnaire").await.unwrap().shape().options.max_depth, 2);
         // A new table records the configured depth when it is created.
         applier.table(TableKind::Current, "Patient").await.unwrap();

@@ -15,9 +15,9 @@ use arrow::datatypes::SchemaRef;
 use fhirlake_schemas::Json;
 use fhirlake_schemas::datetime::{self, Temporal};
 use fhirlake_schemas::json::write_str;
+use fhirlake_schemas::Model;
 use fhirlake_schemas::model::Primitive;
-use fhirlake_schemas::shape::{DECIMAL_PRECISION, DECIMAL_SCALE, FieldShape, Shape, StructShape, TableShape, reserved};
-use fhirlake_schemas::validate::is_valid_id;
+use fhirlake_schemas::shape::{FieldShape, Shape, StructShape, TableShape, reserved};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -39,6 +39,7 @@ pub struct RowMeta {
 
 /// Builds `RecordBatch`es of one resource type's current table.
 pub struct Flattener {
+    model: &'static Model,
     shape: Arc<TableShape>,
     schema: SchemaRef,
     /// The schema arrow-json decodes: everything but `_raw`, which is added as a column
@@ -53,7 +54,8 @@ impl Flattener {
         let decoded = Arc::new(arrow::datatypes::Schema::new(
             schema.fields().iter().filter(|f| f.name() != reserved::RAW).cloned().collect::<Vec<_>>(),
         ));
-        Self { shape, schema, decoded }
+        let model = Model::r4().expect("a TableShape exists, so the R4 model loaded");
+        Self { model, shape, schema, decoded }
     }
 
     /// The table's shape.
@@ -101,6 +103,9 @@ impl Flattener {
                 write_str(&mut out, p);
             }
             out.push(']');
+        }
+        if let Some(ix) = &self.shape.search_index {
+            ix.write_row(self.model, resource, &mut out);
         }
         if !prim_ext.is_empty() {
             key(&mut out, reserved::PRIMITIVE_EXTENSIONS);
@@ -305,71 +310,7 @@ fn temporal(p: Primitive) -> Temporal {
     }
 }
 
-/// Target (type, id) of a literal reference: `Patient/1`, `Patient/1/_history/2` or an
-/// absolute URL ending in `Type/id`. Contained (`#x`) and `urn:` references have none.
-pub fn reference_target(reference: &str) -> Option<(&str, &str)> {
-    if reference.starts_with('#') || reference.starts_with("urn:") {
-        return None;
-    }
-    let path = reference.split(['?', '#']).next()?;
-    let parts: Vec<&str> = path.split('/').collect();
-    let n = parts.len();
-    let (t, id) = if n >= 4 && parts[n - 2] == "_history" {
-        (parts[n - 4], parts[n - 3])
-    } else if n >= 2 {
-        (parts[n - 2], parts[n - 1])
-    } else {
-        return None;
-    };
-    let type_ok =
-        t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
-    (type_ok && is_valid_id(id)).then_some((t, id))
-}
-
-/// The decimal text as plain digits with at most [`DECIMAL_SCALE`] fractional digits, or
-/// `None` when the value cannot be stored exactly in `Decimal128(38, 18)` (the raw JSON
-/// still has it).
-pub fn normalize_decimal(text: &str) -> Option<String> {
-    let (neg, rest) = match text.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, text),
-    };
-    let (mantissa, exp) = match rest.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e.parse::<i64>().ok()?),
-        None => (rest, 0),
-    };
-    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let digits: String = format!("{int_part}{frac_part}");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    // value = digits * 10^(exp - frac_len)
-    let point = (int_part.len() as i64).saturating_add(exp);
-    // Far outside Decimal128(38, 18) (and never worth materialising digit strings for).
-    if !(-(DECIMAL_SCALE as i64) - 64..=64).contains(&point) {
-        return None;
-    }
-    let (int_digits, frac_digits): (String, String) = if point <= 0 {
-        (String::new(), "0".repeat((-point) as usize) + &digits)
-    } else if point as usize >= digits.len() {
-        (digits.clone() + &"0".repeat(point as usize - digits.len()), String::new())
-    } else {
-        (digits[..point as usize].to_string(), digits[point as usize..].to_string())
-    };
-    let int_digits = int_digits.trim_start_matches('0');
-    let frac_digits = frac_digits.trim_end_matches('0');
-    let max_int = (DECIMAL_PRECISION as usize) - (DECIMAL_SCALE as usize);
-    if int_digits.len() > max_int || frac_digits.len() > DECIMAL_SCALE as usize {
-        return None;
-    }
-    let sign = if neg && !(int_digits.is_empty() && frac_digits.is_empty()) { "-" } else { "" };
-    let int_digits = if int_digits.is_empty() { "0" } else { int_digits };
-    Some(if frac_digits.is_empty() {
-        format!("{sign}{int_digits}")
-    } else {
-        format!("{sign}{int_digits}.{frac_digits}")
-    })
-}
+pub use fhirlake_schemas::shape::{normalize_decimal, reference_target};
 
 #[cfg(test)]
 mod tests {

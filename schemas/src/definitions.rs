@@ -154,6 +154,18 @@ pub struct SearchParameter {
     /// Reference target types.
     #[serde(default)]
     pub target: Vec<String>,
+    /// Components of a composite parameter.
+    #[serde(default)]
+    pub component: Vec<SearchParameterComponent>,
+}
+
+/// One component of a composite SearchParameter.
+#[derive(Debug, Deserialize, Clone)]
+pub struct SearchParameterComponent {
+    /// Canonical URL of the component's own SearchParameter.
+    pub definition: String,
+    /// FHIRPath relative to each item of the composite's expression.
+    pub expression: String,
 }
 
 /// CompartmentDefinition.

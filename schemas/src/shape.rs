@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 
 use crate::model::{Model, Primitive, TypeRef};
+use crate::search_index::SearchIndex;
 use crate::{Error, Result};
 
 /// Precision of every FHIR `decimal` column.
@@ -62,11 +63,14 @@ pub mod reserved {
 pub struct ShapeOptions {
     /// See [`DEFAULT_MAX_DEPTH`].
     pub max_depth: usize,
+    /// Whether the table carries the search-index columns (`_sp_*`, see
+    /// [`crate::search_index`]). On by default; tables created without them keep that.
+    pub search_index: bool,
 }
 
 impl Default for ShapeOptions {
     fn default() -> Self {
-        Self { max_depth: DEFAULT_MAX_DEPTH }
+        Self { max_depth: DEFAULT_MAX_DEPTH, search_index: true }
     }
 }
 
@@ -113,7 +117,7 @@ pub struct FieldShape {
 }
 
 /// The shape of one resource type's current table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TableShape {
     /// Resource type.
     pub resource_type: String,
@@ -121,17 +125,20 @@ pub struct TableShape {
     pub options: ShapeOptions,
     /// Top-level FHIR fields (without reserved columns).
     pub root: StructShape,
+    /// The search parameters indexed in `_sp_*` columns (when `options.search_index`).
+    pub search_index: Option<Arc<SearchIndex>>,
 }
 
 impl TableShape {
     /// Builds the shape of `resource_type`.
-    pub fn try_new(model: &Model, resource_type: &str, options: ShapeOptions) -> Result<Self> {
+    pub fn try_new(model: &'static Model, resource_type: &str, options: ShapeOptions) -> Result<Self> {
         if !model.is_resource_type(resource_type) {
             return Err(Error::UnknownResourceType(resource_type.to_string()));
         }
         let mut stack = Vec::new();
         let root = struct_shape(model, resource_type, &options, &mut stack, true)?;
-        Ok(Self { resource_type: resource_type.to_string(), options, root })
+        let search_index = options.search_index.then(|| SearchIndex::for_type(model, resource_type));
+        Ok(Self { resource_type: resource_type.to_string(), options, root, search_index })
     }
 
     /// The Arrow schema of the current table: FHIR fields, then reserved columns.
@@ -143,6 +150,9 @@ impl TableShape {
         let (head, tail) = reserved_fields();
         fields.extend(head);
         fields.extend(fhir);
+        if let Some(ix) = &self.search_index {
+            fields.extend(ix.arrow_fields());
+        }
         fields.extend(tail);
         Schema::new(fields)
     }
@@ -295,6 +305,72 @@ fn count_leaves(dt: &DataType) -> usize {
     }
 }
 
+/// Target (type, id) of a literal reference: `Patient/1`, `Patient/1/_history/2` or an
+/// absolute URL ending in `Type/id`. Contained (`#x`) and `urn:` references have none.
+pub fn reference_target(reference: &str) -> Option<(&str, &str)> {
+    if reference.starts_with('#') || reference.starts_with("urn:") {
+        return None;
+    }
+    let path = reference.split(['?', '#']).next()?;
+    let parts: Vec<&str> = path.split('/').collect();
+    let n = parts.len();
+    let (t, id) = if n >= 4 && parts[n - 2] == "_history" {
+        (parts[n - 4], parts[n - 3])
+    } else if n >= 2 {
+        (parts[n - 2], parts[n - 1])
+    } else {
+        return None;
+    };
+    let type_ok =
+        t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric());
+    (type_ok && crate::validate::is_valid_id(id)).then_some((t, id))
+}
+
+/// The decimal text as plain digits with at most [`DECIMAL_SCALE`] fractional digits, or
+/// `None` when the value cannot be stored exactly in `Decimal128(38, 18)` (the raw JSON
+/// still has it).
+pub fn normalize_decimal(text: &str) -> Option<String> {
+    let (neg, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let (mantissa, exp) = match rest.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: String = format!("{int_part}{frac_part}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // value = digits * 10^(exp - frac_len)
+    let point = (int_part.len() as i64).saturating_add(exp);
+    // Far outside Decimal128(38, 18) (and never worth materialising digit strings for).
+    if !(-(DECIMAL_SCALE as i64) - 64..=64).contains(&point) {
+        return None;
+    }
+    let (int_digits, frac_digits): (String, String) = if point <= 0 {
+        (String::new(), "0".repeat((-point) as usize) + &digits)
+    } else if point as usize >= digits.len() {
+        (digits.clone() + &"0".repeat(point as usize - digits.len()), String::new())
+    } else {
+        (digits[..point as usize].to_string(), digits[point as usize..].to_string())
+    };
+    let int_digits = int_digits.trim_start_matches('0');
+    let frac_digits = frac_digits.trim_end_matches('0');
+    let max_int = (DECIMAL_PRECISION as usize) - (DECIMAL_SCALE as usize);
+    if int_digits.len() > max_int || frac_digits.len() > DECIMAL_SCALE as usize {
+        return None;
+    }
+    let sign = if neg && !(int_digits.is_empty() && frac_digits.is_empty()) { "-" } else { "" };
+    let int_digits = if int_digits.is_empty() { "0" } else { int_digits };
+    Some(if frac_digits.is_empty() {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac_digits}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,7 +411,7 @@ mod tests {
     #[test]
     fn recursion_turns_into_json_past_the_depth() {
         let m = Model::r4().unwrap();
-        let q = TableShape::try_new(m, "Questionnaire", ShapeOptions { max_depth: 2 }).unwrap();
+        let q = TableShape::try_new(m, "Questionnaire", ShapeOptions { max_depth: 2, ..Default::default() }).unwrap();
         let item = q.root.fields.iter().find(|f| f.name == "item").unwrap();
         let Shape::Struct(item) = &item.shape else { panic!("item should be a struct") };
         let nested = item.fields.iter().find(|f| f.name == "item").unwrap();
