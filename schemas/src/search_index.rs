@@ -29,10 +29,11 @@ use crate::shape::{DECIMAL_PRECISION, DECIMAL_SCALE, normalize_decimal, referenc
 /// Prefix of every search-index column.
 pub const COLUMN_PREFIX: &str = "_sp_";
 
-/// The column of a parameter code: `_sp_` + code without a leading `_` and with `-` as
-/// `_` (`value-quantity` -> `_sp_value_quantity`, `_lastUpdated` -> `_sp_lastUpdated`).
+/// The column of a parameter code: `_sp_` + code with `-` as `_` (`value-quantity` ->
+/// `_sp_value_quantity`; `_lastUpdated` -> `_sp__lastUpdated`, distinct from a `source`
+/// parameter's `_sp_source` for `_source`'s `_sp__source`).
 pub fn column_name(code: &str) -> String {
-    format!("{COLUMN_PREFIX}{}", code.trim_start_matches('_').replace('-', "_"))
+    format!("{COLUMN_PREFIX}{}", code.replace('-', "_"))
 }
 
 /// The parameter types that extract values.
@@ -95,12 +96,22 @@ pub struct Unsupported {
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexValue {
     /// `system|code`, with display or text for `:text`.
-    Token { system: Option<String>, code: Option<String>, text: Option<String> },
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+        text: Option<String>,
+    },
     /// As written, and normalized (lower case, accents removed) for the default and
     /// `:contains` matches.
-    String { value: String, norm: String },
+    String {
+        value: String,
+        norm: String,
+    },
     /// Inclusive range in microseconds since the epoch; `None` is open.
-    Date { start: Option<i64>, end: Option<i64> },
+    Date {
+        start: Option<i64>,
+        end: Option<i64>,
+    },
     /// Decimal text normalized for `Decimal128(38, 18)`.
     Number(String),
     /// A quantity, with its value in canonical UCUM units when the unit is known. A Range
@@ -139,7 +150,9 @@ pub struct SearchIndex {
 }
 
 fn applies(p: &SearchParameter, rt: &str) -> bool {
-    p.base.iter().any(|b| b == rt || b == "Resource" || (b == "DomainResource" && !matches!(rt, "Bundle" | "Binary" | "Parameters")))
+    p.base.iter().any(|b| {
+        b == rt || b == "Resource" || (b == "DomainResource" && !matches!(rt, "Bundle" | "Binary" | "Parameters"))
+    })
 }
 
 fn kind_of(model: &Model, p: &SearchParameter) -> Result<ParamKind, String> {
@@ -258,6 +271,20 @@ impl SearchIndex {
         out
     }
 
+    /// The parameters whose expression fails on `resource` (their values are then left
+    /// empty), with the error: for tests and diagnostics.
+    pub fn errors(&self, model: &'static Model, resource: &Json) -> Vec<(String, String)> {
+        let ctx = Context::new(model, Some(resource));
+        let root = Value::Node(Node::resource(model, resource));
+        let mut out = Vec::new();
+        for p in &self.params {
+            if let Err(e) = p.expression.evaluate_in(&ctx, vec![root.clone()]) {
+                out.push((p.code.clone(), e.to_string()));
+            }
+        }
+        out
+    }
+
     /// Writes `,"<column>":[...]` for every parameter with values (JSON matching
     /// [`SearchIndex::arrow_fields`], timestamps as epoch microseconds).
     pub fn write_row(&self, model: &'static Model, resource: &Json, out: &mut String) {
@@ -280,7 +307,9 @@ fn has_any_root(resource: &Json, roots: &[String]) -> bool {
     let Some(obj) = resource.as_object() else { return true };
     obj.iter().any(|(k, _)| {
         let k = k.strip_prefix('_').unwrap_or(k);
-        roots.iter().any(|r| k == r || (k.starts_with(r.as_str()) && k[r.len()..].starts_with(|c: char| c.is_ascii_uppercase())))
+        roots.iter().any(|r| {
+            k == r || (k.starts_with(r.as_str()) && k[r.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
+        })
     })
 }
 
@@ -414,9 +443,7 @@ fn values_of(kind: &ParamKind, item: &Value<'_>) -> Vec<IndexValue> {
                 Value::Boolean(b) => {
                     out.push(IndexValue::Token { system: None, code: Some(b.to_string()), text: None })
                 }
-                Value::String(s) => {
-                    out.push(IndexValue::Token { system: None, code: Some(s.to_string()), text: None })
-                }
+                Value::String(s) => out.push(IndexValue::Token { system: None, code: Some(s.to_string()), text: None }),
                 Value::Integer(i) => {
                     out.push(IndexValue::Token { system: None, code: Some(i.to_string()), text: None })
                 }
@@ -443,7 +470,8 @@ fn values_of(kind: &ParamKind, item: &Value<'_>) -> Vec<IndexValue> {
         ParamKind::Date => match type_name {
             "Period" => {
                 let start = str_of(json, "start").and_then(Temporal::parse_datetime).map(|t| t.range_millis().0 * 1000);
-                let end = str_of(json, "end").and_then(Temporal::parse_datetime).map(|t| t.range_millis().1 * 1000 + 999);
+                let end =
+                    str_of(json, "end").and_then(Temporal::parse_datetime).map(|t| t.range_millis().1 * 1000 + 999);
                 if start.is_some() || end.is_some() {
                     out.push(IndexValue::Date { start, end });
                 }
@@ -455,8 +483,10 @@ fn values_of(kind: &ParamKind, item: &Value<'_>) -> Vec<IndexValue> {
                     }
                 }
                 let bounds = json.and_then(|j| j.get("repeat")).and_then(|r| r.get("boundsPeriod"));
-                let start = str_of(bounds, "start").and_then(Temporal::parse_datetime).map(|t| t.range_millis().0 * 1000);
-                let end = str_of(bounds, "end").and_then(Temporal::parse_datetime).map(|t| t.range_millis().1 * 1000 + 999);
+                let start =
+                    str_of(bounds, "start").and_then(Temporal::parse_datetime).map(|t| t.range_millis().0 * 1000);
+                let end =
+                    str_of(bounds, "end").and_then(Temporal::parse_datetime).map(|t| t.range_millis().1 * 1000 + 999);
                 if start.is_some() || end.is_some() {
                     out.push(IndexValue::Date { start, end });
                 }

@@ -173,6 +173,17 @@ impl<'c, 'a> Eval<'c, 'a> {
             }
             Ast::TypeOp { is, operand, type_name } => {
                 let v = self.eval(operand, focus, scope)?;
+                if !is && v.len() > 1 && !self.ctx.strict {
+                    // FHIR's own search expressions apply `as` to collections
+                    // (`Medication.ingredient.item as Reference`): filter, like ofType().
+                    let mut out = Vec::new();
+                    for item in v {
+                        if self.type_matches(&item, type_name, false)? {
+                            out.push(item);
+                        }
+                    }
+                    return Ok(out);
+                }
                 let Some(v) = single(&v, if *is { "'is'" } else { "'as'" })? else { return Ok(vec![]) };
                 let matched = self.type_matches(v, type_name, *is)?;
                 match (is, matched) {
@@ -639,6 +650,15 @@ impl<'c, 'a> Eval<'c, 'a> {
             "is" | "as" => {
                 arity(1..=1)?;
                 let t = self.type_arg(args, name)?;
+                if name == "as" && input.len() > 1 && !self.ctx.strict {
+                    let mut out = Vec::new();
+                    for item in input {
+                        if self.type_matches(&item, &t, false)? {
+                            out.push(item);
+                        }
+                    }
+                    return Ok(out);
+                }
                 let Some(v) = single(&input, &format!("{name}()"))? else { return Ok(vec![]) };
                 let m = self.type_matches(v, &t, name == "is")?;
                 if name == "is" { b(m) } else { Ok(if m { vec![v.clone()] } else { vec![] }) }
