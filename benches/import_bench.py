@@ -5,7 +5,9 @@ The Synthea NDJSON fixtures are replicated with fresh ids (references rewritten
 consistently per replica) to at least --resources resources. Then, in this one invocation:
 
   write  fhirlake: `fhirlake import DIR` into a fresh storage root (validation, typed
-         flattening, Delta commits of current + history tables, journal fsync).
+         flattening, search-index extraction, Delta commits of current + history
+         tables, journal fsync); then again with --no-search-index, to show what the
+         extraction costs.
          DuckDB:   per type, COPY (SELECT * FROM read_json(file)) TO parquet.
   read   fhirlake: `fhirlake sql` aggregate over Observation's typed columns.
          DuckDB:   the same aggregate over its Parquet file.
@@ -133,6 +135,11 @@ def main():
         t_fl, rss_fl, out = run([a.bin, "import", "--no-progress", "--data", str(data), "--errors", str(work / "errors.ndjson"), str(src)], env)
         if f"imported {n} resources" not in out:
             sys.exit(f"fhirlake import did not import {n} resources:\n{out}")
+        # The same import without the search-index columns: the cost of extraction.
+        data_noix = work / "fhirlake-data-no-index"
+        t_nx, rss_nx, out = run([a.bin, "import", "--no-progress", "--no-search-index", "--data", str(data_noix), "--errors", str(work / "errors2.ndjson"), str(src)], env)
+        if f"imported {n} resources" not in out:
+            sys.exit(f"fhirlake import --no-search-index did not import {n} resources:\n{out}")
         pq = work / "duckdb-parquet"
         pq.mkdir()
         t_dd, rss_dd, _ = run([sys.executable, "-c", DUCKDB_WRITE, str(src), str(pq)])
@@ -143,6 +150,8 @@ def main():
         print(f"{'':22}{'fhirlake':>14}{'DuckDB':>14}{'ratio':>10}")
         print(f"{'write resources/s':22}{n / t_fl:14,.0f}{n / t_dd:14,.0f}{(n / t_fl) / (n / t_dd):10.2f}")
         print(f"{'write seconds':22}{t_fl:14.2f}{t_dd:14.2f}{t_fl / t_dd:10.2f}")
+        print(f"{'  without search index':22}{n / t_nx:14,.0f}{'':14}{(n / t_nx) / (n / t_dd):10.2f}   ({t_nx:.2f} s, peak {rss_nx:.0f} MiB)")
+        print(f"search-index extraction costs {100 * (t_fl - t_nx) / t_nx:.0f}% more import time ({n / t_fl:,.0f} vs {n / t_nx:,.0f} resources/s)")
         print(f"{'write peak RSS MiB':22}{rss_fl:14.0f}{rss_dd:14.0f}")
         print(f"{'read query seconds':22}{r_fl:14.2f}{r_dd:14.2f}{r_fl / r_dd:10.2f}")
         print(f"{'read peak RSS MiB':22}{rss_rfl:14.0f}{rss_rdd:14.0f}")

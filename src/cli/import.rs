@@ -22,6 +22,11 @@ pub struct ImportArgs {
     /// Resources per write request.
     #[arg(long, env = "FHIRLAKE_IMPORT_CHUNK", default_value_t = 2000)]
     chunk: usize,
+    /// Create new tables without the search-index columns (`_sp_*`): faster loads for
+    /// SQL-only use; FHIR search on those types then has no index. Existing tables keep
+    /// what they were created with.
+    #[arg(long, env = "FHIRLAKE_NO_SEARCH_INDEX")]
+    no_search_index: bool,
     /// Do not draw a progress bar.
     #[arg(long, env = "FHIRLAKE_NO_PROGRESS")]
     no_progress: bool,
@@ -33,7 +38,8 @@ pub struct ImportArgs {
 /// Runs the import.
 pub async fn run(a: ImportArgs) -> CliResult<ExitCode> {
     let root = StorageRoot::open(&a.data.data)?;
-    let options = WriterOptions { holder: "fhirlake import".into(), ..Default::default() };
+    let mut options = WriterOptions { holder: "fhirlake import".into(), ..Default::default() };
+    options.shape.search_index = !a.no_search_index;
     let (writer, task) = Writer::start(root, options).await?;
     let bar = if a.no_progress { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
