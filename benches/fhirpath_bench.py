@@ -39,14 +39,14 @@ def parse_criterion(text):
     """{bench id: elements/s (the middle estimate)} from criterion's stdout."""
     out, current = {}, None
     for line in text.splitlines():
-        m = re.match(r"^(expressions|extraction)/(.+?)\s*$", line)
-        if m and "time:" not in line:
-            current = f"{m.group(1)}/{m.group(2)}"
-            continue
-        m = re.match(r"^(?:(expressions|extraction)/(.+?)\s+)?thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line.strip())
+        # A bench id, alone on its line or followed by `time:` (short ids).
+        m = re.match(r"^((?:expressions|extraction)/.+?)\s*(?:time:.*)?$", line)
         if m:
-            key = f"{m.group(1)}/{m.group(2)}" if m.group(1) else current
-            out[key] = float(m.group(3)) * UNITS[m.group(4)]
+            current = m.group(1)
+        m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
+        if m and current:
+            out[current] = float(m.group(1)) * UNITS[m.group(2)]
+            current = None
     return out
 
 

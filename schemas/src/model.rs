@@ -7,6 +7,8 @@
 //! and required-binding code sets. Must not: know about Arrow or storage.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::definitions::{CodeOnly, Definitions, ElementDefinition, SearchParameter};
@@ -119,19 +121,19 @@ pub struct Structure {
     /// Child elements in definition order.
     pub elements: Vec<Element>,
     /// JSON name -> (index into `elements`, index into its `variants`).
-    pub by_json_name: HashMap<String, (usize, usize)>,
+    pub by_json_name: FxHashMap<String, (usize, usize)>,
 }
 
 /// The whole R4 model.
 pub struct Model {
-    structures: HashMap<String, Arc<Structure>>,
+    structures: FxHashMap<String, Arc<Structure>>,
     resource_types: Vec<String>,
     value_sets: HashMap<String, Option<Arc<HashSet<String>>>>,
     compartment_params: BTreeMap<String, Vec<String>>,
     search_parameters: Vec<SearchParameter>,
     /// Every type name (resources, datatypes, primitives, datatype constraints such as
     /// `Age`) -> the name of its base type (`None` for `Base`).
-    bases: HashMap<String, Option<String>>,
+    bases: FxHashMap<String, Option<String>>,
 }
 
 static MODEL: OnceLock<Result<Model>> = OnceLock::new();
@@ -221,9 +223,9 @@ impl Model {
     }
 
     fn build(defs: Definitions) -> Result<Model> {
-        let mut structures = HashMap::new();
+        let mut structures = FxHashMap::default();
         let mut resource_types = Vec::new();
-        let mut bases = HashMap::new();
+        let mut bases = FxHashMap::default();
         for sd in &defs.structures {
             let core_type = sd.derivation.as_deref() != Some("constraint")
                 || matches!(sd.kind.as_str(), "complex-type" | "primitive-type");
@@ -270,7 +272,7 @@ fn build_structures(
     root: &str,
     is_resource: bool,
     elements: &[ElementDefinition],
-    out: &mut HashMap<String, Arc<Structure>>,
+    out: &mut FxHashMap<String, Arc<Structure>>,
 ) -> Result<()> {
     // Group the elements by parent path; a structure exists for the root and for every
     // element that has children.
@@ -281,7 +283,7 @@ fn build_structures(
     }
     for (parent, kids) in &children {
         let key = if *parent == root { root.to_string() } else { parent.to_string() };
-        let mut s = Structure { key: key.clone(), elements: Vec::new(), by_json_name: HashMap::new() };
+        let mut s = Structure { key: key.clone(), elements: Vec::new(), by_json_name: FxHashMap::default() };
         for el in kids {
             let element = build_element(root, is_resource, el, children.contains_key(el.path.as_str()))?;
             let idx = s.elements.len();

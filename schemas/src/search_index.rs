@@ -78,9 +78,10 @@ pub struct IndexedParam {
     pub column: String,
     pub kind: ParamKind,
     pub expression: Expression,
-    /// Top-level elements the expression starts from on this type; `None` when it may
-    /// reach anything (the parameter is then always evaluated).
-    roots: Option<Vec<String>>,
+    /// Indexes (into the type's `Structure::elements`) of the top-level elements the
+    /// expression starts from; `None` when it may reach anything (it is then always
+    /// evaluated).
+    roots: Option<Vec<usize>>,
 }
 
 /// A SearchParameter that does not extract, and why.
@@ -145,6 +146,7 @@ pub enum IndexValue {
 #[derive(Debug)]
 pub struct SearchIndex {
     pub resource_type: String,
+    structure: Option<&'static crate::model::Structure>,
     pub params: Vec<IndexedParam>,
     pub unsupported: Vec<Unsupported>,
 }
@@ -202,7 +204,7 @@ impl SearchIndex {
         cache.lock().expect("search index cache").entry(resource_type.to_string()).or_insert(ix).clone()
     }
 
-    fn build(model: &Model, rt: &str) -> SearchIndex {
+    fn build(model: &'static Model, rt: &str) -> SearchIndex {
         let mut params: Vec<IndexedParam> = Vec::new();
         let mut unsupported = Vec::new();
         for p in model.search_parameters().iter().filter(|p| applies(p, rt)) {
@@ -235,11 +237,22 @@ impl SearchIndex {
                 unsupported.push(skip(format!("its column {column} is taken by another parameter of {rt}")));
                 continue;
             }
-            let roots = roots(expression.ast(), rt, model);
+            // Branches for other types (`Patient.name | Practitioner.name` on Patient) go.
+            let expression = match prune(expression.ast(), rt, model) {
+                Some(ast) => Expression::from_ast(ast, text),
+                None => expression,
+            };
+            let structure = model.structure(rt);
+            let roots = roots(expression.ast(), rt, model).and_then(|names| {
+                let s = structure?;
+                // A name the type lacks can never be present: it simply matches nothing.
+                Some(names.iter().filter_map(|n| s.elements.iter().position(|e| &e.name == n)).collect())
+            });
             params.push(IndexedParam { code: p.code.clone(), url: p.url.clone(), column, kind, expression, roots });
         }
         params.sort_by(|a, b| a.code.cmp(&b.code));
-        SearchIndex { resource_type: rt.to_string(), params, unsupported }
+        let structure = model.structure(rt).map(|s| s.as_ref());
+        SearchIndex { resource_type: rt.to_string(), structure, params, unsupported }
     }
 
     /// The parameter with this code.
@@ -256,10 +269,19 @@ impl SearchIndex {
     pub fn extract(&self, model: &'static Model, resource: &Json) -> Vec<(usize, Vec<IndexValue>)> {
         let ctx = Context::new(model, Some(resource));
         let root = Node::resource(model, resource);
+        // Which top-level elements the resource has, by element index.
+        let mut present = vec![false; self.structure.map_or(0, |s| s.elements.len())];
+        if let (Some(s), Some(obj)) = (self.structure, resource.as_object()) {
+            for (k, _) in obj {
+                if let Some(&(ei, _)) = s.by_json_name.get(k.strip_prefix('_').unwrap_or(k)) {
+                    present[ei] = true;
+                }
+            }
+        }
         let mut out = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
             if let Some(roots) = &p.roots
-                && !has_any_root(resource, roots)
+                && !roots.iter().any(|&r| present.get(r).copied().unwrap_or(true))
             {
                 continue;
             }
@@ -303,14 +325,34 @@ impl SearchIndex {
     }
 }
 
-fn has_any_root(resource: &Json, roots: &[String]) -> bool {
-    let Some(obj) = resource.as_object() else { return true };
-    obj.iter().any(|(k, _)| {
-        let k = k.strip_prefix('_').unwrap_or(k);
-        roots.iter().any(|r| {
-            k == r || (k.starts_with(r.as_str()) && k[r.len()..].starts_with(|c: char| c.is_ascii_uppercase()))
-        })
-    })
+/// `ast` without the union branches that start from a type `rt` is not (`None` when no
+/// branch is left).
+fn prune(ast: &Ast, rt: &str, model: &Model) -> Option<Ast> {
+    if let Ast::Binary { op: BinOp::Union, left, right } = ast {
+        return match (prune(left, rt, model), prune(right, rt, model)) {
+            (Some(l), Some(r)) => Some(Ast::Binary { op: BinOp::Union, left: Box::new(l), right: Box::new(r) }),
+            (one, None) | (None, one) => one,
+        };
+    }
+    let mut cur = ast;
+    loop {
+        cur = match cur {
+            Ast::Member(t, _) | Ast::Index(t, _) => t,
+            Ast::Function { target: Some(t), .. } => t,
+            Ast::TypeOp { operand, .. } => operand,
+            _ => break,
+        };
+    }
+    match cur {
+        Ast::Identifier(t)
+            if t.starts_with(|c: char| c.is_ascii_uppercase())
+                && model.type_name(t).is_some()
+                && !model.is_subtype(rt, t) =>
+        {
+            None
+        }
+        _ => Some(ast.clone()),
+    }
 }
 
 /// The top-level elements an expression can start from on type `rt`: `Some(vec![])` when it

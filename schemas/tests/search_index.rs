@@ -404,7 +404,11 @@ fn coverage_markdown() -> String {
     }
     let ok: usize = by_type.values().map(|v| v.0).sum();
     let no: usize = by_type.values().map(|v| v.1).sum();
-    md.push_str(&format!("| **all {}** | **{ok}** | **{no}** ({:.1}%) |\n\n", cov.len(), no as f64 * 100.0 / cov.len() as f64));
+    md.push_str(&format!(
+        "| **all {}** | **{ok}** | **{no}** ({:.1}%) |\n\n",
+        cov.len(),
+        no as f64 * 100.0 / cov.len() as f64
+    ));
     md.push_str("| SearchParameter | type | why it is not extracted |\n|---|---|---|\n");
     for c in cov.iter().filter(|c| c.3.is_some()) {
         md.push_str(&format!("| `{}` (`{}`) | {} | {} |\n", c.0, c.1, c.2, c.3.as_deref().unwrap_or("")));
@@ -418,7 +422,9 @@ fn architecture_md_lists_the_current_coverage() {
     const END: &str = "<!-- search-coverage:end -->";
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md");
     let doc = std::fs::read_to_string(&path).unwrap();
-    let (Some(a), Some(b)) = (doc.find(START), doc.find(END)) else { panic!("ARCHITECTURE.md lacks the coverage markers") };
+    let (Some(a), Some(b)) = (doc.find(START), doc.find(END)) else {
+        panic!("ARCHITECTURE.md lacks the coverage markers")
+    };
     let current = &doc[a + START.len()..b];
     let fresh = coverage_markdown();
     if std::env::var_os("FHIRLAKE_UPDATE_DOCS").is_some() {

@@ -116,6 +116,26 @@ async fn every_official_example_round_trips_and_fills_typed_columns() {
     }
     println!("checked {checked_columns} typed columns of {} resources in {} types", stored.len(), by_type.len());
     assert!(by_type.len() >= 130, "only {} types stored", by_type.len());
+
+    // Search-index columns are stored in the Delta tables and queryable by SQL.
+    let r = sql_rows(&session, "SELECT _sp_birthdate FROM patient WHERE id = 'example'").await;
+    let text = r[0]["_sp_birthdate"].to_string();
+    assert!(text.contains("1974-12-25T00:00:00") && text.contains("1974-12-25T23:59:59.999999"), "{text}");
+    let r = sql_rows(&session, "SELECT _sp_value_quantity FROM observation WHERE id = 'example'").await;
+    assert_eq!(r[0]["_sp_value_quantity"][0]["canonical_code"], "g", "{r:?}");
+    assert!(r[0]["_sp_value_quantity"][0]["canonical_value"].to_string().contains("83914.58845"), "{r:?}");
+    let with_subject = stored
+        .iter()
+        .filter(|&&i| examples[i].rt == "Observation" && examples[i].json.get("subject").is_some())
+        .count();
+    let r = sql_rows(&session, "SELECT count(*) AS n FROM observation WHERE array_length(_sp_subject) > 0").await;
+    assert_eq!(r[0]["n"], with_subject, "Observations with a subject");
+    let r = sql_rows(
+        &session,
+        "SELECT count(*) AS n FROM (SELECT unnest(_sp_code) AS c FROM observation) WHERE c['system'] = 'http://loinc.org' AND c['code'] = '29463-7'",
+    )
+    .await;
+    assert!(r[0]["n"].as_u64().unwrap() >= 1, "body weight by LOINC code: {r:?}");
     server.stop().await;
 }
 

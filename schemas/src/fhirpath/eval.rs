@@ -825,16 +825,16 @@ impl<'c, 'a> Eval<'c, 'a> {
             }
             // Utility
             "trace" => Ok(input),
-            "now" => Ok(vec![Value::Temporal(self.ctx.now.clone())]),
+            "now" => Ok(vec![Value::Temporal(self.ctx.now())]),
             "today" => {
-                let mut t = self.ctx.now.clone();
+                let mut t = self.ctx.now();
                 t.kind = TemporalKind::Date;
                 t.precision = super::temporal::Precision::Day;
                 t.offset = None;
                 Ok(vec![Value::Temporal(t)])
             }
             "timeOfDay" => {
-                let mut t = self.ctx.now.clone();
+                let mut t = self.ctx.now();
                 t.kind = TemporalKind::Time;
                 t.offset = None;
                 Ok(vec![Value::Temporal(t)])

@@ -60,7 +60,8 @@ pub struct Context<'a> {
     resource: Option<&'a Json>,
     variables: HashMap<String, Vec<Value<'a>>>,
     resolver: Option<&'a Resolver<'a>>,
-    now: Temporal,
+    /// Evaluation time, ms since the epoch (`now()`, `today()`, `timeOfDay()`).
+    now_ms: i64,
     strict: bool,
 }
 
@@ -71,9 +72,13 @@ impl<'a> Context<'a> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let mut now = Temporal::parse_datetime("1970-01-01T00:00:00.000Z").expect("static literal");
-        now = now.add(ms, "millisecond").unwrap_or(now);
-        Context { model, resource, variables: HashMap::new(), resolver: None, now, strict: false }
+        Context { model, resource, variables: HashMap::new(), resolver: None, now_ms: ms, strict: false }
+    }
+
+    /// The evaluation time as a UTC dateTime with milliseconds.
+    fn now(&self) -> Temporal {
+        let epoch = Temporal::parse_datetime("1970-01-01T00:00:00.000Z").expect("static literal");
+        epoch.add(self.now_ms, "millisecond").unwrap_or(epoch)
     }
 
     /// Defines `%name`.
@@ -108,6 +113,11 @@ impl Expression {
     /// Parses an expression.
     pub fn parse(source: &str) -> Result<Self, FhirPathError> {
         Ok(Expression { ast: parser::parse(source)?, source: source.to_string() })
+    }
+
+    /// An expression from a syntax tree (e.g. one rewritten for a resource type).
+    pub fn from_ast(ast: Ast, source: &str) -> Self {
+        Expression { ast, source: source.to_string() }
     }
 
     /// The expression text.
