@@ -105,3 +105,27 @@ def test_duckdb_delta_scan_reads_the_tables(data):
     assert ts_type == "TIMESTAMP WITH TIME ZONE"
     hist = con.execute(f"SELECT count(*), max(_version_id) FROM delta_scan('{data / 'history' / 'Patient'}')").fetchone()
     assert hist == (len(patients), 1)
+
+
+def test_search_index_columns_read_from_polars_and_duckdb(data):
+    """The `_sp_*` columns are plain lists of structs: a data scientist can filter on
+    LOINC codes and birth-date ranges without FHIRPath."""
+    obs = ndjson("Observation.ndjson")
+    df = pl.read_delta(str(data / "resources" / "Observation"))
+    codes = df.select(pl.col("_sp_code").explode().struct.field("code").alias("c"), pl.col("_sp_code").explode().struct.field("system").alias("s"))
+    expected = sum(1 for o in obs for c in o["code"].get("coding", []) if c.get("system") == "http://loinc.org" and c.get("code") == "8302-2")
+    assert expected > 0
+    assert codes.filter((pl.col("s") == "http://loinc.org") & (pl.col("c") == "8302-2")).height == expected
+
+    patients = ndjson("Patient.ndjson")
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT id, b.start, b.\"end\" FROM (SELECT id, unnest(_sp_birthdate) AS b FROM read_parquet(?))",
+        [DeltaTable(str(data / "resources" / "Patient")).file_uris()],
+    ).fetchall()
+    assert len(rows) == len(patients)
+    by_id = {p["id"]: p for p in patients}
+    for pid, start, end in rows:
+        day = by_id[pid]["birthDate"]
+        assert start.isoformat().startswith(day + "T00:00:00"), (pid, start, day)
+        assert (end - start).total_seconds() == 86400 - 1e-6, (pid, start, end)
