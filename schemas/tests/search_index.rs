@@ -433,3 +433,29 @@ fn architecture_md_lists_the_current_coverage() {
     }
     assert_eq!(current, fresh, "ARCHITECTURE.md coverage table is stale: rerun with FHIRLAKE_UPDATE_DOCS=1");
 }
+
+#[test]
+fn every_parameter_evaluates_without_error_on_the_synthea_data() {
+    let model = Model::r4().unwrap();
+    let dir = examples_dir().parent().unwrap().parent().unwrap().join("synthea/ndjson");
+    let mut checked = 0usize;
+    let mut with_values = 0usize;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        // A sample of each file keeps the debug-build test quick.
+        for line in text.lines().filter(|l| !l.trim().is_empty()).step_by(7) {
+            let r = parse(line);
+            let rt = r.get("resourceType").and_then(Json::as_str).unwrap();
+            let ix = SearchIndex::for_type(model, rt);
+            let errors = ix.errors(model, &r);
+            assert!(errors.is_empty(), "{rt}/{:?}: {errors:?}", r.get("id"));
+            checked += 1;
+            // Beyond `_id`: real resources have several indexed values.
+            if ix.extract(model, &r).len() >= 3 {
+                with_values += 1;
+            }
+        }
+    }
+    assert!(checked > 1500, "{checked}");
+    assert_eq!(with_values, checked, "some Synthea resources have fewer than 3 indexed parameters");
+}
