@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod history;
+pub mod search;
 
 pub use catalog::SqlSession;
 pub use history::{HistoryQuery, HistoryRow};
@@ -26,6 +27,9 @@ pub enum Error {
     /// Arrow error.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A search that cannot run (bad value, unsupported feature): a 400.
+    #[error("{0}")]
+    BadSearch(String),
     /// Object store error.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),

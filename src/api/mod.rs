@@ -9,6 +9,7 @@ mod bundle;
 mod capabilities;
 mod crud;
 mod history;
+mod search;
 
 use std::sync::Arc;
 
@@ -69,7 +70,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let fhir = Router::new()
         .route("/metadata", get(capabilities::metadata))
         .route("/_history", get(history::system_history))
-        .route("/{rt}", post(crud::create))
+        .route("/{rt}", post(crud::create).get(search::search_get))
+        .route("/{rt}/_search", post(search::search_post))
         .route("/{rt}/_history", get(history::type_history))
         .route("/{rt}/$validate", post(crud::validate))
         .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))

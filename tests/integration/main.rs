@@ -6,4 +6,5 @@ mod cli;
 mod common;
 mod concurrency;
 mod examples;
+mod search;
 mod versions;

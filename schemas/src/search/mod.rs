@@ -440,7 +440,10 @@ fn parse_clause(
                 Some("exact") => Ok(string::parse(&v, StringMatch::Exact)),
                 Some("contains") => Ok(string::parse(&v, StringMatch::Contains)),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(name, format!("modifier ':{m}' is not supported on strings"))));
+                    return Err(ClauseError::Unknown(err(
+                        name,
+                        format!("modifier ':{m}' is not supported on strings"),
+                    )));
                 }
             },
             ParamKind::Date => match modifier {
@@ -452,7 +455,10 @@ fn parse_clause(
             ParamKind::Number => match modifier {
                 None => number::parse(&v),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(name, format!("modifier ':{m}' is not supported on numbers"))));
+                    return Err(ClauseError::Unknown(err(
+                        name,
+                        format!("modifier ':{m}' is not supported on numbers"),
+                    )));
                 }
             },
             ParamKind::Quantity => match modifier {

@@ -1,0 +1,296 @@
+//! FHIR search as DataFusion plans over the current tables' `_sp_*` index columns.
+//!
+//! Owns: turning a parsed [`SearchRequest`] (from `fhirlake_schemas::search`) into a
+//! `LogicalPlan` — one `fhir_match(<index column>, '<clause>')` filter per ANDed clause,
+//! evaluated by [`matcher::ClauseMatcher`] over the Arrow lists — resolving chains and
+//! `_has` by running the inner search first, sorting, counting and paging. The searched
+//! table is the `DeltaTable` snapshot the caller passes, so a page sequence reads one
+//! version. Must not: write, or know HTTP.
+
+pub mod matcher;
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
+pub use deltalake::DeltaTable;
+use fhirlake_schemas::search::{Clause, HasCondition, SearchRequest};
+
+use crate::catalog::session_config;
+use crate::{Error, Result};
+use matcher::{ClauseMatcher, string_at};
+
+/// The tables a search may read: the current table of a type, at the snapshot to search.
+pub trait SearchTables: Send + Sync {
+    /// The current table of `resource_type`, or `None` when nothing of that type exists.
+    fn current(&self, resource_type: &str) -> Option<DeltaTable>;
+}
+
+/// The `fhir_match` UDF of one clause. Its second argument is the clause as written, so
+/// plans read like the request; the parsed clause travels in the UDF itself.
+#[derive(Debug)]
+struct MatchUdf {
+    label: String,
+    matcher: Arc<ClauseMatcher>,
+    signature: Signature,
+}
+
+impl PartialEq for MatchUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && Arc::ptr_eq(&self.matcher, &other.matcher)
+    }
+}
+
+impl Eq for MatchUdf {}
+
+impl Hash for MatchUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.label.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for MatchUdf {
+    fn name(&self) -> &str {
+        "fhir_match"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let column = args.args[0].to_array(args.number_rows)?;
+        let out =
+            self.matcher.evaluate(&column).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+fn match_expr(column: &str, label: String, matcher: ClauseMatcher) -> Expr {
+    let udf = ScalarUDF::new_from_impl(MatchUdf {
+        label: label.clone(),
+        matcher: Arc::new(matcher),
+        signature: Signature::any(2, Volatility::Immutable),
+    });
+    udf.call(vec![col(column), lit(label)])
+}
+
+/// One page of results.
+#[derive(Debug)]
+pub struct SearchPage {
+    /// `(id, served JSON)` of the matches on this page, in result order.
+    pub rows: Vec<(String, String)>,
+    /// Whether more matches follow this page.
+    pub more: bool,
+    /// The number of matches, when asked for.
+    pub total: Option<u64>,
+    /// The Delta version of the searched table (for page links).
+    pub version: Option<u64>,
+    /// The logical plan, indented (for `_explain`).
+    pub plan: String,
+}
+
+/// Renders a clause for plan display: `code:modifier=values` as parsed.
+fn label(c: &Clause) -> String {
+    format!(
+        "{}{}{} {:?}",
+        c.code,
+        if c.negated { ":not" } else { "" },
+        c.missing.map(|m| format!(":missing={m}")).unwrap_or_default(),
+        c.values
+    )
+}
+
+/// Filters of the ANDed clauses of `clauses` on a table of `resource_type`, chains
+/// resolved.
+fn clause_filters<'a>(
+    tables: &'a dyn SearchTables,
+    clauses: &'a [Clause],
+) -> futures::future::BoxFuture<'a, Result<Vec<Expr>>> {
+    Box::pin(async move {
+        let mut filters = Vec::new();
+        for c in clauses {
+            if let Some(chain) = &c.chain {
+                // Resources of the target type that match, then references to them.
+                let ids = matching_ids(tables, &chain.target_type, std::slice::from_ref(&chain.clause), &[]).await?;
+                let set: HashSet<(String, String)> =
+                    ids.into_iter().map(|id| (chain.target_type.clone(), id)).collect();
+                filters.push(match_expr(
+                    &c.column,
+                    format!("{}:{}.{}", c.code, chain.target_type, label(&chain.clause)),
+                    ClauseMatcher::references(set),
+                ));
+            } else {
+                filters.push(match_expr(&c.column, label(c), ClauseMatcher::new(c)?));
+            }
+        }
+        Ok(filters)
+    })
+}
+
+fn read(ctx: &SessionContext, table: &DeltaTable) -> futures::future::BoxFuture<'static, Result<DataFrame>> {
+    let ctx = ctx.clone();
+    let table = table.clone();
+    Box::pin(async move {
+        table.update_datafusion_session(&ctx.state())?;
+        let provider = table.table_provider().await?;
+        Ok(ctx.read_table(provider)?)
+    })
+}
+
+/// Ids of `resource_type` matching all `clauses` and `id IN restrict` (when non-empty).
+fn matching_ids<'a>(
+    tables: &'a dyn SearchTables,
+    resource_type: &'a str,
+    clauses: &'a [Clause],
+    has: &'a [fhirlake_schemas::search::Has],
+) -> futures::future::BoxFuture<'a, Result<Vec<String>>> {
+    Box::pin(async move {
+        let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
+        let ctx = SessionContext::new_with_config(session_config());
+        let mut df = read(&ctx, &table).await?;
+        for f in clause_filters(tables, clauses).await? {
+            df = df.filter(f)?;
+        }
+        for h in has {
+            df = df.filter(has_filter(tables, resource_type, h).await?)?;
+        }
+        let batches = df.select(vec![col("id")])?.collect().await?;
+        Ok(ids_of(&batches, "id"))
+    })
+}
+
+fn ids_of(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        if let Some(a) = b.column_by_name(name) {
+            out.extend((0..a.len()).filter_map(|i| string_at(a.as_ref(), i)).map(str::to_string));
+        }
+    }
+    out
+}
+
+/// `id IN (ids referenced from the _has source)`.
+fn has_filter<'a>(
+    tables: &'a dyn SearchTables,
+    here: &'a str,
+    h: &'a fhirlake_schemas::search::Has,
+) -> futures::future::BoxFuture<'a, Result<Expr>> {
+    Box::pin(async move {
+        let Some(table) = tables.current(&h.source_type) else { return Ok(lit(false)) };
+        let ctx = SessionContext::new_with_config(session_config());
+        let mut df = read(&ctx, &table).await?;
+        match &h.condition {
+            HasCondition::Clause(c) => {
+                for f in clause_filters(tables, std::slice::from_ref(c)).await? {
+                    df = df.filter(f)?;
+                }
+            }
+            HasCondition::Has(inner) => {
+                df = df.filter(has_filter(tables, &h.source_type, inner).await?)?;
+            }
+        }
+        let batches = df.select(vec![col(&h.reference_column)])?.collect().await?;
+        let mut ids: HashSet<String> = HashSet::new();
+        for b in &batches {
+            let list = b.column(0).as_list::<i32>();
+            let values = list.values().as_struct();
+            let (Some(t), Some(i)) = (values.column_by_name("type"), values.column_by_name("id")) else { continue };
+            for j in 0..values.len() {
+                if let (Some(t), Some(i)) = (string_at(t.as_ref(), j), string_at(i.as_ref(), j))
+                    && t == here
+                {
+                    ids.insert(i.to_string());
+                }
+            }
+        }
+        if ids.is_empty() {
+            return Ok(lit(false));
+        }
+        let mut ids: Vec<String> = ids.into_iter().collect();
+        ids.sort();
+        Ok(col("id").in_list(ids.into_iter().map(lit).collect(), false))
+    })
+}
+
+/// Runs `req` and returns the page `[offset, offset + count)`; `count` 0 only counts.
+pub async fn search(
+    tables: &dyn SearchTables,
+    req: &SearchRequest,
+    offset: usize,
+    count: usize,
+    want_total: bool,
+) -> Result<SearchPage> {
+    let Some(table) = tables.current(&req.resource_type) else {
+        return Ok(SearchPage {
+            rows: vec![],
+            more: false,
+            total: want_total.then_some(0),
+            version: None,
+            plan: String::new(),
+        });
+    };
+    let ctx = SessionContext::new_with_config(session_config());
+    let mut df = read(&ctx, &table).await?;
+    for f in clause_filters(tables, &req.clauses).await? {
+        df = df.filter(f)?;
+    }
+    for h in &req.has {
+        df = df.filter(has_filter(tables, &req.resource_type, h).await?)?;
+    }
+    let total = if want_total || count == 0 { Some(df.clone().count().await? as u64) } else { None };
+    let mut sort = Vec::new();
+    for k in &req.sort {
+        let key = match k.code.as_str() {
+            "_lastUpdated" => col("_last_updated"),
+            "_id" => col("id"),
+            _ => sort_key_expr(k)?,
+        };
+        sort.push(key.sort(!k.descending, k.descending));
+    }
+    sort.push(col("id").sort(true, false));
+    let df = df.sort(sort)?.limit(offset, Some(count + 1))?.select(vec![col("id"), col("_raw")])?;
+    let plan = df.logical_plan().display_indent().to_string();
+    if count == 0 {
+        return Ok(SearchPage { rows: vec![], more: false, total, version: table.version(), plan });
+    }
+    let batches = df.collect().await?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i)) {
+                rows.push((id.to_string(), raw.to_string()));
+            }
+        }
+    }
+    let more = rows.len() > count;
+    rows.truncate(count);
+    Ok(SearchPage { rows, more, total, version: table.version(), plan })
+}
+
+/// A sortable scalar of an index column: the first value's start (dates), value
+/// (numbers, quantities), or text (strings: normalized; tokens: code; references:
+/// reference; uris).
+fn sort_key_expr(k: &fhirlake_schemas::search::SortKey) -> Result<Expr> {
+    use datafusion::functions::core::expr_fn::get_field;
+    use datafusion::functions_nested::expr_fn::array_element;
+    use fhirlake_schemas::search_index::ParamKind;
+    let first = array_element(col(&k.column), lit(1i64));
+    Ok(match &k.kind {
+        ParamKind::Date => get_field(first, if k.descending { "end" } else { "start" }),
+        ParamKind::String => get_field(first, "norm"),
+        ParamKind::Token => get_field(first, "code"),
+        ParamKind::Reference => get_field(first, "reference"),
+        ParamKind::Quantity => get_field(first, "value"),
+        ParamKind::Number | ParamKind::Uri => first,
+        ParamKind::Composite(_) => return Err(Error::BadSearch(format!("cannot sort on the composite '{}'", k.code))),
+    })
+}

@@ -1,0 +1,213 @@
+//! search: `GET [base]/{type}?...` and `POST [base]/{type}/_search` (form-encoded) as
+//! `searchset` Bundles.
+//!
+//! Owns: decoding the query, `Prefer: handling=strict|lenient`, `_count` (default 20,
+//! maximum 1000), `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry)
+//! and page links. A page sequence reads one snapshot: links carry `_snapshot` (the Delta
+//! version of the searched table) and `_offset`, and the next page searches that version,
+//! so concurrent writes neither repeat nor skip a resource. Chains and `_has` read the
+//! other tables' latest versions. Must not: plan or match (that is `fhirlake-query`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use fhirlake_ingest::TableKind;
+use fhirlake_query::search::{DeltaTable, SearchTables, search};
+use fhirlake_schemas::json::write_str;
+use fhirlake_schemas::search::{SearchRequest, Summary, Total};
+
+use super::{AppState, fhir_response};
+use crate::error::{ApiError, ApiResult};
+
+const DEFAULT_COUNT: usize = 20;
+const MAX_COUNT: usize = 1000;
+
+/// The latest table of each type, except the searched type, which may be pinned.
+struct Tables<'a> {
+    state: &'a AppState,
+    pinned: Option<(String, DeltaTable)>,
+}
+
+impl SearchTables for Tables<'_> {
+    fn current(&self, resource_type: &str) -> Option<DeltaTable> {
+        if let Some((rt, t)) = &self.pinned
+            && rt == resource_type
+        {
+            return Some(t.clone());
+        }
+        self.state.writer.tables().get(TableKind::Current, resource_type)
+    }
+}
+
+fn decode(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// `GET [base]/{type}?...`.
+pub async fn search_get(
+    State(state): State<Arc<AppState>>,
+    Path(rt): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    run(&state, &rt, decode(query.as_deref().unwrap_or("")), &headers).await
+}
+
+/// `POST [base]/{type}/_search` with `application/x-www-form-urlencoded` parameters (and
+/// any in the URL).
+pub async fn search_post(
+    State(state): State<Arc<AppState>>,
+    Path(rt): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !body.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::BadRequest(format!(
+            "POST _search takes application/x-www-form-urlencoded parameters, not '{ct}'"
+        )));
+    }
+    let mut pairs = decode(query.as_deref().unwrap_or(""));
+    pairs.extend(decode(std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("the form is not UTF-8".into()))?));
+    run(&state, &rt, pairs, &headers).await
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult<Response> {
+    state.check_type(rt)?;
+    let strict = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
+    // Paging state is ours, not a search parameter.
+    let offset = match param(&pairs, "_offset") {
+        Some(o) => {
+            o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor")))?
+        }
+        None => 0,
+    };
+    let snapshot = match param(&pairs, "_snapshot") {
+        Some(v) => {
+            Some(v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("_snapshot='{v}' is not a page cursor")))?)
+        }
+        None => None,
+    };
+    let explain = param(&pairs, "_explain") == Some("true");
+    let search_pairs: Vec<(String, String)> =
+        pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_offset" | "_snapshot")).cloned().collect();
+    let req = fhirlake_schemas::search::parse(state.model, rt, &search_pairs)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if strict && !req.ignored.is_empty() {
+        let list: Vec<String> = req.ignored.iter().map(ToString::to_string).collect();
+        return Err(ApiError::BadRequest(format!(
+            "unknown or unsupported search parameters (Prefer: handling=strict): {}",
+            list.join("; ")
+        )));
+    }
+    if !req.includes.is_empty() || !req.revincludes.is_empty() {
+        return Err(ApiError::BadRequest("_include and _revinclude are not supported yet".into()));
+    }
+    let count = req.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
+    let count = if req.summary == Some(Summary::Count) { 0 } else { count };
+    let mut pinned = None;
+    if let Some(v) = snapshot {
+        let Some(mut t) = state.writer.tables().get(TableKind::Current, rt) else {
+            return Err(ApiError::BadRequest("the page cursor names a table that does not exist".into()));
+        };
+        t.load_version(v).await.map_err(|e| {
+            ApiError::BadRequest(format!("the page's snapshot {v} is no longer readable ({e}): search again"))
+        })?;
+        pinned = Some((rt.to_string(), t));
+    }
+    let tables = Tables { state, pinned };
+    let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
+    let page = search(&tables, &req, offset, count, want_total).await.map_err(|e| match e {
+        fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
+        other => ApiError::from(other),
+    })?;
+    Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, explain))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bundle(
+    state: &AppState,
+    rt: &str,
+    pairs: &[(String, String)],
+    req: &SearchRequest,
+    offset: usize,
+    count: usize,
+    page: &fhirlake_query::search::SearchPage,
+    explain: bool,
+) -> Response {
+    let link = |off: usize| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs.iter().filter(|(k, _)| k != "_count") {
+            q.append_pair(k, v);
+        }
+        q.append_pair("_count", &count.to_string());
+        if let Some(v) = page.version {
+            q.append_pair("_snapshot", &v.to_string());
+        }
+        q.append_pair("_offset", &off.to_string());
+        format!("{}?{}", state.url(rt), q.finish())
+    };
+    let mut out = String::from(r#"{"resourceType":"Bundle","type":"searchset""#);
+    if let Some(t) = page.total {
+        out.push_str(&format!(r#","total":{t}"#));
+    }
+    out.push_str(r#","link":[{"relation":"self","url":"#);
+    write_str(&mut out, &link(offset));
+    out.push('}');
+    if page.more {
+        out.push_str(r#",{"relation":"next","url":"#);
+        write_str(&mut out, &link(offset + count));
+        out.push('}');
+    }
+    if offset > 0 && count > 0 {
+        out.push_str(r#",{"relation":"previous","url":"#);
+        write_str(&mut out, &link(offset.saturating_sub(count)));
+        out.push('}');
+    }
+    out.push_str(r#"],"entry":["#);
+    let mut first = true;
+    for (id, raw) in &page.rows {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(r#"{"fullUrl":"#);
+        write_str(&mut out, &state.url(&format!("{rt}/{id}")));
+        out.push_str(r#","resource":"#);
+        out.push_str(raw);
+        out.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    let mut notes: Vec<(&str, String)> = req.ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
+    if explain {
+        notes.push(("information", page.plan.clone()));
+    }
+    if !notes.is_empty() {
+        if !first {
+            out.push(',');
+        }
+        out.push_str(r#"{"resource":{"resourceType":"OperationOutcome","issue":["#);
+        for (i, (severity, text)) in notes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!(r#"{{"severity":"{severity}","code":"informational","diagnostics":"#));
+            write_str(&mut out, text);
+            out.push('}');
+        }
+        out.push_str(r#"]},"search":{"mode":"outcome"}}"#);
+    }
+    out.push_str("]}");
+    fhir_response(StatusCode::OK, out, None, None)
+}

@@ -1,0 +1,263 @@
+//! FHIR search over the Synthea NDJSON fixtures (40 patients), each result compared with
+//! the set of ids computed here directly from the JSON; paging over one snapshot while
+//! writes continue; bad searches are 400s.
+
+use std::collections::{BTreeSet, HashMap};
+
+use fhirlake_ingest::import::{ImportOptions, import_paths};
+use serde_json::Value;
+
+use crate::common::{TestServer, fixtures};
+
+fn load(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("synthea/ndjson").join(name)).unwrap();
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn ids<'a>(rs: impl IntoIterator<Item = &'a Value>) -> BTreeSet<String> {
+    rs.into_iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn codings(v: &Value) -> Vec<(&str, &str)> {
+    v["coding"]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| (c["system"].as_str().unwrap_or(""), c["code"].as_str().unwrap_or(""))).collect())
+        .unwrap_or_default()
+}
+
+/// Every match of a search, following `next` links; panics on a repeated id.
+async fn all_ids(server: &TestServer, uri: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut next = Some(uri.to_string());
+    let mut pages = 0;
+    while let Some(u) = next.take() {
+        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
+        assert_eq!(r.status, 200, "{u}: {}", r.body);
+        let b: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(b["type"], "searchset");
+        for e in b["entry"].as_array().unwrap() {
+            if e["search"]["mode"] == "match" {
+                let id = e["resource"]["id"].as_str().unwrap().to_string();
+                assert!(out.insert(id.clone()), "{id} seen twice walking {uri}");
+            }
+        }
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        pages += 1;
+        assert!(pages < 10_000);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::vec_init_then_push)] // one commented case per push reads better
+async fn searches_match_the_ids_computed_from_the_json() {
+    let server = TestServer::start().await;
+    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
+        .await
+        .expect("import");
+    assert_eq!(summary.rejected, 0);
+    let patients = load("Patient.ndjson");
+    let observations = load("Observation.ndjson");
+    let conditions = load("Condition.ndjson");
+    let by_id: HashMap<&str, &Value> = patients.iter().map(|p| (p["id"].as_str().unwrap(), p)).collect();
+    let subject =
+        |o: &Value| o["subject"]["reference"].as_str().unwrap_or("").trim_start_matches("Patient/").to_string();
+
+    let mut cases: Vec<(String, BTreeSet<String>)> = Vec::new();
+    // token
+    cases.push((
+        "/fhir/Patient?gender=female&_count=100".into(),
+        ids(patients.iter().filter(|p| p["gender"] == "female")),
+    ));
+    cases.push((
+        "/fhir/Observation?code=http://loinc.org|8302-2&_count=500".into(),
+        ids(observations.iter().filter(|o| codings(&o["code"]).contains(&("http://loinc.org", "8302-2")))),
+    ));
+    cases.push((
+        "/fhir/Observation?code=8302-2,8462-4&_count=500".into(),
+        ids(observations.iter().filter(|o| codings(&o["code"]).iter().any(|(_, c)| *c == "8302-2" || *c == "8462-4"))),
+    ));
+    cases.push((
+        "/fhir/Patient?gender:not=female&_count=100".into(),
+        ids(patients.iter().filter(|p| p["gender"] != "female")),
+    ));
+    // date: ranges and prefixes (birthDate is a full date)
+    let born = |p: &Value| p["birthDate"].as_str().unwrap().to_string();
+    cases.push((
+        "/fhir/Patient?birthdate=ge1970-01-01&birthdate=lt1990&_count=100".into(),
+        ids(patients.iter().filter(|p| born(p).as_str() >= "1970-01-01" && born(p).as_str() < "1990-01-01")),
+    ));
+    cases.push((
+        "/fhir/Patient?birthdate=1985&_count=100".into(),
+        ids(patients.iter().filter(|p| born(p).starts_with("1985"))),
+    ));
+    // string: case- and accent-insensitive prefix; exact
+    let family = |p: &Value| p["name"][0]["family"].as_str().unwrap_or("").to_string();
+    let some_family = family(&patients[3]);
+    let prefix: String = some_family.chars().take(3).collect::<String>().to_uppercase();
+    cases.push((
+        format!("/fhir/Patient?family={prefix}&_count=100"),
+        ids(patients.iter().filter(|p| {
+            p["name"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["family"].as_str().is_some_and(|f| f.to_lowercase().starts_with(&prefix.to_lowercase())))
+        })),
+    ));
+    cases.push((
+        format!("/fhir/Patient?family:exact={}&_count=100", some_family),
+        ids(patients
+            .iter()
+            .filter(|p| p["name"].as_array().unwrap().iter().any(|n| n["family"] == some_family.as_str()))),
+    ));
+    // reference
+    let pid = patients[0]["id"].as_str().unwrap();
+    cases.push((
+        format!("/fhir/Observation?subject=Patient/{pid}&_count=1000"),
+        ids(observations.iter().filter(|o| subject(o) == pid)),
+    ));
+    cases.push((
+        format!("/fhir/Condition?patient={pid}&_count=1000"),
+        ids(conditions.iter().filter(|c| subject(c) == pid)),
+    ));
+    // quantity with a prefix
+    cases.push((
+        "/fhir/Observation?code=http://loinc.org|8302-2&value-quantity=gt170&_count=500".into(),
+        ids(observations.iter().filter(|o| {
+            codings(&o["code"]).contains(&("http://loinc.org", "8302-2"))
+                && o["valueQuantity"]["value"].as_f64().is_some_and(|v| v > 170.0)
+        })),
+    ));
+    // chain and reverse chain
+    cases.push((
+        "/fhir/Observation?code=8302-2&subject:Patient.gender=male&_count=500".into(),
+        ids(observations.iter().filter(|o| {
+            codings(&o["code"]).iter().any(|(_, c)| *c == "8302-2")
+                && by_id.get(subject(o).as_str()).is_some_and(|p| p["gender"] == "male")
+        })),
+    ));
+    let with_a1c: BTreeSet<String> =
+        observations.iter().filter(|o| codings(&o["code"]).iter().any(|(_, c)| *c == "4548-4")).map(subject).collect();
+    cases.push(("/fhir/Patient?_has:Observation:patient:code=4548-4&_count=100".into(), with_a1c));
+    // missing
+    cases.push((
+        "/fhir/Patient?death-date:missing=false&_count=100".into(),
+        ids(patients.iter().filter(|p| p.get("deceasedDateTime").is_some())),
+    ));
+
+    for (uri, expected) in &cases {
+        assert!(!expected.is_empty() || uri.contains("missing"), "{uri}: the expectation is empty, pick another value");
+        let got = all_ids(&server, uri).await;
+        assert_eq!(&got, expected, "{uri}");
+    }
+
+    // Paging in small pages finds the same set once each.
+    let got = all_ids(&server, "/fhir/Observation?code=http://loinc.org|8302-2&_count=7").await;
+    assert_eq!(got, cases[1].1);
+
+    // _summary=count and _total
+    let r = server.get("/fhir/Patient?gender=female&_summary=count").await;
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(b["total"], cases[0].1.len());
+    assert!(b["entry"].as_array().unwrap().is_empty());
+
+    // _sort by birthdate, descending
+    let r = server.get("/fhir/Patient?_sort=-birthdate&_count=100").await;
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    let dates: Vec<String> = b["entry"].as_array().unwrap().iter().map(|e| born(&e["resource"])).collect();
+    let mut sorted = dates.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(dates, sorted);
+    assert_eq!(dates.len(), patients.len());
+
+    // Unknown parameters: an outcome entry by default, 400 when strict.
+    let r = server.get("/fhir/Patient?nonsense=1&gender=female&_count=100").await;
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(b["entry"].as_array().unwrap().iter().any(|e| e["search"]["mode"] == "outcome"), "{}", r.body);
+    let r = server
+        .request(axum::http::Method::GET, "/fhir/Patient?nonsense=1", None, &[("prefer", "handling=strict")])
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Bad values and types are 400 OperationOutcomes.
+    for bad in [
+        "/fhir/Patient?birthdate=notadate",
+        "/fhir/Patient?birthdate=xx2020",
+        "/fhir/Observation?value-quantity=abc",
+        "/fhir/Observation?subject.name=x",
+        "/fhir/Patient?_sort=nope",
+        "/fhir/Patient?_count=-1",
+    ] {
+        let r = server.get(bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(r.body.contains("OperationOutcome"), "{bad}: {}", r.body);
+    }
+    let r = server.get("/fhir/NotAType?x=1").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // _explain shows the plan.
+    let r = server.get("/fhir/Patient?gender=female&_explain=true").await;
+    assert!(r.body.contains("fhir_match"), "{}", r.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sequence_reads_one_snapshot_while_writes_continue() {
+    let server = TestServer::start().await;
+    for i in 0..30 {
+        let r = server
+            .put(
+                &format!("/fhir/Patient/p{i:02}"),
+                &format!(r#"{{"resourceType":"Patient","id":"p{i:02}","gender":"other"}}"#),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+    }
+    let first = server.get("/fhir/Patient?gender=other&_count=10").await;
+    let b: Value = serde_json::from_str(&first.body).unwrap();
+    let mut seen: BTreeSet<String> =
+        b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+    let mut next = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .map(|l| l["url"].as_str().unwrap().to_string());
+    // Writes between pages: new matches sort first (ids "a.."), one match is updated away.
+    for i in 0..5 {
+        let r = server
+            .put(
+                &format!("/fhir/Patient/a{i}"),
+                &format!(r#"{{"resourceType":"Patient","id":"a{i}","gender":"other"}}"#),
+            )
+            .await;
+        assert!(r.status.is_success());
+    }
+    let r = server.put("/fhir/Patient/p25", r#"{"resourceType":"Patient","id":"p25","gender":"male"}"#).await;
+    assert!(r.status.is_success());
+    while let Some(u) = next.take() {
+        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let b: Value = serde_json::from_str(&r.body).unwrap();
+        for e in b["entry"].as_array().unwrap() {
+            let id = e["resource"]["id"].as_str().unwrap().to_string();
+            assert!(seen.insert(id.clone()), "{id} twice");
+        }
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+    }
+    let expected: BTreeSet<String> = (0..30).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(seen, expected, "the snapshot of the first page");
+    // A new search sees the writes.
+    let now = all_ids(&server, "/fhir/Patient?gender=other&_count=100").await;
+    assert_eq!(now.len(), 30 - 1 + 5);
+    server.stop().await;
+}
