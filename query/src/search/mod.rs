@@ -239,25 +239,9 @@ pub async fn search(
         });
     };
     let ctx = SessionContext::new_with_config(session_config());
-    let mut df = read(&ctx, &table).await?;
-    for f in clause_filters(tables, &req.clauses).await? {
-        df = df.filter(f)?;
-    }
-    for h in &req.has {
-        df = df.filter(has_filter(tables, &req.resource_type, h).await?)?;
-    }
+    let df = filtered(tables, read(&ctx, &table).await?, req).await?;
     let total = if want_total || count == 0 { Some(df.clone().count().await? as u64) } else { None };
-    let mut sort = Vec::new();
-    for k in &req.sort {
-        let key = match k.code.as_str() {
-            "_lastUpdated" => col("_last_updated"),
-            "_id" => col("id"),
-            _ => sort_key_expr(k)?,
-        };
-        sort.push(key.sort(!k.descending, k.descending));
-    }
-    sort.push(col("id").sort(true, false));
-    let df = df.sort(sort)?.limit(offset, Some(count + 1))?.select(vec![col("id"), col("_raw")])?;
+    let df = page_of(df, req, offset, count)?;
     let plan = df.logical_plan().display_indent().to_string();
     if count == 0 {
         return Ok(SearchPage { rows: vec![], more: false, total, version: table.version(), plan });
@@ -274,6 +258,33 @@ pub async fn search(
     let more = rows.len() > count;
     rows.truncate(count);
     Ok(SearchPage { rows, more, total, version: table.version(), plan })
+}
+
+/// `df` (a current table) restricted to the matches of `req`'s clauses and `_has`.
+pub async fn filtered(tables: &dyn SearchTables, mut df: DataFrame, req: &SearchRequest) -> Result<DataFrame> {
+    for f in clause_filters(tables, &req.clauses).await? {
+        df = df.filter(f)?;
+    }
+    for h in &req.has {
+        df = df.filter(has_filter(tables, &req.resource_type, h).await?)?;
+    }
+    Ok(df)
+}
+
+/// Sorted (`_sort`, then `id`), one page (plus one row, to know whether more follow),
+/// `id` and `_raw` only.
+pub fn page_of(df: DataFrame, req: &SearchRequest, offset: usize, count: usize) -> Result<DataFrame> {
+    let mut sort = Vec::new();
+    for k in &req.sort {
+        let key = match k.code.as_str() {
+            "_lastUpdated" => col("_last_updated"),
+            "_id" => col("id"),
+            _ => sort_key_expr(k)?,
+        };
+        sort.push(key.sort(!k.descending, k.descending));
+    }
+    sort.push(col("id").sort(true, false));
+    Ok(df.sort(sort)?.limit(offset, Some(count + 1))?.select(vec![col("id"), col("_raw")])?)
 }
 
 /// A sortable scalar of an index column: the first value's start (dates), value
@@ -293,4 +304,60 @@ fn sort_key_expr(k: &fhirlake_schemas::search::SortKey) -> Result<Expr> {
         ParamKind::Number | ParamKind::Uri => first,
         ParamKind::Composite(_) => return Err(Error::BadSearch(format!("cannot sort on the composite '{}'", k.code))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhirlake_schemas::{Model, ShapeOptions, TableShape};
+
+    struct NoTables;
+
+    impl SearchTables for NoTables {
+        fn current(&self, _: &str) -> Option<DeltaTable> {
+            None
+        }
+    }
+
+    /// The logical plan of a search over an empty table of the type's real schema.
+    async fn plan(rt: &str, query: &str) -> String {
+        let model = Model::r4().unwrap();
+        let pairs: Vec<(String, String)> = query
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        let req = fhirlake_schemas::search::parse(model, rt, &pairs).unwrap();
+        let schema = Arc::new(TableShape::try_new(model, rt, ShapeOptions::default()).unwrap().arrow_schema());
+        let ctx = SessionContext::new_with_config(session_config());
+        let df = ctx.read_batch(RecordBatch::new_empty(schema)).unwrap();
+        let df = filtered(&NoTables, df, &req).await.unwrap();
+        let df = page_of(df, &req, 0, req.count.unwrap_or(20)).unwrap();
+        df.logical_plan().display_indent().to_string()
+    }
+
+    #[tokio::test]
+    async fn plans_of_representative_searches() {
+        let cases = [
+            ("Observation", "code=http://loinc.org|8302-2&patient=Patient/123"),
+            ("Patient", "family=chal&birthdate=ge1970-01&_sort=-birthdate&_count=10"),
+            ("Observation", "value-quantity=gt5.4|http://unitsofmeasure.org|mg/dL"),
+            ("Observation", "component-code-value-quantity=http://loinc.org|8480-6$lt60"),
+            ("Patient", "gender:missing=true&_sort=_lastUpdated"),
+            ("Condition", "code:not=http://snomed.info/sct|44054006,http://snomed.info/sct|38341003"),
+        ];
+        let mut out = String::new();
+        for (rt, q) in cases {
+            out.push_str(&format!("## {rt}?{q}\n{}\n\n", plan(rt, q).await));
+        }
+        insta::assert_snapshot!(out);
+    }
+
+    #[tokio::test]
+    async fn a_chain_with_no_target_table_matches_nothing() {
+        let p = plan("Observation", "subject:Patient.name=peter").await;
+        assert!(p.contains("fhir_match(?table?._sp_subject") && p.contains("subject:Patient.name"), "{p}");
+    }
 }
