@@ -112,9 +112,6 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
             list.join("; ")
         )));
     }
-    if !req.includes.is_empty() || !req.revincludes.is_empty() {
-        return Err(ApiError::BadRequest("_include and _revinclude are not supported yet".into()));
-    }
     let count = req.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
     let mut pinned = None;
@@ -129,11 +126,18 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
     }
     let tables = Tables { state, pinned };
     let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
-    let page = search(&tables, &req, offset, count, want_total).await.map_err(|e| match e {
+    let bad = |e| match e {
         fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
         other => ApiError::from(other),
-    })?;
-    Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, explain))
+    };
+    let page = search(&tables, &req, offset, count, want_total).await.map_err(bad)?;
+    let matches: Vec<(String, String)> = page.rows.iter().map(|(id, _)| (rt.to_string(), id.clone())).collect();
+    let included = if req.includes.is_empty() && req.revincludes.is_empty() {
+        Vec::new()
+    } else {
+        fhirlake_query::search::included(&tables, state.model, &req, &matches).await.map_err(bad)?
+    };
+    Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -145,6 +149,7 @@ fn bundle(
     offset: usize,
     count: usize,
     page: &fhirlake_query::search::SearchPage,
+    included: &[(String, String, String)],
     explain: bool,
 ) -> Response {
     let link = |off: usize| {
@@ -188,6 +193,17 @@ fn bundle(
         out.push_str(r#","resource":"#);
         out.push_str(raw);
         out.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    for (t, id, raw) in included {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(r#"{"fullUrl":"#);
+        write_str(&mut out, &state.url(&format!("{t}/{id}")));
+        out.push_str(r#","resource":"#);
+        out.push_str(raw);
+        out.push_str(r#","search":{"mode":"include"}}"#);
     }
     let mut notes: Vec<(&str, String)> = req.ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
     if explain {

@@ -199,6 +199,41 @@ async fn searches_match_the_ids_computed_from_the_json() {
     }
     let r = server.get("/fhir/NotAType?x=1").await;
     assert_eq!(r.status, 404, "{}", r.body);
+    // _include / _revinclude (and :iterate).
+    let entries = |body: &str, mode: &str| -> BTreeSet<String> {
+        let b: Value = serde_json::from_str(body).unwrap();
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| {
+                format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap())
+            })
+            .collect()
+    };
+    let r = server
+        .get(&format!("/fhir/Observation?patient={pid}&code=8302-2&_include=Observation:patient&_count=500"))
+        .await;
+    assert_eq!(entries(&r.body, "include"), BTreeSet::from([format!("Patient/{pid}")]), "{}", r.body);
+    let r = server.get(&format!("/fhir/Patient?_id={pid}&_revinclude=Observation:patient&_count=5")).await;
+    let expected: BTreeSet<String> = observations
+        .iter()
+        .filter(|o| subject(o) == pid)
+        .map(|o| format!("Observation/{}", o["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(entries(&r.body, "match"), BTreeSet::from([format!("Patient/{pid}")]));
+    assert_eq!(entries(&r.body, "include"), expected);
+    let obs = observations.iter().find(|o| subject(o) == pid && o["encounter"]["reference"].is_string()).unwrap();
+    let enc = obs["encounter"]["reference"].as_str().unwrap().to_string();
+    let r = server
+        .get(&format!(
+            "/fhir/Observation?_id={}&_include=Observation:encounter&_include:iterate=Encounter:patient",
+            obs["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(entries(&r.body, "include"), BTreeSet::from([enc, format!("Patient/{pid}")]), "{}", r.body);
+
     // _explain shows the plan.
     let r = server.get("/fhir/Patient?gender=female&_explain=true").await;
     assert!(r.body.contains("fhir_match"), "{}", r.body);

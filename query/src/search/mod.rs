@@ -260,6 +260,140 @@ pub async fn search(
     Ok(SearchPage { rows, more, total, version: table.version(), plan })
 }
 
+/// Rows `(id, served JSON)` of `resource_type` with the given ids.
+async fn fetch(tables: &dyn SearchTables, resource_type: &str, ids: &[String]) -> Result<Vec<(String, String)>> {
+    let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let ctx = SessionContext::new_with_config(session_config());
+    let df = read(&ctx, &table)
+        .await?
+        .filter(col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false))?
+        .select(vec![col("id"), col("_raw")])?;
+    let mut out = Vec::new();
+    for b in df.collect().await? {
+        for i in 0..b.num_rows() {
+            if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i)) {
+                out.push((id.to_string(), raw.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `(type, id)` targets of the reference columns `columns` of the given resources.
+async fn targets_of(
+    tables: &dyn SearchTables,
+    resource_type: &str,
+    ids: &[String],
+    columns: &[String],
+) -> Result<Vec<(String, String)>> {
+    let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
+    if ids.is_empty() || columns.is_empty() {
+        return Ok(vec![]);
+    }
+    let ctx = SessionContext::new_with_config(session_config());
+    let df = read(&ctx, &table)
+        .await?
+        .filter(col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false))?
+        .select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<Expr>>())?;
+    let mut out = Vec::new();
+    for b in df.collect().await? {
+        for c in b.columns() {
+            let list = c.as_list::<i32>();
+            let values = list.values().as_struct();
+            let (Some(t), Some(i)) = (values.column_by_name("type"), values.column_by_name("id")) else { continue };
+            for j in 0..values.len() {
+                if let (Some(t), Some(i)) = (string_at(t.as_ref(), j), string_at(i.as_ref(), j)) {
+                    let pair = (t.to_string(), i.to_string());
+                    if !out.contains(&pair) {
+                        out.push(pair);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The resources `_include` and `_revinclude` add to a page of matches (`(type, id)` of
+/// each), as `(type, id, served JSON)`, without repeating a match or each other.
+/// `:iterate` repeats on the included resources (at most 4 rounds).
+pub async fn included(
+    tables: &dyn SearchTables,
+    model: &'static fhirlake_schemas::Model,
+    req: &SearchRequest,
+    matches: &[(String, String)],
+) -> Result<Vec<(String, String, String)>> {
+    use fhirlake_schemas::search_index::{ParamKind, SearchIndex};
+    let mut seen: HashSet<(String, String)> = matches.iter().cloned().collect();
+    let mut out = Vec::new();
+    let mut frontier: Vec<(String, String)> = matches.to_vec();
+    for round in 0..4 {
+        let mut found: Vec<(String, String)> = Vec::new();
+        for inc in req.includes.iter().filter(|i| round == 0 || i.iterate) {
+            let ids: Vec<String> =
+                frontier.iter().filter(|(t, _)| *t == inc.source_type).map(|(_, i)| i.clone()).collect();
+            let ix = SearchIndex::for_type(model, &inc.source_type);
+            let columns: Vec<String> = ix
+                .params
+                .iter()
+                .filter(|p| p.kind == ParamKind::Reference && inc.param.as_ref().is_none_or(|c| *c == p.code))
+                .map(|p| p.column.clone())
+                .collect();
+            for (t, i) in targets_of(tables, &inc.source_type, &ids, &columns).await? {
+                if inc.target_type.as_ref().is_none_or(|w| *w == t) && model.is_resource_type(&t) {
+                    found.push((t, i));
+                }
+            }
+        }
+        for inc in req.revincludes.iter().filter(|i| round == 0 || i.iterate) {
+            let ix = SearchIndex::for_type(model, &inc.source_type);
+            let targets: HashSet<(String, String)> = frontier.iter().cloned().collect();
+            let Some(table) = tables.current(&inc.source_type) else { continue };
+            let ctx = SessionContext::new_with_config(session_config());
+            let mut filter: Option<Expr> = None;
+            for p in ix
+                .params
+                .iter()
+                .filter(|p| p.kind == ParamKind::Reference && inc.param.as_ref().is_none_or(|c| *c == p.code))
+            {
+                let e = match_expr(
+                    &p.column,
+                    format!("{}:{} -> page", inc.source_type, p.code),
+                    ClauseMatcher::references(targets.clone()),
+                );
+                filter = Some(match filter {
+                    Some(f) => f.or(e),
+                    None => e,
+                });
+            }
+            let Some(filter) = filter else { continue };
+            let batches = read(&ctx, &table).await?.filter(filter)?.select(vec![col("id")])?.collect().await?;
+            found.extend(ids_of(&batches, "id").into_iter().map(|i| (inc.source_type.clone(), i)));
+        }
+        let mut next = Vec::new();
+        let mut by_type: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for pair in found {
+            if seen.insert(pair.clone()) {
+                by_type.entry(pair.0.clone()).or_default().push(pair.1.clone());
+                next.push(pair);
+            }
+        }
+        for (t, ids) in by_type {
+            for (id, raw) in fetch(tables, &t, &ids).await? {
+                out.push((t.clone(), id, raw));
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        frontier = next;
+    }
+    Ok(out)
+}
+
 /// `df` (a current table) restricted to the matches of `req`'s clauses and `_has`.
 pub async fn filtered(tables: &dyn SearchTables, mut df: DataFrame, req: &SearchRequest) -> Result<DataFrame> {
     for f in clause_filters(tables, &req.clauses).await? {
