@@ -14,7 +14,7 @@ use super::{AppState, fhir_response};
 
 /// Instance and type interactions supported for every resource type.
 pub const TYPE_INTERACTIONS: &[&str] =
-    &["read", "vread", "update", "delete", "history-instance", "history-type", "create"];
+    &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
 /// System interactions supported.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
 
@@ -25,6 +25,18 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         .resource_types()
         .iter()
         .map(|rt| {
+            let index = fhirlake_schemas::search_index::SearchIndex::for_type(state.model, rt);
+            let params: Vec<serde_json::Value> = index
+                .params
+                .iter()
+                .map(|p| json!({"name": p.code, "definition": p.url, "type": param_type(&p.kind)}))
+                .collect();
+            let refs: Vec<String> = index
+                .params
+                .iter()
+                .filter(|p| p.kind == fhirlake_schemas::search_index::ParamKind::Reference)
+                .map(|p| format!("{rt}:{}", p.code))
+                .collect();
             json!({
                 "type": rt,
                 "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
@@ -35,6 +47,9 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+                "searchParam": params,
+                "searchInclude": refs,
+                "searchRevInclude": refs,
             })
         })
         .collect();
@@ -55,4 +70,18 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         }],
     });
     fhir_response(StatusCode::OK, cs.to_string(), None, None)
+}
+
+fn param_type(kind: &fhirlake_schemas::search_index::ParamKind) -> &'static str {
+    use fhirlake_schemas::search_index::ParamKind::*;
+    match kind {
+        Token => "token",
+        String => "string",
+        Date => "date",
+        Number => "number",
+        Quantity => "quantity",
+        Reference => "reference",
+        Uri => "uri",
+        Composite(_) => "composite",
+    }
 }

@@ -234,6 +234,12 @@ async fn searches_match_the_ids_computed_from_the_json() {
         .await;
     assert_eq!(entries(&r.body, "include"), BTreeSet::from([enc, format!("Patient/{pid}")]), "{}", r.body);
 
+    // The CapabilityStatement lists the parameters.
+    let cs: Value = serde_json::from_str(&server.get("/fhir/metadata").await.body).unwrap();
+    let patient = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap();
+    assert!(patient["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "birthdate" && p["type"] == "date"));
+    assert!(patient["interaction"].as_array().unwrap().iter().any(|i| i["code"] == "search-type"));
+
     // _explain shows the plan.
     let r = server.get("/fhir/Patient?gender=female&_explain=true").await;
     assert!(r.body.contains("fhir_match"), "{}", r.body);
