@@ -98,6 +98,9 @@ pub struct ElementDefinition {
     pub content_reference: Option<String>,
     /// Terminology binding.
     pub binding: Option<BindingDefinition>,
+    /// Part of the `_summary=true` view.
+    #[serde(default)]
+    pub is_summary: bool,
 }
 
 /// One allowed type of an element.

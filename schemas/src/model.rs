@@ -104,6 +104,8 @@ pub struct Element {
     pub variants: Vec<(String, TypeRef)>,
     /// Canonical URL (no version) of a required value-set binding, if any.
     pub required_binding: Option<String>,
+    /// Part of the `_summary=true` view (`ElementDefinition.isSummary`).
+    pub summary: bool,
 }
 
 impl Element {
@@ -324,7 +326,7 @@ fn build_element(root: &str, is_resource: bool, el: &ElementDefinition, has_chil
         .filter(|b| b.strength == "required")
         .and_then(|b| b.value_set.as_deref())
         .map(|v| v.split('|').next().unwrap_or(v).to_string());
-    Ok(Element { name, path: el.path.clone(), min: el.min, many, variants, required_binding })
+    Ok(Element { name, path: el.path.clone(), min: el.min, many, variants, required_binding, summary: el.is_summary })
 }
 
 fn type_ref(

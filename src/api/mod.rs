@@ -72,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_history", get(history::system_history))
         .route("/{rt}", post(crud::create).get(search::search_get))
         .route("/{rt}/_search", post(search::search_post))
+        .route("/Patient/{id}/$everything", get(search::everything))
         .route("/{rt}/_history", get(history::type_history))
         .route("/{rt}/$validate", post(crud::validate))
         .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))

@@ -191,7 +191,10 @@ fn bundle(
         out.push_str(r#"{"fullUrl":"#);
         write_str(&mut out, &state.url(&format!("{rt}/{id}")));
         out.push_str(r#","resource":"#);
-        out.push_str(raw);
+        match fhirlake_schemas::search::subset(state.model, raw, req.summary, &req.elements) {
+            Some(s) => out.push_str(&s),
+            None => out.push_str(raw),
+        }
         out.push_str(r#","search":{"mode":"match"}}"#);
     }
     for (t, id, raw) in included {
@@ -226,4 +229,59 @@ fn bundle(
     }
     out.push_str("]}");
     fhir_response(StatusCode::OK, out, None, None)
+}
+
+/// `GET [base]/Patient/{id}/$everything`: the patient and every resource in its
+/// compartment, paged by `_count` (default 100, at most 1000) and `_offset`, ordered by
+/// type then id. Pages read the latest tables (not a pinned snapshot).
+pub async fn everything(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    if state.writer.current("Patient", &id).is_none() {
+        return Err(ApiError::NotFound(format!("Patient/{id} does not exist")));
+    }
+    let pairs = decode(query.as_deref().unwrap_or(""));
+    let count = match param(&pairs, "_count") {
+        Some(c) => c
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest(format!("_count='{c}' is not a non-negative integer")))?,
+        None => 100,
+    }
+    .clamp(1, MAX_COUNT);
+    let offset = match param(&pairs, "_offset") {
+        Some(o) => {
+            o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor")))?
+        }
+        None => 0,
+    };
+    let tables = Tables { state: &state, pinned: None };
+    let types = state.writer.tables().current_types();
+    let all = fhirlake_query::search::patient_compartment(&tables, &types, &id).await?;
+    let link = |off: usize| format!("{}?_count={count}&_offset={off}", state.url(&format!("Patient/{id}/$everything")));
+    let mut out = format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","total":{},"link":[{{"relation":"self","url":"#,
+        all.len()
+    );
+    write_str(&mut out, &link(offset));
+    out.push('}');
+    if offset + count < all.len() {
+        out.push_str(r#",{"relation":"next","url":"#);
+        write_str(&mut out, &link(offset + count));
+        out.push('}');
+    }
+    out.push_str(r#"],"entry":["#);
+    for (i, (t, rid, raw)) in all.iter().skip(offset).take(count).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"fullUrl":"#);
+        write_str(&mut out, &state.url(&format!("{t}/{rid}")));
+        out.push_str(r#","resource":"#);
+        out.push_str(raw);
+        out.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    out.push_str("]}");
+    Ok(fhir_response(StatusCode::OK, out, None, None))
 }

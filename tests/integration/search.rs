@@ -234,6 +234,45 @@ async fn searches_match_the_ids_computed_from_the_json() {
         .await;
     assert_eq!(entries(&r.body, "include"), BTreeSet::from([enc, format!("Patient/{pid}")]), "{}", r.body);
 
+    // Patient/{id}/$everything: the patient and its compartment, paged.
+    let r = server.get(&format!("/fhir/Patient/{pid}/$everything?_count=50")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    let own_obs = observations.iter().filter(|o| subject(o) == pid).count();
+    let own_cond = conditions.iter().filter(|c| subject(c) == pid).count();
+    assert!(b["total"].as_u64().unwrap() as usize >= 1 + own_obs + own_cond, "{}", b["total"]);
+    let mut everything = BTreeSet::new();
+    let mut next = Some(format!("/fhir/Patient/{pid}/$everything?_count=50"));
+    while let Some(u) = next.take() {
+        let b: Value = serde_json::from_str(&server.get(&u.replace("http://fhirlake.test", "")).await.body).unwrap();
+        for e in b["entry"].as_array().unwrap() {
+            assert!(everything.insert(format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )));
+        }
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+    }
+    assert_eq!(everything.len() as u64, b["total"].as_u64().unwrap());
+    assert!(everything.contains(&format!("Patient/{pid}")));
+    assert_eq!(everything.iter().filter(|k| k.starts_with("Observation/")).count(), own_obs);
+    assert!(server.get("/fhir/Patient/nope/$everything").await.status == 404);
+    // Instance history of a Patient still routes.
+    assert_eq!(server.get(&format!("/fhir/Patient/{pid}/_history")).await.status, 200);
+
+    // _elements and _summary=data subset the matches.
+    let r = server.get(&format!("/fhir/Patient?_id={pid}&_elements=gender")).await;
+    let b: Value = serde_json::from_str(&r.body).unwrap();
+    let res = &b["entry"][0]["resource"];
+    assert!(res.get("gender").is_some() && res.get("birthDate").is_none() && res.get("name").is_none(), "{res}");
+    assert!(res["meta"]["tag"].to_string().contains("SUBSETTED"));
+
     // The CapabilityStatement lists the parameters.
     let cs: Value = serde_json::from_str(&server.get("/fhir/metadata").await.body).unwrap();
     let patient = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap();

@@ -394,6 +394,47 @@ pub async fn included(
     Ok(out)
 }
 
+/// Every resource in the Patient compartment of `patient_id` (the patient itself, and
+/// every resource of `types` whose `_compartment_patients` holds it), as
+/// `(type, id, served JSON)`, ordered by type then id.
+pub async fn patient_compartment(
+    tables: &dyn SearchTables,
+    types: &[String],
+    patient_id: &str,
+) -> Result<Vec<(String, String, String)>> {
+    use datafusion::functions_nested::expr_fn::array_has;
+    let mut out = Vec::new();
+    let mut types: Vec<&String> = types.iter().collect();
+    types.sort();
+    for rt in types {
+        let Some(table) = tables.current(rt) else { continue };
+        let ctx = SessionContext::new_with_config(session_config());
+        let df = read(&ctx, &table).await?;
+        let filter = if rt == "Patient" {
+            col("id").eq(lit(patient_id))
+        } else if df.schema().has_column_with_unqualified_name("_compartment_patients") {
+            array_has(col("_compartment_patients"), lit(patient_id))
+        } else {
+            continue;
+        };
+        let batches = df
+            .filter(filter)?
+            .sort(vec![col("id").sort(true, false)])?
+            .select(vec![col("id"), col("_raw")])?
+            .collect()
+            .await?;
+        for b in &batches {
+            for i in 0..b.num_rows() {
+                if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i))
+                {
+                    out.push((rt.clone(), id.to_string(), raw.to_string()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `df` (a current table) restricted to the matches of `req`'s clauses and `_has`.
 pub async fn filtered(tables: &dyn SearchTables, mut df: DataFrame, req: &SearchRequest) -> Result<DataFrame> {
     for f in clause_filters(tables, &req.clauses).await? {

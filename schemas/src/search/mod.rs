@@ -626,5 +626,55 @@ fn result_param(model: &'static Model, req: &mut SearchRequest, name: &str, valu
     Ok(())
 }
 
+/// The served JSON of a match reduced by `_summary` (`true`, `text`, `data`) or
+/// `_elements`, with the `SUBSETTED` tag FHIR requires; `None` when nothing is removed.
+pub fn subset(model: &Model, raw: &str, summary: Option<Summary>, elements: &[String]) -> Option<String> {
+    use crate::json::{Json, ParseLimits};
+    if elements.is_empty() && !matches!(summary, Some(Summary::True | Summary::Text | Summary::Data)) {
+        return None;
+    }
+    let Ok(Json::Object(members)) =
+        Json::parse(raw.as_bytes(), ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX })
+    else {
+        return None;
+    };
+    let rt = members.iter().find(|(k, _)| k == "resourceType").and_then(|(_, v)| v.as_str()).unwrap_or("").to_string();
+    let structure = model.structure(&rt);
+    let element_of = |k: &str| {
+        let k = k.strip_prefix('_').unwrap_or(k);
+        structure.and_then(|s| s.by_json_name.get(k).map(|&(i, _)| &s.elements[i]))
+    };
+    let keep = |k: &str| -> bool {
+        let base = k.strip_prefix('_').unwrap_or(k);
+        if matches!(base, "resourceType" | "id" | "meta") {
+            return true;
+        }
+        let mandatory = element_of(k).is_some_and(|e| e.min > 0);
+        match summary {
+            Some(Summary::True) => mandatory || element_of(k).is_some_and(|e| e.summary),
+            Some(Summary::Text) => mandatory || base == "text",
+            Some(Summary::Data) => base != "text",
+            _ => mandatory || elements.iter().any(|e| e == base || element_of(k).is_some_and(|el| el.name == *e)),
+        }
+    };
+    let mut kept: Vec<(String, Json)> = members.iter().filter(|(k, _)| keep(k)).cloned().collect();
+    if kept.len() == members.len() {
+        return None;
+    }
+    // meta.tag += SUBSETTED
+    let tag = Json::Object(vec![
+        ("system".into(), Json::String("http://terminology.hl7.org/CodeSystem/v3-ObservationValue".into())),
+        ("code".into(), Json::String("SUBSETTED".into())),
+    ]);
+    match kept.iter_mut().find(|(k, _)| k == "meta") {
+        Some((_, meta)) => match meta.get_mut("tag") {
+            Some(Json::Array(tags)) => tags.push(tag),
+            _ => meta.set("tag", Json::Array(vec![tag])),
+        },
+        None => kept.push(("meta".into(), Json::Object(vec![("tag".into(), Json::Array(vec![tag]))]))),
+    }
+    Some(Json::Object(kept).to_json_string())
+}
+
 #[cfg(test)]
 mod tests;

@@ -157,3 +157,19 @@ fn result_parameters() {
     assert!(q(&[("_sort", "nope")]).is_err());
     assert!(q(&[("_include", "Patient:family")]).is_err());
 }
+
+#[test]
+fn summary_and_elements_subset_the_resource() {
+    let m = Model::r4().unwrap();
+    let raw = r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"1"},"text":{"status":"generated","div":"<div/>"},"gender":"male","birthDate":"1970","photo":[{"url":"x"}],"name":[{"family":"A"}]}"#;
+    let s = subset(m, raw, Some(Summary::True), &[]).unwrap();
+    assert!(s.contains("birthDate") && s.contains("name") && !s.contains("photo") && !s.contains("\"text\""), "{s}");
+    assert!(s.contains("SUBSETTED"), "{s}");
+    let s = subset(m, raw, Some(Summary::Data), &[]).unwrap();
+    assert!(!s.contains("generated") && s.contains("photo"), "{s}");
+    let s = subset(m, raw, Some(Summary::Text), &[]).unwrap();
+    assert!(s.contains("generated") && !s.contains("gender"), "{s}");
+    let s = subset(m, raw, None, &["gender".to_string()]).unwrap();
+    assert!(s.contains("gender") && !s.contains("birthDate") && s.contains(r#""id":"p""#), "{s}");
+    assert_eq!(subset(m, raw, None, &[]), None);
+}
