@@ -16,7 +16,7 @@ use super::{AppState, fhir_response};
 pub const TYPE_INTERACTIONS: &[&str] =
     &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
 /// System interactions supported.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system", "search-system"];
 
 /// The CapabilityStatement handler.
 pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {

@@ -78,7 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
         .route("/{rt}/{id}/_history", get(history::instance_history))
         .route("/{rt}/{id}/_history/{vid}", get(crud::vread))
-        .route("/", post(bundle::transaction_or_batch))
+        .route("/", post(bundle::transaction_or_batch).get(search::system_search))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
     let fhir = fhir.layer(DefaultBodyLimit::disable());

@@ -285,3 +285,108 @@ pub async fn everything(
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out, None, None))
 }
+
+/// `GET [base]?_type=A,B&...`: the same search on each listed type (its parameters must
+/// apply to every one of them, e.g. `_id`, `_lastUpdated`, `_tag`), results in `_type`
+/// order, paged by `_offset`. Pages read the latest tables.
+pub async fn system_search(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let pairs = decode(query.as_deref().unwrap_or(""));
+    let Some(types) = param(&pairs, "_type") else {
+        return Err(ApiError::BadRequest("a search of the whole server needs _type=Type1,Type2".into()));
+    };
+    let types: Vec<String> = types.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
+    for t in &types {
+        state.check_type(t).map_err(|_| ApiError::BadRequest(format!("_type: '{t}' is not a resource type")))?;
+    }
+    let strict = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
+    let offset = match param(&pairs, "_offset") {
+        Some(o) => {
+            o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor")))?
+        }
+        None => 0,
+    };
+    let rest: Vec<(String, String)> =
+        pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset")).cloned().collect();
+    let tables = Tables { state: &state, pinned: None };
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut ignored = Vec::new();
+    let mut count = DEFAULT_COUNT;
+    let mut total = 0u64;
+    for t in &types {
+        let req =
+            fhirlake_schemas::search::parse(state.model, t, &rest).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if strict && !req.ignored.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "not a search parameter of every _type (Prefer: handling=strict): {}",
+                req.ignored[0]
+            )));
+        }
+        ignored.extend(req.ignored.iter().map(ToString::to_string));
+        count = req.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
+        let page = search(&tables, &req, 0, offset + count + 1, true).await.map_err(|e| match e {
+            fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
+            other => ApiError::from(other),
+        })?;
+        total += page.total.unwrap_or(0);
+        rows.extend(page.rows.into_iter().map(|(id, raw)| (t.clone(), id, raw)));
+    }
+    let link = |off: usize| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("_type", &types.join(","));
+        for (k, v) in rest.iter().filter(|(k, _)| k != "_count") {
+            q.append_pair(k, v);
+        }
+        q.append_pair("_count", &count.to_string());
+        q.append_pair("_offset", &off.to_string());
+        format!("{}?{}", state.config.public_base(), q.finish())
+    };
+    let mut out =
+        format!(r#"{{"resourceType":"Bundle","type":"searchset","total":{total},"link":[{{"relation":"self","url":"#);
+    write_str(&mut out, &link(offset));
+    out.push('}');
+    if rows.len() > offset + count {
+        out.push_str(r#",{"relation":"next","url":"#);
+        write_str(&mut out, &link(offset + count));
+        out.push('}');
+    }
+    out.push_str(r#"],"entry":["#);
+    let mut first = true;
+    for (t, id, raw) in rows.iter().skip(offset).take(count) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(r#"{"fullUrl":"#);
+        write_str(&mut out, &state.url(&format!("{t}/{id}")));
+        out.push_str(r#","resource":"#);
+        out.push_str(raw);
+        out.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    ignored.sort();
+    ignored.dedup();
+    if !ignored.is_empty() {
+        if !first {
+            out.push(',');
+        }
+        out.push_str(r#"{"resource":{"resourceType":"OperationOutcome","issue":["#);
+        for (i, text) in ignored.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(r#"{"severity":"warning","code":"informational","diagnostics":"#);
+            write_str(&mut out, &format!("ignored: {text}"));
+            out.push('}');
+        }
+        out.push_str(r#"]},"search":{"mode":"outcome"}}"#);
+    }
+    out.push_str("]}");
+    Ok(fhir_response(StatusCode::OK, out, None, None))
+}

@@ -273,6 +273,13 @@ async fn searches_match_the_ids_computed_from_the_json() {
     assert!(res.get("gender").is_some() && res.get("birthDate").is_none() && res.get("name").is_none(), "{res}");
     assert!(res["meta"]["tag"].to_string().contains("SUBSETTED"));
 
+    // System search over several types.
+    let cond_id = conditions.iter().find(|c| subject(c) == pid).unwrap()["id"].as_str().unwrap().to_string();
+    let got = all_ids(&server, &format!("/fhir?_type=Patient,Condition&_id={pid},{cond_id}&_count=1")).await;
+    assert_eq!(got, BTreeSet::from([pid.to_string(), cond_id.clone()]));
+    assert_eq!(server.get("/fhir?_id=x").await.status, 400);
+    assert_eq!(server.get("/fhir?_type=Nope").await.status, 400);
+
     // The CapabilityStatement lists the parameters.
     let cs: Value = serde_json::from_str(&server.get("/fhir/metadata").await.body).unwrap();
     let patient = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap();
