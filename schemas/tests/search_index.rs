@@ -8,9 +8,12 @@ use std::path::PathBuf;
 
 use fhirlake_schemas::datetime::{self, Temporal};
 use fhirlake_schemas::json::ParseLimits;
-use fhirlake_schemas::model::TypeRef;
+#[path = "support/oracle.rs"]
+mod oracle;
+
 use fhirlake_schemas::search_index::{IndexValue, SearchIndex, coverage};
 use fhirlake_schemas::{Json, Model};
+use oracle::{oracle_keys, plain_path, walk};
 
 fn examples_dir() -> PathBuf {
     std::env::var_os("FHIRLAKE_FIXTURES")
@@ -197,88 +200,6 @@ fn mg_per_dl_has_a_canonical_ucum_form() {
     }
 }
 
-/// Values of a plain dotted path, found by walking the JSON. The model says only which
-/// JSON names an element may have (`value` -> `valueQuantity`, ...).
-fn walk<'a>(node: &'a Json, path: &[&str], structure: Option<&str>, out: &mut Vec<&'a Json>) {
-    let Some((head, rest)) = path.split_first() else {
-        match node {
-            Json::Array(items) => out.extend(items.iter()),
-            other => out.push(other),
-        }
-        return;
-    };
-    let model = Model::r4().unwrap();
-    let element =
-        structure.and_then(|s| model.structure_of_type(s)).and_then(|s| s.elements.iter().find(|e| e.name == *head));
-    match node {
-        Json::Array(items) => items.iter().for_each(|i| walk(i, path, structure, out)),
-        Json::Object(members) => {
-            for (k, v) in members {
-                let variant = match element {
-                    Some(e) => match e.variants.iter().find(|(name, _)| name == k) {
-                        Some((_, t)) => Some(t),
-                        None => continue,
-                    },
-                    None if k == head => None,
-                    None => continue,
-                };
-                let next = match variant {
-                    Some(TypeRef::Struct(key)) => Some(key.as_str()),
-                    Some(TypeRef::Extension) => Some("Extension"),
-                    _ => None,
-                };
-                walk(v, rest, next, out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// What the oracle can say about a value of each parameter type, as comparable text.
-fn oracle_keys(param_type: &str, v: &Json) -> Vec<String> {
-    let s = |j: Option<&Json>| j.and_then(Json::as_str).map(str::to_string);
-    match (param_type, v) {
-        ("token", Json::String(x)) => vec![x.clone()],
-        ("token", Json::Bool(b)) => vec![b.to_string()],
-        ("token", Json::Object(_)) => {
-            let mut out = Vec::new();
-            if let Some(Json::Array(codings)) = v.get("coding") {
-                out.extend(codings.iter().filter_map(|c| s(c.get("code"))));
-            }
-            out.extend(s(v.get("code")).into_iter().chain(s(v.get("value"))));
-            out
-        }
-        ("string" | "uri", Json::String(x)) => vec![x.clone()],
-        ("string", Json::Object(m)) => m
-            .iter()
-            .filter(|(k, _)| {
-                [
-                    "text",
-                    "family",
-                    "given",
-                    "prefix",
-                    "suffix",
-                    "line",
-                    "city",
-                    "district",
-                    "state",
-                    "postalCode",
-                    "country",
-                ]
-                .contains(&k.as_str())
-            })
-            .flat_map(|(_, v)| match v {
-                Json::Array(a) => a.iter().filter_map(Json::as_str).map(str::to_string).collect(),
-                Json::String(x) => vec![x.clone()],
-                _ => vec![],
-            })
-            .collect(),
-        ("reference", Json::Object(_)) => s(v.get("reference")).into_iter().collect(),
-        ("reference", Json::String(x)) => vec![x.clone()],
-        _ => vec![],
-    }
-}
-
 fn extracted_keys(v: &IndexValue) -> Vec<String> {
     match v {
         IndexValue::Token { code, .. } => code.clone().into_iter().collect(),
@@ -312,23 +233,10 @@ fn every_example_type_agrees_with_a_json_walk_for_plain_path_parameters() {
                 continue;
             }
             // Only branches of the form `Type.a.b` (no functions, no type tests).
-            let branches: Vec<&str> = p.expression.source().split('|').map(str::trim).collect();
-            let plain = branches
-                .iter()
-                .all(|b| b.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric())));
-            if !plain {
-                continue;
-            }
+            let Some(paths) = plain_path(model, rt, p.expression.source()) else { continue };
             let mut expected: BTreeSet<String> = BTreeSet::new();
-            for b in &branches {
-                let mut path: Vec<&str> = b.split('.').collect();
-                // `Type.a.b`, or `a.b` relative to the resource.
-                if path[0].starts_with(|c: char| c.is_ascii_uppercase()) {
-                    if !model.is_subtype(rt, path[0]) {
-                        continue;
-                    }
-                    path.remove(0);
-                }
+            for path in &paths {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
                 let mut found = Vec::new();
                 walk(&r, &path, Some(rt), &mut found);
                 for v in found {

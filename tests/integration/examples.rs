@@ -8,6 +8,9 @@ use futures::StreamExt;
 
 use crate::common::{TestServer, fixtures, same_resource, sql_rows};
 
+#[path = "../../schemas/tests/support/oracle.rs"]
+mod oracle;
+
 /// Examples that are invalid against the R4 definitions themselves (at most 5 allowed).
 const MAX_INVALID_EXAMPLES: usize = 5;
 
@@ -141,6 +144,37 @@ async fn every_official_example_round_trips_and_fills_typed_columns() {
     )
     .await;
     assert!(r[0]["n"].as_u64().unwrap() >= 1, "body weight by LOINC code: {r:?}");
+
+    // With the Synthea data loaded too: a generated table of searches, each against the ids
+    // a plain JSON walk finds.
+    let summary = fhirlake_ingest::import::import_paths(
+        &server.state.writer,
+        &[fixtures().join("synthea/ndjson")],
+        fhirlake_ingest::import::ImportOptions::default(),
+    )
+    .await
+    .expect("import");
+    assert_eq!(summary.rejected, 0);
+    let mut all: Vec<(String, String, Json)> =
+        stored.iter().map(|&i| (examples[i].rt.clone(), examples[i].id.clone(), examples[i].json.clone())).collect();
+    for entry in std::fs::read_dir(fixtures().join("synthea/ndjson")).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path()).unwrap().lines().filter(|l| !l.trim().is_empty()) {
+            let j = Json::parse(line.as_bytes(), ParseLimits { max_depth: 200, max_string_bytes: usize::MAX }).unwrap();
+            let rt = j.get("resourceType").and_then(Json::as_str).unwrap().to_string();
+            let id = j.get("id").and_then(Json::as_str).unwrap().to_string();
+            all.push((rt, id, j));
+        }
+    }
+    let searches = generated_searches(&all);
+    let mut per_type: HashMap<&str, usize> = HashMap::new();
+    for (rt, code, value, expected) in &searches {
+        let uri = format!("/fhir/{rt}?{}&_count=1000", url_pair(code, value));
+        let got = search_ids(&server, &uri).await;
+        assert_eq!(&got, expected, "{uri}");
+        *per_type.entry(rt.as_str()).or_default() += 1;
+    }
+    println!("{} generated searches over {} types matched the JSON walk", searches.len(), per_type.len());
+    assert!(searches.len() >= 150, "only {} searches generated", searches.len());
     server.stop().await;
 }
 
@@ -184,4 +218,125 @@ fn check_row(file: &str, json: &Json, row: &serde_json::Value) -> usize {
         n += 1;
     }
     n
+}
+
+fn url_pair(k: &str, v: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).append_pair(k, v).finish()
+}
+
+/// Every match id of a search, following `next` links.
+async fn search_ids(server: &TestServer, uri: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut next = Some(uri.to_string());
+    while let Some(u) = next.take() {
+        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
+        assert_eq!(r.status, 200, "{u}: {}", r.body);
+        let b: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        for e in b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "match") {
+            assert!(out.insert(e["resource"]["id"].as_str().unwrap().to_string()), "repeated match in {uri}");
+        }
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+/// `Type/id` of a literal reference (base URL and `_history` removed).
+fn reference_key(r: &str) -> Option<String> {
+    let path = r.split("/_history/").next()?;
+    let mut parts = path.rsplit('/');
+    let id = parts.next()?;
+    let t = parts.next()?;
+    (t.starts_with(|c: char| c.is_ascii_uppercase()) && !id.is_empty()).then(|| format!("{t}/{id}"))
+}
+
+/// For every type, up to three plain-path token/string/reference/uri parameters: a value
+/// that occurs in the data, and the ids of the resources whose walked values match it.
+fn generated_searches(
+    all: &[(String, String, Json)],
+) -> Vec<(String, String, String, std::collections::BTreeSet<String>)> {
+    use fhirlake_schemas::search_index::{SearchIndex, normalize_string};
+    let model = fhirlake_schemas::Model::r4().unwrap();
+    let mut types: Vec<&str> = all.iter().map(|(t, _, _)| t.as_str()).collect();
+    types.sort();
+    types.dedup();
+    let safe = |v: &str| !v.is_empty() && v.len() < 200 && !v.contains([',', '|', '$', '\\']) && v.is_ascii();
+    let mut out = Vec::new();
+    for rt in types {
+        let rows: Vec<&(String, String, Json)> = all.iter().filter(|(t, _, _)| t == rt).collect();
+        let ix = SearchIndex::for_type(model, rt);
+        let mut made = 0;
+        for p in &ix.params {
+            if made == 3 {
+                break;
+            }
+            let def = model.search_parameter(rt, &p.code).unwrap();
+            let kind = def.param_type.as_str();
+            if !matches!(kind, "token" | "string" | "reference" | "uri") {
+                continue;
+            }
+            let Some(paths) = oracle::plain_path(model, rt, p.expression.source()) else { continue };
+            // The walked values of each resource.
+            let values: Vec<(&str, Vec<String>)> = rows
+                .iter()
+                .map(|(_, id, j)| {
+                    let mut keys = Vec::new();
+                    for path in &paths {
+                        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                        let mut found = Vec::new();
+                        oracle::walk(j, &path, Some(rt), &mut found);
+                        for v in found {
+                            keys.extend(oracle::oracle_keys(kind, v));
+                        }
+                    }
+                    (id.as_str(), keys)
+                })
+                .collect();
+            let Some(pick) = values.iter().flat_map(|(_, ks)| ks.iter()).filter(|k| safe(k)).min().cloned() else {
+                continue;
+            };
+            let (search_value, expected): (String, std::collections::BTreeSet<String>) = match kind {
+                "token" | "uri" => (
+                    pick.clone(),
+                    values.iter().filter(|(_, ks)| ks.contains(&pick)).map(|(id, _)| id.to_string()).collect(),
+                ),
+                "string" => {
+                    let prefix: String = normalize_string(&pick).chars().take(3).collect();
+                    let matching = values
+                        .iter()
+                        .filter(|(_, ks)| ks.iter().any(|k| normalize_string(k).starts_with(&prefix)))
+                        .map(|(id, _)| id.to_string())
+                        .collect();
+                    (prefix, matching)
+                }
+                _ => {
+                    let Some(key) = values
+                        .iter()
+                        .flat_map(|(_, ks)| ks.iter())
+                        .filter_map(|k| reference_key(k))
+                        .filter(|k| safe(k))
+                        .min()
+                    else {
+                        continue;
+                    };
+                    let matching = values
+                        .iter()
+                        .filter(|(_, ks)| ks.iter().any(|k| reference_key(k).as_ref() == Some(&key)))
+                        .map(|(id, _)| id.to_string())
+                        .collect();
+                    (key, matching)
+                }
+            };
+            if expected.is_empty() || search_value.is_empty() {
+                continue;
+            }
+            out.push((rt.to_string(), p.code.clone(), search_value, expected));
+            made += 1;
+        }
+    }
+    out
 }
