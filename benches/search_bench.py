@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Search benchmark: latency and throughput of FHIR searches against a running fhirlake.
+
+The Synthea NDJSON fixtures are replicated with fresh ids (as in import_bench.py) to at
+least --resources resources and imported with `fhirlake import` (or --data reuses a
+loaded storage root). Then `fhirlake serve` runs on it and, in this one invocation:
+
+  (a) Observation?patient=X&code=Y            p50/p99 latency, requests/s
+  (b) Observation?code=Y&_summary=count       latency, matching resources counted per second;
+                                              peer: DuckDB counting the same rows over the
+                                              same Delta table (delta_scan + list filter)
+  (c) Patient?name=...&birthdate=ge...        p50/p99 latency, requests/s
+  (d) Observation?code=Y&_include=Observation:patient   first page, p50/p99
+
+No peer FHIR server is installed here (HAPI/Aidbox need downloads this machine cannot
+make), so the FHIR-server ratio is not printed; the DuckDB ratio for (b) is. --smoke uses
+one replica and few repetitions (CI runs it with the debug binary; the numbers mean
+nothing).
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from import_bench import FIXTURES, replicate  # noqa: E402
+
+LOINC_HEIGHT = "http://loinc.org|8302-2"
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def timed(url, n):
+    lat = []
+    body = None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        body = get(url)
+        lat.append(time.perf_counter() - t0)
+    return lat, body
+
+
+def throughput(url, seconds, threads=4):
+    done = [0]
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def worker():
+        while time.perf_counter() < stop:
+            get(url)
+            with lock:
+                done[0] += 1
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return done[0] / (time.perf_counter() - t0)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/fhirlake-release")) / "release" / "fhirlake"))
+    ap.add_argument("--resources", type=int, default=1_000_000)
+    ap.add_argument("--data", help="an already loaded storage root (skips replication and import)")
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args()
+    if a.smoke:
+        a.resources, a.repeat, a.seconds = 2_000, 2, 0.5
+    work = Path(tempfile.mkdtemp(prefix="fhirlake-search-bench-"))
+    server = None
+    try:
+        src = FIXTURES / "synthea" / "ndjson"
+        if a.data:
+            data = Path(a.data)
+        else:
+            src = work / "ndjson"
+            n = replicate(FIXTURES / "synthea" / "ndjson", src, a.resources)
+            data = work / "data"
+            t0 = time.perf_counter()
+            p = subprocess.run([a.bin, "import", "--no-progress", "--data", str(data), "--errors", str(work / "e.ndjson"), str(src)], capture_output=True, text=True)
+            if p.returncode != 0:
+                sys.exit(p.stdout + p.stderr)
+            print(f"data: {n} resources imported in {time.perf_counter() - t0:.0f} s")
+        # Search values from the data itself.
+        first_obs = json.loads(next(l for l in open(src / "Observation.ndjson") if l.strip()))
+        patient = first_obs["subject"]["reference"].split("/")[-1]
+        code = LOINC_HEIGHT
+        a_pat = json.loads(next(l for l in open(src / "Patient.ndjson") if l.strip()))
+        family = a_pat["name"][0]["family"][:3]
+
+        server = subprocess.Popen([a.bin, "serve", "--data", str(data), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
+        line = server.stdout.readline()
+        base = line.split("FHIR base ")[1].split(",")[0] if "FHIR base" in line else None
+        if not base:
+            sys.exit(f"server did not start: {line}")
+        q = lambda path, **kw: f"{base}/{path}?{urllib.parse.urlencode(kw)}"
+        searches = {
+            "(a) Observation?patient&code": q("Observation", patient=patient, code=code),
+            "(b) Observation?code&_summary=count": q("Observation", code=code, _summary="count"),
+            "(c) Patient?name&birthdate=ge": q("Patient", name=family, birthdate="ge1950-01-01"),
+            "(d) Observation?code&_include": q("Observation", code=code, _include="Observation:patient", _count="20"),
+        }
+        print(f"{'':40}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}  result")
+        counted = None
+        for name, url in searches.items():
+            lat, body = timed(url, a.repeat)
+            rps = throughput(url, a.seconds)
+            result = f"total={body.get('total')}" if "total" in body else f"{len(body.get('entry', []))} entries"
+            print(f"{name:40}{pct(lat, 50) * 1000:10.1f}{pct(lat, 99) * 1000:10.1f}{rps:10.1f}  {result}")
+            if name.startswith("(b)"):
+                counted = (body["total"], pct(lat, 50))
+        total, p50 = counted
+        obs_rows = get(q("Observation", _summary="count"))["total"]
+        print(f"(b) fhirlake scans {obs_rows / p50:,.0f} Observations/s and counts {total / p50:,.0f} matches/s (p50)")
+
+        # Peer for (b): DuckDB over the same Delta table.
+        try:
+            import duckdb
+            import duckdb_ext  # noqa: F401
+            ext = glob.glob(str(Path(duckdb_ext.__path__[0]) / "extensions" / f"v{duckdb.__version__}" / "*" / "delta.duckdb_extension"))
+            con = duckdb.connect()
+            con.execute("SET threads=2")
+            con.execute(f"LOAD '{ext[0]}'")
+            sql = (f"SELECT count(*) FROM delta_scan('{data / 'resources' / 'Observation'}') "
+                   "WHERE len(list_filter(_sp_code, x -> x.system = 'http://loinc.org' AND x.code = '8302-2')) > 0")
+            lat = []
+            for _ in range(a.repeat):
+                t0 = time.perf_counter()
+                dd = con.execute(sql).fetchone()[0]
+                lat.append(time.perf_counter() - t0)
+            if dd != total:
+                sys.exit(f"DuckDB counted {dd}, fhirlake {total}")
+            d50 = pct(lat, 50)
+            print(f"(b) DuckDB delta_scan: p50 {d50 * 1000:.1f} ms, {total / d50:,.0f} matches/s; fhirlake/DuckDB time ratio {p50 / d50:.2f}")
+        except ImportError as e:
+            print(f"(b) DuckDB peer not available: {e}")
+        print("peer FHIR server: not available on this machine (no ratio)")
+    finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
