@@ -83,7 +83,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/fhirlake-release")) / "release" / "fhirlake"))
     ap.add_argument("--resources", type=int, default=1_000_000)
-    ap.add_argument("--data", help="an already loaded storage root (skips replication and import)")
+    ap.add_argument("--data", help="storage root to use: loaded here when it does not exist, reused (no import) when it does")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--smoke", action="store_true")
@@ -93,24 +93,17 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="fhirlake-search-bench-"))
     server = None
     try:
-        src = FIXTURES / "synthea" / "ndjson"
-        if a.data:
-            data = Path(a.data)
-        else:
+        data = Path(a.data) if a.data else work / "data"
+        if not data.exists():
             src = work / "ndjson"
             n = replicate(FIXTURES / "synthea" / "ndjson", src, a.resources)
-            data = work / "data"
             t0 = time.perf_counter()
             p = subprocess.run([a.bin, "import", "--no-progress", "--data", str(data), "--errors", str(work / "e.ndjson"), str(src)], capture_output=True, text=True)
             if p.returncode != 0:
                 sys.exit(p.stdout + p.stderr)
             print(f"data: {n} resources imported in {time.perf_counter() - t0:.0f} s")
-        # Search values from the data itself.
-        first_obs = json.loads(next(l for l in open(src / "Observation.ndjson") if l.strip()))
-        patient = first_obs["subject"]["reference"].split("/")[-1]
+            shutil.rmtree(src, ignore_errors=True)
         code = LOINC_HEIGHT
-        a_pat = json.loads(next(l for l in open(src / "Patient.ndjson") if l.strip()))
-        family = a_pat["name"][0]["family"][:3]
 
         server = subprocess.Popen([a.bin, "serve", "--data", str(data), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
         line = server.stdout.readline()
@@ -118,6 +111,10 @@ def main():
         if not base:
             sys.exit(f"server did not start: {line}")
         q = lambda path, **kw: f"{base}/{path}?{urllib.parse.urlencode(kw)}"
+        # Search values from the data itself.
+        first_obs = get(q("Observation", code=code, _count="1"))["entry"][0]["resource"]
+        patient = first_obs["subject"]["reference"].split("/")[-1]
+        family = get(q("Patient", _count="1"))["entry"][0]["resource"]["name"][0]["family"][:3]
         searches = {
             "(a) Observation?patient&code": q("Observation", patient=patient, code=code),
             "(b) Observation?code&_summary=count": q("Observation", code=code, _summary="count"),

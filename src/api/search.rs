@@ -131,11 +131,10 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
         other => ApiError::from(other),
     };
     let page = search(&tables, &req, offset, count, want_total).await.map_err(bad)?;
-    let matches: Vec<(String, String)> = page.rows.iter().map(|(id, _)| (rt.to_string(), id.clone())).collect();
     let included = if req.includes.is_empty() && req.revincludes.is_empty() {
         Vec::new()
     } else {
-        fhirlake_query::search::included(&tables, state.model, &req, &matches).await.map_err(bad)?
+        fhirlake_query::search::included(&tables, state.model, &req, &page).await.map_err(bad)?
     };
     Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain))
 }

@@ -20,7 +20,16 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
 pub use deltalake::DeltaTable;
 use fhirlake_schemas::search::{Clause, HasCondition, SearchRequest};
 
-use crate::catalog::session_config;
+use crate::catalog;
+
+/// The search session: fhirlake's SQL settings plus Parquet filter pushdown, so the
+/// `fhir_match` filters run while scanning and `_raw` is decoded only for matching rows.
+fn session_config() -> datafusion::prelude::SessionConfig {
+    let mut config = catalog::session_config();
+    config.options_mut().execution.parquet.pushdown_filters = true;
+    config.options_mut().execution.parquet.reorder_filters = true;
+    config
+}
 use crate::{Error, Result};
 use matcher::{ClauseMatcher, string_at};
 
@@ -96,6 +105,9 @@ pub struct SearchPage {
     pub version: Option<u64>,
     /// The logical plan, indented (for `_explain`).
     pub plan: String,
+    /// For the reference columns `_include` reads on this type: the `(type, id)` targets
+    /// found on this page, per column (read with the page, saving a second scan).
+    pub references: std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 /// Renders a clause for plan display: `code:modifier=values` as parsed.
@@ -236,28 +248,43 @@ pub async fn search(
             total: want_total.then_some(0),
             version: None,
             plan: String::new(),
+            references: Default::default(),
         });
     };
     let ctx = SessionContext::new_with_config(session_config());
     let df = filtered(tables, read(&ctx, &table).await?, req).await?;
     let total = if want_total || count == 0 { Some(df.clone().count().await? as u64) } else { None };
-    let df = page_of(df, req, offset, count)?;
+    let columns = include_columns(req);
+    let df = page_of(df, req, offset, count, &columns)?;
     let plan = df.logical_plan().display_indent().to_string();
+    let mut references: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
     if count == 0 {
-        return Ok(SearchPage { rows: vec![], more: false, total, version: table.version(), plan });
+        return Ok(SearchPage { rows: vec![], more: false, total, version: table.version(), plan, references });
     }
     let batches = df.collect().await?;
     let mut rows = Vec::new();
     for b in &batches {
         for i in 0..b.num_rows() {
+            if rows.len() == count {
+                break; // the extra row only says that more follow
+            }
             if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i)) {
                 rows.push((id.to_string(), raw.to_string()));
+                for c in &columns {
+                    if let Some(a) = b.column_by_name(c) {
+                        let found = references.entry(c.clone()).or_default();
+                        for pair in reference_targets(a.as_ref(), i) {
+                            if !found.contains(&pair) {
+                                found.push(pair);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
-    let more = rows.len() > count;
-    rows.truncate(count);
-    Ok(SearchPage { rows, more, total, version: table.version(), plan })
+    let more = batches.iter().map(RecordBatch::num_rows).sum::<usize>() > count;
+    Ok(SearchPage { rows, more, total, version: table.version(), plan, references })
 }
 
 /// Rows `(id, served JSON)` of `resource_type` with the given ids.
@@ -280,6 +307,40 @@ async fn fetch(tables: &dyn SearchTables, resource_type: &str, ids: &[String]) -
         }
     }
     Ok(out)
+}
+
+/// The reference columns that round one of `_include` reads on the searched type.
+fn include_columns(req: &SearchRequest) -> Vec<String> {
+    use fhirlake_schemas::search_index::{ParamKind, SearchIndex};
+    let Ok(model) = fhirlake_schemas::Model::r4() else { return vec![] };
+    let ix = SearchIndex::for_type(model, &req.resource_type);
+    let mut out = Vec::new();
+    for inc in req.includes.iter().filter(|i| i.source_type == req.resource_type) {
+        for p in ix
+            .params
+            .iter()
+            .filter(|p| p.kind == ParamKind::Reference && inc.param.as_ref().is_none_or(|c| *c == p.code))
+        {
+            if !out.contains(&p.column) {
+                out.push(p.column.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `(type, id)` of the literal references in row `i` of a reference index column.
+fn reference_targets(column: &dyn Array, i: usize) -> Vec<(String, String)> {
+    let Some(list) = column.as_list_opt::<i32>() else { return vec![] };
+    if list.is_null(i) {
+        return vec![];
+    }
+    let values = list.values().as_struct();
+    let (Some(t), Some(d)) = (values.column_by_name("type"), values.column_by_name("id")) else { return vec![] };
+    let offsets = list.value_offsets();
+    (offsets[i] as usize..offsets[i + 1] as usize)
+        .filter_map(|j| Some((string_at(t.as_ref(), j)?.to_string(), string_at(d.as_ref(), j)?.to_string())))
+        .collect()
 }
 
 /// The `(type, id)` targets of the reference columns `columns` of the given resources.
@@ -324,12 +385,14 @@ pub async fn included(
     tables: &dyn SearchTables,
     model: &'static fhirlake_schemas::Model,
     req: &SearchRequest,
-    matches: &[(String, String)],
+    page: &SearchPage,
 ) -> Result<Vec<(String, String, String)>> {
+    let matches: Vec<(String, String)> =
+        page.rows.iter().map(|(id, _)| (req.resource_type.clone(), id.clone())).collect();
     use fhirlake_schemas::search_index::{ParamKind, SearchIndex};
     let mut seen: HashSet<(String, String)> = matches.iter().cloned().collect();
     let mut out = Vec::new();
-    let mut frontier: Vec<(String, String)> = matches.to_vec();
+    let mut frontier: Vec<(String, String)> = matches.clone();
     for round in 0..4 {
         let mut found: Vec<(String, String)> = Vec::new();
         for inc in req.includes.iter().filter(|i| round == 0 || i.iterate) {
@@ -342,7 +405,13 @@ pub async fn included(
                 .filter(|p| p.kind == ParamKind::Reference && inc.param.as_ref().is_none_or(|c| *c == p.code))
                 .map(|p| p.column.clone())
                 .collect();
-            for (t, i) in targets_of(tables, &inc.source_type, &ids, &columns).await? {
+            // Round one on the searched type: the page already read these columns.
+            let targets = if round == 0 && inc.source_type == req.resource_type {
+                columns.iter().flat_map(|c| page.references.get(c).cloned().unwrap_or_default()).collect()
+            } else {
+                targets_of(tables, &inc.source_type, &ids, &columns).await?
+            };
+            for (t, i) in targets {
                 if inc.target_type.as_ref().is_none_or(|w| *w == t) && model.is_resource_type(&t) {
                     found.push((t, i));
                 }
@@ -446,9 +515,9 @@ pub async fn filtered(tables: &dyn SearchTables, mut df: DataFrame, req: &Search
     Ok(df)
 }
 
-/// Sorted (`_sort`, then `id`), one page (plus one row, to know whether more follow),
-/// `id` and `_raw` only.
-pub fn page_of(df: DataFrame, req: &SearchRequest, offset: usize, count: usize) -> Result<DataFrame> {
+/// Sorted (`_sort`, then `id`), one page (plus one row, to know whether more follow):
+/// `id`, `_raw` and the `extra` columns.
+pub fn page_of(df: DataFrame, req: &SearchRequest, offset: usize, count: usize, extra: &[String]) -> Result<DataFrame> {
     let mut sort = Vec::new();
     for k in &req.sort {
         let key = match k.code.as_str() {
@@ -459,7 +528,9 @@ pub fn page_of(df: DataFrame, req: &SearchRequest, offset: usize, count: usize) 
         sort.push(key.sort(!k.descending, k.descending));
     }
     sort.push(col("id").sort(true, false));
-    Ok(df.sort(sort)?.limit(offset, Some(count + 1))?.select(vec![col("id"), col("_raw")])?)
+    let mut columns = vec![col("id"), col("_raw")];
+    columns.extend(extra.iter().map(|c| col(c.as_str())));
+    Ok(df.sort(sort)?.limit(offset, Some(count + 1))?.select(columns)?)
 }
 
 /// A sortable scalar of an index column: the first value's start (dates), value
@@ -509,7 +580,7 @@ mod tests {
         let ctx = SessionContext::new_with_config(session_config());
         let df = ctx.read_batch(RecordBatch::new_empty(schema)).unwrap();
         let df = filtered(&NoTables, df, &req).await.unwrap();
-        let df = page_of(df, &req, 0, req.count.unwrap_or(20)).unwrap();
+        let df = page_of(df, &req, 0, req.count.unwrap_or(20), &[]).unwrap();
         df.logical_plan().display_indent().to_string()
     }
 
