@@ -20,7 +20,7 @@ use rust_decimal::Decimal;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::definitions::SearchParameter;
-use crate::fhirpath::value::{is_quantity_type, parse_decimal, quantity_of};
+use crate::fhirpath::value::{is_quantity_type, quantity_of};
 use crate::fhirpath::{Ast, BinOp, Context, Expression, Node, NodeType, Temporal, Value};
 use crate::json::{Json, write_str};
 use crate::model::{Model, Primitive};
@@ -830,9 +830,4 @@ pub fn coverage(model: &'static Model) -> Vec<(String, String, String, Option<St
         out.push((p.id.clone(), p.code.clone(), p.param_type.clone(), reason));
     }
     out
-}
-
-/// Parses decimal text (used by search to compare against index values).
-pub fn parse_number(text: &str) -> Option<Decimal> {
-    parse_decimal(text)
 }

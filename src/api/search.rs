@@ -80,20 +80,37 @@ fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult<Response> {
-    state.check_type(rt)?;
-    let strict = headers
+/// `Prefer: handling=strict`.
+fn prefers_strict(headers: &HeaderMap) -> bool {
+    headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"))
+}
+
+/// The `_offset` page cursor (0 when absent).
+fn offset_param(pairs: &[(String, String)]) -> ApiResult<usize> {
+    match param(pairs, "_offset") {
+        Some(o) => o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor"))),
+        None => Ok(0),
+    }
+}
+
+/// Appends one Bundle entry with `search.mode`.
+fn write_entry(out: &mut String, full_url: &str, resource: &str, mode: &str) {
+    out.push_str(r#"{"fullUrl":"#);
+    write_str(out, full_url);
+    out.push_str(r#","resource":"#);
+    out.push_str(resource);
+    out.push_str(&format!(r#","search":{{"mode":"{mode}"}}}}"#));
+}
+
+async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult<Response> {
+    state.check_type(rt)?;
+    let strict = prefers_strict(headers);
     // Paging state is ours, not a search parameter.
-    let offset = match param(&pairs, "_offset") {
-        Some(o) => {
-            o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor")))?
-        }
-        None => 0,
-    };
+    let offset = offset_param(&pairs)?;
     let snapshot = match param(&pairs, "_snapshot") {
         Some(v) => {
             Some(v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("_snapshot='{v}' is not a page cursor")))?)
@@ -187,25 +204,15 @@ fn bundle(
             out.push(',');
         }
         first = false;
-        out.push_str(r#"{"fullUrl":"#);
-        write_str(&mut out, &state.url(&format!("{rt}/{id}")));
-        out.push_str(r#","resource":"#);
-        match fhirlake_schemas::search::subset(state.model, raw, req.summary, &req.elements) {
-            Some(s) => out.push_str(&s),
-            None => out.push_str(raw),
-        }
-        out.push_str(r#","search":{"mode":"match"}}"#);
+        let subset = fhirlake_schemas::search::subset(state.model, raw, req.summary, &req.elements);
+        write_entry(&mut out, &state.url(&format!("{rt}/{id}")), subset.as_deref().unwrap_or(raw), "match");
     }
     for (t, id, raw) in included {
         if !first {
             out.push(',');
         }
         first = false;
-        out.push_str(r#"{"fullUrl":"#);
-        write_str(&mut out, &state.url(&format!("{t}/{id}")));
-        out.push_str(r#","resource":"#);
-        out.push_str(raw);
-        out.push_str(r#","search":{"mode":"include"}}"#);
+        write_entry(&mut out, &state.url(&format!("{t}/{id}")), raw, "include");
     }
     let mut notes: Vec<(&str, String)> = req.ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
     if explain {
@@ -249,12 +256,7 @@ pub async fn everything(
         None => 100,
     }
     .clamp(1, MAX_COUNT);
-    let offset = match param(&pairs, "_offset") {
-        Some(o) => {
-            o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor")))?
-        }
-        None => 0,
-    };
+    let offset = offset_param(&pairs)?;
     let tables = Tables { state: &state, pinned: None };
     let types = state.writer.tables().current_types();
     let all = fhirlake_query::search::patient_compartment(&tables, &types, &id).await?;
@@ -275,11 +277,7 @@ pub async fn everything(
         if i > 0 {
             out.push(',');
         }
-        out.push_str(r#"{"fullUrl":"#);
-        write_str(&mut out, &state.url(&format!("{t}/{rid}")));
-        out.push_str(r#","resource":"#);
-        out.push_str(raw);
-        out.push_str(r#","search":{"mode":"match"}}"#);
+        write_entry(&mut out, &state.url(&format!("{t}/{rid}")), raw, "match");
     }
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out, None, None))
@@ -301,17 +299,8 @@ pub async fn system_search(
     for t in &types {
         state.check_type(t).map_err(|_| ApiError::BadRequest(format!("_type: '{t}' is not a resource type")))?;
     }
-    let strict = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
-    let offset = match param(&pairs, "_offset") {
-        Some(o) => {
-            o.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("_offset='{o}' is not a page cursor")))?
-        }
-        None => 0,
-    };
+    let strict = prefers_strict(&headers);
+    let offset = offset_param(&pairs)?;
     let rest: Vec<(String, String)> =
         pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset")).cloned().collect();
     let tables = Tables { state: &state, pinned: None };
@@ -363,11 +352,7 @@ pub async fn system_search(
             out.push(',');
         }
         first = false;
-        out.push_str(r#"{"fullUrl":"#);
-        write_str(&mut out, &state.url(&format!("{t}/{id}")));
-        out.push_str(r#","resource":"#);
-        out.push_str(raw);
-        out.push_str(r#","search":{"mode":"match"}}"#);
+        write_entry(&mut out, &state.url(&format!("{t}/{id}")), raw, "match");
     }
     ignored.sort();
     ignored.dedup();

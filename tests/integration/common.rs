@@ -166,3 +166,30 @@ pub fn same_resource(a: &Json, b: &Json) -> Result<(), String> {
     }
     eq(&strip(a), &strip(b), "")
 }
+
+/// Every match id of a search, following `next` links; panics on a repeated id or a
+/// non-200 page.
+pub async fn search_ids(server: &TestServer, uri: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut next = Some(uri.to_string());
+    let mut pages = 0;
+    while let Some(u) = next.take() {
+        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
+        assert_eq!(r.status, 200, "{u}: {}", r.body);
+        let b: serde_json::Value = serde_json::from_str(&r.body).expect("bundle");
+        assert_eq!(b["type"], "searchset");
+        for e in b["entry"].as_array().expect("entries").iter().filter(|e| e["search"]["mode"] == "match") {
+            let id = e["resource"]["id"].as_str().expect("id").to_string();
+            assert!(out.insert(id.clone()), "{id} seen twice walking {uri}");
+        }
+        next = b["link"]
+            .as_array()
+            .expect("links")
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().expect("url").to_string());
+        pages += 1;
+        assert!(pages < 10_000, "{uri}: endless paging");
+    }
+    out
+}

@@ -6,7 +6,7 @@ use fhirlake_schemas::Json;
 use fhirlake_schemas::json::ParseLimits;
 use futures::StreamExt;
 
-use crate::common::{TestServer, fixtures, same_resource, sql_rows};
+use crate::common::{TestServer, fixtures, same_resource, search_ids, sql_rows};
 
 #[path = "../../schemas/tests/support/oracle.rs"]
 mod oracle;
@@ -222,27 +222,6 @@ fn check_row(file: &str, json: &Json, row: &serde_json::Value) -> usize {
 
 fn url_pair(k: &str, v: &str) -> String {
     url::form_urlencoded::Serializer::new(String::new()).append_pair(k, v).finish()
-}
-
-/// Every match id of a search, following `next` links.
-async fn search_ids(server: &TestServer, uri: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let mut next = Some(uri.to_string());
-    while let Some(u) = next.take() {
-        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
-        assert_eq!(r.status, 200, "{u}: {}", r.body);
-        let b: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        for e in b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "match") {
-            assert!(out.insert(e["resource"]["id"].as_str().unwrap().to_string()), "repeated match in {uri}");
-        }
-        next = b["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
-    }
-    out
 }
 
 /// `Type/id` of a literal reference (base URL and `_history` removed).

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use fhirlake_ingest::import::{ImportOptions, import_paths};
 use serde_json::Value;
 
-use crate::common::{TestServer, fixtures};
+use crate::common::{TestServer, fixtures, search_ids as all_ids};
 
 fn load(name: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(fixtures().join("synthea/ndjson").join(name)).unwrap();
@@ -23,34 +23,6 @@ fn codings(v: &Value) -> Vec<(&str, &str)> {
         .as_array()
         .map(|cs| cs.iter().map(|c| (c["system"].as_str().unwrap_or(""), c["code"].as_str().unwrap_or(""))).collect())
         .unwrap_or_default()
-}
-
-/// Every match of a search, following `next` links; panics on a repeated id.
-async fn all_ids(server: &TestServer, uri: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut next = Some(uri.to_string());
-    let mut pages = 0;
-    while let Some(u) = next.take() {
-        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
-        assert_eq!(r.status, 200, "{u}: {}", r.body);
-        let b: Value = serde_json::from_str(&r.body).unwrap();
-        assert_eq!(b["type"], "searchset");
-        for e in b["entry"].as_array().unwrap() {
-            if e["search"]["mode"] == "match" {
-                let id = e["resource"]["id"].as_str().unwrap().to_string();
-                assert!(out.insert(id.clone()), "{id} seen twice walking {uri}");
-            }
-        }
-        next = b["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
-        pages += 1;
-        assert!(pages < 10_000);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,7 +80,7 @@ fn scaled(text: &str) -> Result<i128> {
     Ok(d.mantissa())
 }
 
-fn value_matcher(p: &Predicate, component: Option<&str>) -> Result<ValueMatcher> {
+fn value_matcher(p: &Predicate) -> Result<ValueMatcher> {
     Ok(match p {
         Predicate::Token { system, code } => ValueMatcher::Token { system: system.clone(), code: code.clone() },
         Predicate::TokenText(t) => ValueMatcher::TokenText(t.clone()),
@@ -113,10 +113,7 @@ fn value_matcher(p: &Predicate, component: Option<&str>) -> Result<ValueMatcher>
             ValueMatcher::ReferenceIdentifier { system: system.clone(), value: value.clone() }
         }
         Predicate::Uri { value, mode } => ValueMatcher::Uri { value: value.clone(), mode: *mode },
-        Predicate::Composite(parts) => {
-            let _ = component;
-            return Err(Error::BadSearch(format!("composite with {} parts needs component names", parts.len())));
-        }
+        Predicate::Composite(_) => return Err(Error::BadSearch("a composite inside a composite".into())),
     })
 }
 
@@ -130,11 +127,11 @@ impl ClauseMatcher {
                 (Predicate::Composite(parts), fhirlake_schemas::search_index::ParamKind::Composite(components)) => {
                     let mut ms = Vec::new();
                     for (p, c) in parts.iter().zip(components) {
-                        ms.push((c.code.replace('-', "_"), value_matcher(p, Some(&c.code))?));
+                        ms.push((c.code.replace('-', "_"), value_matcher(p)?));
                     }
                     ValueMatcher::Composite(ms)
                 }
-                (p, _) => value_matcher(p, None)?,
+                (p, _) => value_matcher(p)?,
             });
         }
         Ok(ClauseMatcher { values, negated: clause.negated, missing: clause.missing })
