@@ -133,6 +133,34 @@ async fn searches_match_the_ids_computed_from_the_json() {
     let got = all_ids(&server, "/fhir/Observation?code=http://loinc.org|8302-2&_count=7").await;
     assert_eq!(got, cases[1].1);
 
+    // Paging over a 5,000+ result while another client keeps writing matches: each match of
+    // the first page's snapshot exactly once, none of the new ones.
+    let expected_final: BTreeSet<String> = ids(observations.iter().filter(|o| o["status"] == "final"));
+    assert!(expected_final.len() >= 5000, "{}", expected_final.len());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let walk = async {
+        let got = all_ids(&server, "/fhir/Observation?status=final&_count=1000").await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        got
+    };
+    let writes = async {
+        let mut n = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let body = format!(
+                r#"{{"resourceType":"Observation","id":"new-{n}","status":"final","code":{{"text":"x"}},"subject":{{"reference":"Patient/concurrent-writer"}}}}"#
+            );
+            let r = server.put(&format!("/fhir/Observation/new-{n}"), &body).await;
+            assert!(r.status.is_success(), "{}", r.body);
+            n += 1;
+        }
+        n
+    };
+    let (walked, written) = tokio::join!(walk, writes);
+    assert!(written > 0, "no write happened during the walk");
+    assert_eq!(walked, expected_final, "the walk saw the snapshot of its first page ({written} writes meanwhile)");
+    let now = all_ids(&server, "/fhir/Observation?status=final&_count=1000").await;
+    assert_eq!(now.len(), expected_final.len() + written);
+
     // _summary=count and _total
     let r = server.get("/fhir/Patient?gender=female&_summary=count").await;
     let b: Value = serde_json::from_str(&r.body).unwrap();
