@@ -346,5 +346,8 @@ async fn a_page_sequence_reads_one_snapshot_while_writes_continue() {
     // A new search sees the writes.
     let now = all_ids(&server, "/fhir/Patient?gender=other&_count=100").await;
     assert_eq!(now.len(), 30 - 1 + 5);
+    // `_lastUpdated` is the server's meta, indexed like any date; `_tag`/`_profile` are absent.
+    assert_eq!(all_ids(&server, "/fhir/Patient?_lastUpdated=ge2020-01-01&_count=100").await.len(), 35);
+    assert!(all_ids(&server, "/fhir/Patient?_lastUpdated=lt2020-01-01").await.is_empty());
     server.stop().await;
 }
