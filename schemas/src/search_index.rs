@@ -8,7 +8,7 @@
 //! row. The rule for dates: a date, dateTime or instant stands for the range from its first
 //! to its last microsecond at its precision; a value without a zone is read as UTC
 //! (`2021-03` is `[2021-03-01T00:00:00Z, 2021-03-31T23:59:59.999999Z]`). Search uses the same
-//! rule ([`Temporal::range_millis`]).
+//! rule ([`Temporal::range_micros`]).
 //!
 //! Must not: do I/O, or know how a search is planned.
 
@@ -510,28 +510,14 @@ fn values_of(kind: &ParamKind, item: &Value<'_>) -> Vec<IndexValue> {
             }
         },
         ParamKind::Date => match type_name {
-            "Period" => {
-                let start = str_of(json, "start").and_then(Temporal::parse_datetime).map(|t| t.range_millis().0 * 1000);
-                let end =
-                    str_of(json, "end").and_then(Temporal::parse_datetime).map(|t| t.range_millis().1 * 1000 + 999);
-                if start.is_some() || end.is_some() {
-                    out.push(IndexValue::Date { start, end });
-                }
-            }
+            "Period" => out.extend(period_value(json)),
             "Timing" => {
                 for e in json.and_then(|j| j.get("event")).and_then(Json::as_array).unwrap_or(&[]) {
                     if let Some(t) = e.as_str().and_then(Temporal::parse_datetime) {
                         out.push(date_value(&t));
                     }
                 }
-                let bounds = json.and_then(|j| j.get("repeat")).and_then(|r| r.get("boundsPeriod"));
-                let start =
-                    str_of(bounds, "start").and_then(Temporal::parse_datetime).map(|t| t.range_millis().0 * 1000);
-                let end =
-                    str_of(bounds, "end").and_then(Temporal::parse_datetime).map(|t| t.range_millis().1 * 1000 + 999);
-                if start.is_some() || end.is_some() {
-                    out.push(IndexValue::Date { start, end });
-                }
+                out.extend(period_value(json.and_then(|j| j.get("repeat")).and_then(|r| r.get("boundsPeriod"))));
             }
             _ => {
                 if let Value::Temporal(t) = item.normalized().as_ref()
@@ -659,8 +645,17 @@ fn quantity_value(j: &Json) -> IndexValue {
 }
 
 fn date_value(t: &Temporal) -> IndexValue {
-    let (lo, hi) = t.range_millis();
-    IndexValue::Date { start: Some(lo * 1000), end: Some(hi * 1000 + 999) }
+    let (start, end) = t.range_micros();
+    IndexValue::Date { start: Some(start), end: Some(end) }
+}
+
+/// A Period: from its start's first to its end's last microsecond, open where a bound is
+/// missing; `None` when it has neither.
+fn period_value(period: Option<&Json>) -> Option<IndexValue> {
+    let bound = |k: &str| str_of(period, k).and_then(Temporal::parse_datetime).map(|t| t.range_micros());
+    let start = bound("start").map(|r| r.0);
+    let end = bound("end").map(|r| r.1);
+    (start.is_some() || end.is_some()).then_some(IndexValue::Date { start, end })
 }
 
 fn push_strings(json: Option<&Json>, key: &str, out: &mut Vec<IndexValue>) {

@@ -298,9 +298,15 @@ impl Temporal {
         ms - i64::from(self.offset.unwrap_or(0)) * 60_000
     }
 
-    /// The first and last millisecond (inclusive) of the range this value stands for,
-    /// taking an unstated zone as UTC.
-    pub fn range_millis(&self) -> (i64, i64) {
+    /// The first and last microsecond (inclusive) of the range this value stands for,
+    /// taking an unstated zone as UTC: the one date rule of indexing and search.
+    pub fn range_micros(&self) -> (i64, i64) {
+        let (lo, hi) = self.range_millis();
+        (lo * 1000, hi * 1000 + 999)
+    }
+
+    /// The first and last millisecond (inclusive) of the range this value stands for.
+    fn range_millis(&self) -> (i64, i64) {
         let lo = self.epoch_millis();
         let next = match self.precision {
             Precision::Year => self.add(1, "year"),

@@ -14,9 +14,8 @@ pub struct DateRange {
 impl DateRange {
     /// The range of a FHIR date, dateTime or instant.
     pub fn of(text: &str) -> Option<DateRange> {
-        let t = Temporal::parse_datetime(text)?;
-        let (lo, hi) = t.range_millis();
-        Some(DateRange { start: lo * 1000, end: hi * 1000 + 999 })
+        let (start, end) = Temporal::parse_datetime(text)?.range_micros();
+        Some(DateRange { start, end })
     }
 }
 
