@@ -173,24 +173,7 @@ impl<'c, 'a> Eval<'c, 'a> {
             }
             Ast::TypeOp { is, operand, type_name } => {
                 let v = self.eval(operand, focus, scope)?;
-                if !is && v.len() > 1 && !self.ctx.strict {
-                    // FHIR's own search expressions apply `as` to collections
-                    // (`Medication.ingredient.item as Reference`): filter, like ofType().
-                    let mut out = Vec::new();
-                    for item in v {
-                        if self.type_matches(&item, type_name, false)? {
-                            out.push(item);
-                        }
-                    }
-                    return Ok(out);
-                }
-                let Some(v) = single(&v, if *is { "'is'" } else { "'as'" })? else { return Ok(vec![]) };
-                let matched = self.type_matches(v, type_name, *is)?;
-                match (is, matched) {
-                    (true, m) => vec![Value::Boolean(m)],
-                    (false, true) => vec![v.clone()],
-                    (false, false) => vec![],
-                }
+                self.is_or_as(v, type_name, *is, if *is { "'is'" } else { "'as'" })?
             }
             Ast::Binary { op, left, right } => self.binary(*op, left, right, focus, scope)?,
             Ast::Function { target, name, args } => {
@@ -374,6 +357,33 @@ impl<'c, 'a> Eval<'c, 'a> {
                 }
             }
             other => ns != Some("FHIR") && other.system_type() == Some(name),
+        })
+    }
+
+    /// `ofType(T)`: the items of type `T` (exact for primitives).
+    fn of_type(&self, input: Col<'a>, t: &TypeName) -> R<Col<'a>> {
+        let mut out = Vec::new();
+        for item in input {
+            if self.type_matches(&item, t, false)? {
+                out.push(item);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `is T` / `as T`, as operator or function: on a single item (more is an error).
+    /// Outside strict mode `as` on a collection filters like `ofType()`, because FHIR's own
+    /// search expressions use it so (`Medication.ingredient.item as Reference`).
+    fn is_or_as(&self, input: Col<'a>, t: &TypeName, is: bool, what: &str) -> R<Col<'a>> {
+        if !is && input.len() > 1 && !self.ctx.strict {
+            return self.of_type(input, t);
+        }
+        let Some(v) = single(&input, what)? else { return Ok(vec![]) };
+        let matched = self.type_matches(v, t, is)?;
+        Ok(match (is, matched) {
+            (true, m) => vec![Value::Boolean(m)],
+            (false, true) => vec![v.clone()],
+            (false, false) => vec![],
         })
     }
 
@@ -639,29 +649,12 @@ impl<'c, 'a> Eval<'c, 'a> {
             "ofType" => {
                 arity(1..=1)?;
                 let t = self.type_arg(args, name)?;
-                let mut out = Vec::new();
-                for v in input {
-                    if self.type_matches(&v, &t, false)? {
-                        out.push(v);
-                    }
-                }
-                Ok(out)
+                self.of_type(input, &t)
             }
             "is" | "as" => {
                 arity(1..=1)?;
                 let t = self.type_arg(args, name)?;
-                if name == "as" && input.len() > 1 && !self.ctx.strict {
-                    let mut out = Vec::new();
-                    for item in input {
-                        if self.type_matches(&item, &t, false)? {
-                            out.push(item);
-                        }
-                    }
-                    return Ok(out);
-                }
-                let Some(v) = single(&input, &format!("{name}()"))? else { return Ok(vec![]) };
-                let m = self.type_matches(v, &t, name == "is")?;
-                if name == "is" { b(m) } else { Ok(if m { vec![v.clone()] } else { vec![] }) }
+                self.is_or_as(input, &t, name == "is", &format!("{name}()"))
             }
             "type" => {
                 arity(0..=0)?;
@@ -998,10 +991,7 @@ impl<'c, 'a> Eval<'c, 'a> {
             return Some(Value::Node(Node::resource(model, found)));
         }
         // A typed stand-in: enough for `resolve() is Patient` and `resolve().ofType(...)`.
-        let path = reference.split("/_history/").next().unwrap_or(reference);
-        let mut parts = path.rsplit('/');
-        let _id = parts.next()?;
-        let t = parts.next()?;
+        let (t, _) = crate::shape::reference_target(reference)?;
         let structure = model.structure(t)?;
         model.is_resource_type(t).then_some(())?;
         Some(Value::Node(Node {
