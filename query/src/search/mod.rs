@@ -148,17 +148,18 @@ fn clause_filters<'a>(
     })
 }
 
-fn read(ctx: &SessionContext, table: &DeltaTable) -> futures::future::BoxFuture<'static, Result<DataFrame>> {
-    let ctx = ctx.clone();
+/// A DataFrame over `table` in a fresh search session.
+fn scan(table: &DeltaTable) -> futures::future::BoxFuture<'static, Result<DataFrame>> {
     let table = table.clone();
     Box::pin(async move {
+        let ctx = SessionContext::new_with_config(session_config());
         table.update_datafusion_session(&ctx.state())?;
         let provider = table.table_provider().await?;
         Ok(ctx.read_table(provider)?)
     })
 }
 
-/// Ids of `resource_type` matching all `clauses` and `id IN restrict` (when non-empty).
+/// Ids of `resource_type` matching all `clauses` and `has` conditions.
 fn matching_ids<'a>(
     tables: &'a dyn SearchTables,
     resource_type: &'a str,
@@ -167,8 +168,7 @@ fn matching_ids<'a>(
 ) -> futures::future::BoxFuture<'a, Result<Vec<String>>> {
     Box::pin(async move {
         let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
-        let ctx = SessionContext::new_with_config(session_config());
-        let mut df = read(&ctx, &table).await?;
+        let mut df = scan(&table).await?;
         for f in clause_filters(tables, clauses).await? {
             df = df.filter(f)?;
         }
@@ -178,6 +178,19 @@ fn matching_ids<'a>(
         let batches = df.select(vec![col("id")])?.collect().await?;
         Ok(ids_of(&batches, "id"))
     })
+}
+
+/// `(id, served JSON)` of batches whose first two columns are `id` and `_raw`.
+fn rows_of(batches: &[RecordBatch]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i)) {
+                out.push((id.to_string(), raw.to_string()));
+            }
+        }
+    }
+    out
 }
 
 fn ids_of(batches: &[RecordBatch], name: &str) -> Vec<String> {
@@ -198,8 +211,7 @@ fn has_filter<'a>(
 ) -> futures::future::BoxFuture<'a, Result<Expr>> {
     Box::pin(async move {
         let Some(table) = tables.current(&h.source_type) else { return Ok(lit(false)) };
-        let ctx = SessionContext::new_with_config(session_config());
-        let mut df = read(&ctx, &table).await?;
+        let mut df = scan(&table).await?;
         match &h.condition {
             HasCondition::Clause(c) => {
                 for f in clause_filters(tables, std::slice::from_ref(c)).await? {
@@ -213,14 +225,10 @@ fn has_filter<'a>(
         let batches = df.select(vec![ident(&h.reference_column)])?.collect().await?;
         let mut ids: HashSet<String> = HashSet::new();
         for b in &batches {
-            let list = b.column(0).as_list::<i32>();
-            let values = list.values().as_struct();
-            let (Some(t), Some(i)) = (values.column_by_name("type"), values.column_by_name("id")) else { continue };
-            for j in 0..values.len() {
-                if let (Some(t), Some(i)) = (string_at(t.as_ref(), j), string_at(i.as_ref(), j))
-                    && t == here
-                {
-                    ids.insert(i.to_string());
+            let c = b.column(0);
+            for (t, id) in (0..c.len()).flat_map(|i| reference_targets(c.as_ref(), i)) {
+                if t == here {
+                    ids.insert(id);
                 }
             }
         }
@@ -251,8 +259,7 @@ pub async fn search(
             references: Default::default(),
         });
     };
-    let ctx = SessionContext::new_with_config(session_config());
-    let df = filtered(tables, read(&ctx, &table).await?, req).await?;
+    let df = filtered(tables, scan(&table).await?, req).await?;
     let total = if want_total || count == 0 { Some(df.clone().count().await? as u64) } else { None };
     let columns = include_columns(req);
     let df = page_of(df, req, offset, count, &columns)?;
@@ -293,20 +300,11 @@ async fn fetch(tables: &dyn SearchTables, resource_type: &str, ids: &[String]) -
     if ids.is_empty() {
         return Ok(vec![]);
     }
-    let ctx = SessionContext::new_with_config(session_config());
-    let df = read(&ctx, &table)
+    let df = scan(&table)
         .await?
         .filter(col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false))?
         .select(vec![col("id"), col("_raw")])?;
-    let mut out = Vec::new();
-    for b in df.collect().await? {
-        for i in 0..b.num_rows() {
-            if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i)) {
-                out.push((id.to_string(), raw.to_string()));
-            }
-        }
-    }
-    Ok(out)
+    Ok(rows_of(&df.collect().await?))
 }
 
 /// The reference columns that round one of `_include` reads on the searched type.
@@ -354,23 +352,16 @@ async fn targets_of(
     if ids.is_empty() || columns.is_empty() {
         return Ok(vec![]);
     }
-    let ctx = SessionContext::new_with_config(session_config());
-    let df = read(&ctx, &table)
+    let df = scan(&table)
         .await?
         .filter(col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false))?
         .select(columns.iter().map(|c| ident(c.as_str())).collect::<Vec<Expr>>())?;
     let mut out = Vec::new();
     for b in df.collect().await? {
         for c in b.columns() {
-            let list = c.as_list::<i32>();
-            let values = list.values().as_struct();
-            let (Some(t), Some(i)) = (values.column_by_name("type"), values.column_by_name("id")) else { continue };
-            for j in 0..values.len() {
-                if let (Some(t), Some(i)) = (string_at(t.as_ref(), j), string_at(i.as_ref(), j)) {
-                    let pair = (t.to_string(), i.to_string());
-                    if !out.contains(&pair) {
-                        out.push(pair);
-                    }
+            for pair in (0..c.len()).flat_map(|i| reference_targets(c.as_ref(), i)) {
+                if !out.contains(&pair) {
+                    out.push(pair);
                 }
             }
         }
@@ -421,7 +412,6 @@ pub async fn included(
             let ix = SearchIndex::for_type(model, &inc.source_type);
             let targets: HashSet<(String, String)> = frontier.iter().cloned().collect();
             let Some(table) = tables.current(&inc.source_type) else { continue };
-            let ctx = SessionContext::new_with_config(session_config());
             let mut filter: Option<Expr> = None;
             for p in ix
                 .params
@@ -439,7 +429,7 @@ pub async fn included(
                 });
             }
             let Some(filter) = filter else { continue };
-            let batches = read(&ctx, &table).await?.filter(filter)?.select(vec![col("id")])?.collect().await?;
+            let batches = scan(&table).await?.filter(filter)?.select(vec![col("id")])?.collect().await?;
             found.extend(ids_of(&batches, "id").into_iter().map(|i| (inc.source_type.clone(), i)));
         }
         let mut next = Vec::new();
@@ -477,8 +467,7 @@ pub async fn patient_compartment(
     types.sort();
     for rt in types {
         let Some(table) = tables.current(rt) else { continue };
-        let ctx = SessionContext::new_with_config(session_config());
-        let df = read(&ctx, &table).await?;
+        let df = scan(&table).await?;
         let filter = if rt == "Patient" {
             col("id").eq(lit(patient_id))
         } else if df.schema().has_column_with_unqualified_name("_compartment_patients") {
@@ -492,14 +481,7 @@ pub async fn patient_compartment(
             .select(vec![col("id"), col("_raw")])?
             .collect()
             .await?;
-        for b in &batches {
-            for i in 0..b.num_rows() {
-                if let (Some(id), Some(raw)) = (string_at(b.column(0).as_ref(), i), string_at(b.column(1).as_ref(), i))
-                {
-                    out.push((rt.clone(), id.to_string(), raw.to_string()));
-                }
-            }
-        }
+        out.extend(rows_of(&batches).into_iter().map(|(id, raw)| (rt.clone(), id, raw)));
     }
     Ok(out)
 }
