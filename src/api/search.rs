@@ -97,8 +97,33 @@ fn offset_param(pairs: &[(String, String)]) -> ApiResult<usize> {
     }
 }
 
-/// Appends one Bundle entry with `search.mode`.
-fn write_entry(out: &mut String, full_url: &str, resource: &str, mode: &str) {
+/// Appends the `outcome` entry (severity, text) when there are notes; `first` says
+/// whether no entry precedes it.
+fn write_outcome(out: &mut String, first: bool, notes: &[(&str, String)]) {
+    if notes.is_empty() {
+        return;
+    }
+    if !first {
+        out.push(',');
+    }
+    out.push_str(r#"{"resource":{"resourceType":"OperationOutcome","issue":["#);
+    for (i, (severity, text)) in notes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(r#"{{"severity":"{severity}","code":"informational","diagnostics":"#));
+        write_str(out, text);
+        out.push('}');
+    }
+    out.push_str(r#"]},"search":{"mode":"outcome"}}"#);
+}
+
+/// Appends one Bundle entry with `search.mode`, after a comma unless it is the `first`.
+fn write_entry(out: &mut String, first: &mut bool, full_url: &str, resource: &str, mode: &str) {
+    if !*first {
+        out.push(',');
+    }
+    *first = false;
     out.push_str(r#"{"fullUrl":"#);
     write_str(out, full_url);
     out.push_str(r#","resource":"#);
@@ -200,39 +225,17 @@ fn bundle(
     out.push_str(r#"],"entry":["#);
     let mut first = true;
     for (id, raw) in &page.rows {
-        if !first {
-            out.push(',');
-        }
-        first = false;
         let subset = fhirlake_schemas::search::subset(state.model, raw, req.summary, &req.elements);
-        write_entry(&mut out, &state.url(&format!("{rt}/{id}")), subset.as_deref().unwrap_or(raw), "match");
+        write_entry(&mut out, &mut first, &state.url(&format!("{rt}/{id}")), subset.as_deref().unwrap_or(raw), "match");
     }
     for (t, id, raw) in included {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        write_entry(&mut out, &state.url(&format!("{t}/{id}")), raw, "include");
+        write_entry(&mut out, &mut first, &state.url(&format!("{t}/{id}")), raw, "include");
     }
     let mut notes: Vec<(&str, String)> = req.ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
     if explain {
         notes.push(("information", page.plan.clone()));
     }
-    if !notes.is_empty() {
-        if !first {
-            out.push(',');
-        }
-        out.push_str(r#"{"resource":{"resourceType":"OperationOutcome","issue":["#);
-        for (i, (severity, text)) in notes.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(r#"{{"severity":"{severity}","code":"informational","diagnostics":"#));
-            write_str(&mut out, text);
-            out.push('}');
-        }
-        out.push_str(r#"]},"search":{"mode":"outcome"}}"#);
-    }
+    write_outcome(&mut out, first, &notes);
     out.push_str("]}");
     fhir_response(StatusCode::OK, out, None, None)
 }
@@ -273,11 +276,9 @@ pub async fn everything(
         out.push('}');
     }
     out.push_str(r#"],"entry":["#);
-    for (i, (t, rid, raw)) in all.iter().skip(offset).take(count).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_entry(&mut out, &state.url(&format!("{t}/{rid}")), raw, "match");
+    let mut first = true;
+    for (t, rid, raw) in all.iter().skip(offset).take(count) {
+        write_entry(&mut out, &mut first, &state.url(&format!("{t}/{rid}")), raw, "match");
     }
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out, None, None))
@@ -348,29 +349,12 @@ pub async fn system_search(
     out.push_str(r#"],"entry":["#);
     let mut first = true;
     for (t, id, raw) in rows.iter().skip(offset).take(count) {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        write_entry(&mut out, &state.url(&format!("{t}/{id}")), raw, "match");
+        write_entry(&mut out, &mut first, &state.url(&format!("{t}/{id}")), raw, "match");
     }
     ignored.sort();
     ignored.dedup();
-    if !ignored.is_empty() {
-        if !first {
-            out.push(',');
-        }
-        out.push_str(r#"{"resource":{"resourceType":"OperationOutcome","issue":["#);
-        for (i, text) in ignored.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(r#"{"severity":"warning","code":"informational","diagnostics":"#);
-            write_str(&mut out, &format!("ignored: {text}"));
-            out.push('}');
-        }
-        out.push_str(r#"]},"search":{"mode":"outcome"}}"#);
-    }
+    let notes: Vec<(&str, String)> = ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
+    write_outcome(&mut out, first, &notes);
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out, None, None))
 }
