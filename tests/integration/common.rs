@@ -167,6 +167,17 @@ pub fn same_resource(a: &Json, b: &Json) -> Result<(), String> {
     eq(&strip(a), &strip(b), "")
 }
 
+/// The `next` link of a Bundle, if any (panics when the Bundle has no links or a link no
+/// url).
+pub fn next_link(bundle: &serde_json::Value) -> Option<String> {
+    bundle["link"]
+        .as_array()
+        .expect("a Bundle with links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .map(|l| l["url"].as_str().expect("url").to_string())
+}
+
 /// Every match id of a search, following `next` links; panics on a repeated id or a
 /// non-200 page.
 pub async fn search_ids(server: &TestServer, uri: &str) -> std::collections::BTreeSet<String> {
@@ -182,12 +193,7 @@ pub async fn search_ids(server: &TestServer, uri: &str) -> std::collections::BTr
             let id = e["resource"]["id"].as_str().expect("id").to_string();
             assert!(out.insert(id.clone()), "{id} seen twice walking {uri}");
         }
-        next = b["link"]
-            .as_array()
-            .expect("links")
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().expect("url").to_string());
+        next = next_link(&b);
         pages += 1;
         assert!(pages < 10_000, "{uri}: endless paging");
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use fhirlake_ingest::import::{ImportOptions, import_paths};
 use serde_json::Value;
 
-use crate::common::{TestServer, fixtures, search_ids as all_ids};
+use crate::common::{TestServer, fixtures, next_link, search_ids as all_ids};
 
 fn load(name: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(fixtures().join("synthea/ndjson").join(name)).unwrap();
@@ -252,12 +252,7 @@ async fn searches_match_the_ids_computed_from_the_json() {
                 e["resource"]["id"].as_str().unwrap()
             )));
         }
-        next = b["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
+        next = next_link(&b);
     }
     assert_eq!(everything.len() as u64, b["total"].as_u64().unwrap());
     assert!(everything.contains(&format!("Patient/{pid}")));
@@ -308,12 +303,7 @@ async fn a_page_sequence_reads_one_snapshot_while_writes_continue() {
     let b: Value = serde_json::from_str(&first.body).unwrap();
     let mut seen: BTreeSet<String> =
         b["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
-    let mut next = b["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .map(|l| l["url"].as_str().unwrap().to_string());
+    let mut next = next_link(&b);
     // Writes between pages: new matches sort first (ids "a.."), one match is updated away.
     for i in 0..5 {
         let r = server
@@ -334,12 +324,7 @@ async fn a_page_sequence_reads_one_snapshot_while_writes_continue() {
             let id = e["resource"]["id"].as_str().unwrap().to_string();
             assert!(seen.insert(id.clone()), "{id} twice");
         }
-        next = b["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
+        next = next_link(&b);
     }
     let expected: BTreeSet<String> = (0..30).map(|i| format!("p{i:02}")).collect();
     assert_eq!(seen, expected, "the snapshot of the first page");
