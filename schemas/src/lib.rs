@@ -16,6 +16,7 @@ pub mod model;
 pub mod search;
 pub mod search_index;
 pub mod shape;
+pub mod sof;
 pub mod validate;
 
 pub use json::Json;

@@ -866,6 +866,33 @@ impl<'c, 'a> Eval<'c, 'a> {
                     .collect())
             }
             "resolve" => Ok(input.iter().filter_map(|v| self.resolve(v)).collect()),
+            // SQL-on-FHIR v2: a resource's key and the key a reference points at are the
+            // resource id, so the two compare equal and join on the tables' `id` columns.
+            "getResourceKey" => {
+                arity(0..=0)?;
+                Ok(input
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::Node(n) if n.value.is_some_and(|j| j.get("resourceType").is_some()) => {
+                            n.value?.get("id")?.as_str().map(|id| Value::String(Cow::Borrowed(id)))
+                        }
+                        _ => None,
+                    })
+                    .collect())
+            }
+            "getReferenceKey" => {
+                arity(0..=1)?;
+                let want = if args.is_empty() { None } else { Some(self.type_arg(args, name)?.name) };
+                Ok(input
+                    .iter()
+                    .filter_map(|v| {
+                        let Value::Node(n) = v else { return None };
+                        let reference = n.value?.get("reference")?.as_str()?;
+                        let (t, id) = crate::shape::reference_target(reference)?;
+                        (want.as_deref().is_none_or(|w| w == t)).then(|| Value::String(Cow::Borrowed(id)))
+                    })
+                    .collect())
+            }
             "memberOf" | "subsumes" | "subsumedBy" => {
                 Err(FhirPathError::Unsupported(format!("{name}() (terminology)")))
             }

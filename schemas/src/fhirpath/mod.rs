@@ -55,6 +55,7 @@ pub enum FhirPathError {
 pub type Resolver<'a> = dyn Fn(&str) -> Option<&'a Json> + Sync + 'a;
 
 /// What an evaluation may use besides its input.
+#[derive(Clone)]
 pub struct Context<'a> {
     model: &'static Model,
     resource: Option<&'a Json>,
