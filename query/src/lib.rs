@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod history;
 pub mod search;
+pub mod views;
 
 pub use catalog::SqlSession;
 pub use history::{HistoryQuery, HistoryRow};
@@ -30,6 +31,9 @@ pub enum Error {
     /// A search that cannot run (bad value, unsupported feature): a 400.
     #[error("{0}")]
     BadSearch(String),
+    /// A ViewDefinition that cannot run (a 400/422 for the user).
+    #[error("{0}")]
+    BadView(#[from] fhirlake_schemas::sof::ViewError),
     /// Object store error.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),

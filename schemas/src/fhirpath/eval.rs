@@ -889,7 +889,7 @@ impl<'c, 'a> Eval<'c, 'a> {
                         let Value::Node(n) = v else { return None };
                         let reference = n.value?.get("reference")?.as_str()?;
                         let (t, id) = crate::shape::reference_target(reference)?;
-                        (want.as_deref().is_none_or(|w| w == t)).then(|| Value::String(Cow::Borrowed(id)))
+                        want.as_deref().is_none_or(|w| w == t).then_some(Value::String(Cow::Borrowed(id)))
                     })
                     .collect())
             }

@@ -103,10 +103,10 @@ impl View {
     /// Reads and checks a ViewDefinition.
     pub fn parse(model: &'static Model, json: &Json) -> Result<View, ViewError> {
         let Json::Object(_) = json else { return Err(err("", "a ViewDefinition must be a JSON object")) };
-        if let Some(rt) = json.get("resourceType").and_then(Json::as_str) {
-            if rt != "ViewDefinition" {
-                return Err(err("resourceType", format!("expected ViewDefinition, got {rt}")));
-            }
+        if let Some(rt) = json.get("resourceType").and_then(Json::as_str)
+            && rt != "ViewDefinition"
+        {
+            return Err(err("resourceType", format!("expected ViewDefinition, got {rt}")));
         }
         let resource = match json.get("resource") {
             Some(Json::String(s)) => s.clone(),
