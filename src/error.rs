@@ -123,6 +123,11 @@ impl From<fhirlake_query::Error> for ApiError {
     fn from(e: fhirlake_query::Error) -> Self {
         match e {
             fhirlake_query::Error::BadSql(m) => ApiError::BadRequest(m),
+            fhirlake_query::Error::BadView(v) => ApiError::Invalid(vec![Issue {
+                code: IssueCode::Invalid,
+                location: format!("ViewDefinition.{}", v.location),
+                message: v.message,
+            }]),
             other => ApiError::Internal(other.to_string()),
         }
     }

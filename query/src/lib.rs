@@ -34,6 +34,9 @@ pub enum Error {
     /// A ViewDefinition that cannot run (a 400/422 for the user).
     #[error("{0}")]
     BadView(#[from] fhirlake_schemas::sof::ViewError),
+    /// Parquet encoding error.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
     /// Object store error.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),

@@ -15,6 +15,8 @@ static PROFILES_RESOURCES: &[u8] = include_bytes!("../definitions/profiles-resou
 static PROFILES_TYPES: &[u8] = include_bytes!("../definitions/profiles-types.json.gz");
 static SEARCH_PARAMETERS: &[u8] = include_bytes!("../definitions/search-parameters.json.gz");
 static VALUESETS: &[u8] = include_bytes!("../definitions/valuesets.json.gz");
+/// ViewDefinition (SQL-on-FHIR v2) as an additional resource type; see `SOURCE.md`.
+static SQL_ON_FHIR: &[u8] = include_bytes!("../definitions/sql-on-fhir.json");
 
 /// A definitions Bundle, reduced to its resources.
 #[derive(Debug, Deserialize)]
@@ -252,7 +254,13 @@ pub struct CodeSystem {
 
 fn decode(name: &str, gz: &[u8]) -> Result<DefinitionBundle> {
     let mut text = Vec::new();
-    flate2::read::GzDecoder::new(gz).read_to_end(&mut text).map_err(|e| Error::Definitions(format!("{name}: {e}")))?;
+    if gz.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut text)
+            .map_err(|e| Error::Definitions(format!("{name}: {e}")))?;
+    } else {
+        text.extend_from_slice(gz);
+    }
     serde_json::from_slice(&text).map_err(|e| Error::Definitions(format!("{name}: {e}")))
 }
 
@@ -285,6 +293,7 @@ impl Definitions {
             ("profiles-resources", PROFILES_RESOURCES),
             ("search-parameters", SEARCH_PARAMETERS),
             ("valuesets", VALUESETS),
+            ("sql-on-fhir", SQL_ON_FHIR),
         ] {
             for entry in decode(name, gz)?.entry {
                 match entry.resource {

@@ -75,6 +75,15 @@ impl Default for ValidationOptions {
 pub fn validate_resource(model: &Model, resource: &Json, options: &ValidationOptions) -> Result<String, Vec<Issue>> {
     let mut v = Validator { model, options, issues: Vec::new() };
     let rt = v.resource(resource, None);
+    // A ViewDefinition must also be a view that can run (FHIRPath, columns, constants).
+    if rt.as_deref() == Some("ViewDefinition")
+        && v.issues.is_empty()
+        && let Err(e) = crate::sof::View::parse(model, resource)
+    {
+        let location =
+            if e.location.is_empty() { "ViewDefinition".to_string() } else { format!("ViewDefinition.{}", e.location) };
+        v.issue(IssueCode::Invalid, &location, e.message);
+    }
     match (rt, v.issues.is_empty()) {
         (Some(rt), true) => Ok(rt),
         _ => Err(v.issues),

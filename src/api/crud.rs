@@ -118,6 +118,28 @@ pub async fn vread(
     serve_version(&state, &rt, &id, version).await
 }
 
+/// The served JSON of the current version of `rt/id` (404 when absent, 410 when deleted).
+pub async fn current_raw(state: &AppState, rt: &str, id: &str) -> ApiResult<String> {
+    check_id(id)?;
+    let Some(entry) = state.writer.current(rt, id) else {
+        return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
+    };
+    if entry.deleted {
+        return Err(ApiError::Gone(format!("{rt}/{id} was deleted (version {})", entry.version)));
+    }
+    let table = state
+        .writer
+        .tables()
+        .get(TableKind::History, rt)
+        .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} does not exist")))?;
+    let q = HistoryQuery { id: Some(id.to_string()), version: Some(entry.version), ..Default::default() };
+    read_history(rt, &table, &q)
+        .await?
+        .into_iter()
+        .find_map(|r| r.raw.filter(|_| !r.deleted))
+        .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} has no version {}", entry.version)))
+}
+
 async fn serve_version(state: &AppState, rt: &str, id: &str, version: i64) -> ApiResult<Response> {
     let Some(table) = state.writer.tables().get(TableKind::History, rt) else {
         return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));

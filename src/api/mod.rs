@@ -10,6 +10,7 @@ mod capabilities;
 mod crud;
 mod history;
 mod search;
+mod views;
 
 use std::sync::Arc;
 
@@ -75,6 +76,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/Patient/{id}/$everything", get(search::everything))
         .route("/{rt}/_history", get(history::type_history))
         .route("/{rt}/$validate", post(crud::validate))
+        .route("/ViewDefinition/$run", post(views::run_type))
+        .route("/ViewDefinition/$viewdefinition-run", post(views::run_type))
+        .route("/ViewDefinition/{id}/$run", get(views::run_instance).post(views::run_instance))
         .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
         .route("/{rt}/{id}/_history", get(history::instance_history))
         .route("/{rt}/{id}/_history/{vid}", get(crud::vread))

@@ -8,3 +8,4 @@ mod concurrency;
 mod examples;
 mod search;
 mod versions;
+mod views;

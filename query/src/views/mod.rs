@@ -7,6 +7,7 @@
 //! Must not: write tables (materialization lives in the root crate, which owns writing).
 
 mod compile;
+pub mod output;
 pub mod udf;
 
 use std::hash::{Hash, Hasher};
@@ -40,6 +41,15 @@ pub struct ViewPlan {
     pub fallback: Option<String>,
     /// The output columns.
     pub columns: Vec<ColumnInfo>,
+}
+
+/// The view error behind a failed run (a column with several values, a non-boolean
+/// `where`), as opposed to an internal failure.
+pub fn view_error(e: &DataFusionError) -> Option<ViewError> {
+    match e.find_root() {
+        DataFusionError::External(b) => b.downcast_ref::<ViewError>().cloned(),
+        _ => None,
+    }
 }
 
 /// Plans `view` over `table` (the current table of `view.resource`, shaped by `shape`).
@@ -136,7 +146,7 @@ impl ScalarUDFImpl for ViewRowsUdf {
         for i in 0..raw.len() {
             if let Some(text) = string_at(raw.as_ref(), i) {
                 let json = Json::parse(text.as_bytes(), limits).map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let rows = self.view.rows(self.model, &json).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                let rows = self.view.rows(self.model, &json).map_err(|e| DataFusionError::External(Box::new(e)))?;
                 for row in rows {
                     for (c, v) in columns.iter_mut().zip(row) {
                         c.push(v);
@@ -160,6 +170,35 @@ impl ScalarUDFImpl for ViewRowsUdf {
         let list = ListArray::try_new(item, OffsetBuffer::new(offsets.into()), Arc::new(structs), None)?;
         Ok(ColumnarValue::Array(Arc::new(list)))
     }
+}
+
+/// The Arrow schema of a view's output when it is run row by row (inline resources).
+pub fn row_schema(columns: &[ColumnInfo]) -> arrow::datatypes::SchemaRef {
+    Arc::new(arrow::datatypes::Schema::new(
+        columns.iter().map(|c| Field::new(&c.name, output_type(c, None), true)).collect::<Vec<_>>(),
+    ))
+}
+
+/// Rows from the reference runner as one batch of [`row_schema`].
+pub fn rows_batch(columns: &[ColumnInfo], rows: Vec<Vec<Json>>) -> Result<RecordBatch> {
+    let schema = row_schema(columns);
+    let mut cols: Vec<Vec<Json>> = vec![Vec::with_capacity(rows.len()); columns.len()];
+    for row in rows {
+        for (c, v) in cols.iter_mut().zip(row) {
+            c.push(v);
+        }
+    }
+    let arrays = cols
+        .iter()
+        .zip(schema.fields().iter())
+        .map(|(vals, f)| json_column(vals, f.data_type(), f.name()))
+        .collect::<DfResult<Vec<_>>>()?;
+    let n = cols.first().map_or(0, Vec::len);
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        arrays,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+    )?)
 }
 
 /// One output column from JSON values.

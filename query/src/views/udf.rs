@@ -241,10 +241,10 @@ fn single(input: &ArrayRef, what: &str) -> DfResult<ArrayRef> {
             [] => idx.push(None),
             [k] => idx.push(Some(*k as u32)),
             _ => {
-                return Err(DataFusionError::Execution(format!(
-                    "{what} yields {} values; set \"collection\": true to keep them all",
-                    present.len()
-                )));
+                return Err(DataFusionError::External(Box::new(fhirlake_schemas::sof::ViewError {
+                    location: what.to_string(),
+                    message: format!("yields {} values; set \"collection\": true to keep them all", present.len()),
+                })));
             }
         }
     }

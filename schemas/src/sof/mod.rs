@@ -101,7 +101,7 @@ fn is_identifier(name: &str) -> bool {
 
 impl View {
     /// Reads and checks a ViewDefinition.
-    pub fn parse(model: &'static Model, json: &Json) -> Result<View, ViewError> {
+    pub fn parse(model: &Model, json: &Json) -> Result<View, ViewError> {
         let Json::Object(_) = json else { return Err(err("", "a ViewDefinition must be a JSON object")) };
         if let Some(rt) = json.get("resourceType").and_then(Json::as_str)
             && rt != "ViewDefinition"
