@@ -6,8 +6,6 @@
 #[path = "../../schemas/tests/support/sof_suite.rs"]
 mod sof_suite;
 
-use std::collections::BTreeMap;
-
 use fhirlake_ingest::import::{ImportOptions, import_paths};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::model::Model;
@@ -65,4 +63,165 @@ async fn official_suite_passes_through_run() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The realistic views shipped in `benches/views/`.
+pub fn realistic_views() -> Vec<(String, Json)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/views");
+    let mut out: Vec<(String, Json)> = std::fs::read_dir(&dir)
+        .expect("benches/views")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let j = sof_suite::parse(&std::fs::read(&p).expect("read view"));
+            (j.get("name").and_then(Json::as_str).expect("name").to_string(), j)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every Synthea NDJSON resource, parsed.
+fn synthea_resources() -> Vec<Json> {
+    let dir = fixtures().join("synthea/ndjson");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("ndjson dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "ndjson") {
+            for line in std::fs::read_to_string(&p).expect("read").lines().filter(|l| !l.trim().is_empty()) {
+                out.push(sof_suite::parse(line.as_bytes()));
+            }
+        }
+    }
+    out
+}
+
+/// Rows as sorted canonical JSON lines (order-free comparison).
+fn canonical_rows(columns: &[String], rows: &[Vec<Json>]) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .iter()
+        .map(|r| sof_suite::canonical(&Json::Object(columns.iter().cloned().zip(r.iter().cloned()).collect())))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realistic_views_over_the_store_are_compiled_and_match_the_reference_runner() {
+    let server = TestServer::start().await;
+    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
+        .await
+        .expect("import");
+    assert_eq!(summary.rejected, 0);
+    let model = Model::r4().expect("model");
+    let resources = synthea_resources();
+    let views = realistic_views();
+    assert!(views.len() >= 4);
+    for (name, json) in &views {
+        // Stored as a resource, then run by id.
+        let id = json.get("id").and_then(Json::as_str).expect("id");
+        let put = server.put(&format!("/fhir/ViewDefinition/{id}"), &json.to_json_string()).await;
+        assert!(put.status.is_success(), "{name}: {} {}", put.status, put.body);
+        let resp = server.get(&format!("/fhir/ViewDefinition/{id}/$run")).await;
+        assert_eq!(resp.status, 200, "{name}: {}", resp.body);
+        assert_eq!(resp.header("x-fhirlake-view-plan"), Some("compiled"), "{name} should compile");
+        let view = View::parse(model, json).expect("view");
+        let cols: Vec<String> = view.columns().into_iter().map(|c| c.name).collect();
+        let got = rows_of(&resp.body, &cols);
+        let mut want = Vec::new();
+        for r in &resources {
+            want.extend(view.rows(model, r).expect("reference rows"));
+        }
+        assert!(want.len() > 20, "{name}: only {} rows in the fixtures", want.len());
+        assert_eq!(canonical_rows(&cols, &got), canonical_rows(&cols, &want), "{name}: compiled rows differ");
+
+        // One patient's rows: the reference rows of the resources in that compartment.
+        let patient = resources
+            .iter()
+            .find(|r| r.get("resourceType").and_then(Json::as_str) == Some("Patient"))
+            .and_then(|r| r.get("id").and_then(Json::as_str))
+            .expect("a patient");
+        let resp = server.get(&format!("/fhir/ViewDefinition/{id}/$run?patient=Patient/{patient}")).await;
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let got = rows_of(&resp.body, &cols);
+        let k = cols.iter().position(|c| c == "patient_id").expect("every realistic view has patient_id");
+        let want_p: Vec<Vec<Json>> =
+            want.iter().filter(|r| r[k] == Json::String(patient.to_string())).cloned().collect();
+        assert!(!want_p.is_empty(), "{name}: patient {patient} has rows");
+        assert_eq!(canonical_rows(&cols, &got), canonical_rows(&cols, &want_p), "{name}: patient filter");
+    }
+
+    // Other formats carry the same rows.
+    let bp = "/fhir/ViewDefinition/blood-pressure/$run";
+    let json_rows = sof_suite::parse(server.get(bp).await.body.as_bytes());
+    let n = json_rows.as_array().expect("array").len();
+    let nd = server.get(&format!("{bp}?_format=ndjson")).await;
+    assert_eq!(nd.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(nd.body.lines().count(), n);
+    let csv = server.request(axum::http::Method::GET, bp, None, &[("accept", "text/csv")]).await;
+    assert!(csv.header("content-type").unwrap_or("").starts_with("text/csv"));
+    let mut lines = csv.body.lines();
+    assert_eq!(lines.next(), Some("id,patient_id,encounter_id,effective,component_code,value,unit"));
+    assert_eq!(lines.count(), n);
+    let limited = sof_suite::parse(server.get(&format!("{bp}?_limit=7")).await.body.as_bytes());
+    assert_eq!(limited.as_array().map(<[Json]>::len), Some(7));
+    let pq = server.get(&format!("{bp}?_format=parquet")).await;
+    assert_eq!(pq.header("content-type"), Some("application/vnd.apache.parquet"));
+    assert!(pq.body.starts_with("PAR1") && pq.body.ends_with("PAR1"), "a Parquet file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_definitions_are_checked_stored_and_searchable() {
+    let server = TestServer::start().await;
+    let (name, bp) = realistic_views().into_iter().find(|(n, _)| n == "blood_pressure").expect("bp view");
+    let created = server.post("/fhir/ViewDefinition", &bp.to_json_string()).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    // Searchable by name and url, like any resource.
+    let found = server.get(&format!("/fhir/ViewDefinition?name={name}")).await.json();
+    let entries = found.get("entry").and_then(Json::as_array).map(<[Json]>::len);
+    assert_eq!(entries, Some(1), "search by name: {}", found.to_json_string());
+    let by_url = server.get("/fhir/ViewDefinition?url=https://fhirlake.dev/views/blood_pressure").await.json();
+    assert_eq!(by_url.get("entry").and_then(Json::as_array).map(<[Json]>::len), Some(1));
+    let none = server.get("/fhir/ViewDefinition?name=nothing_like_it").await.json();
+    assert_eq!(none.get("entry").and_then(Json::as_array).map(<[Json]>::len).unwrap_or(0), 0);
+
+    // A view that cannot run is refused with the place and the reason, and nothing is stored.
+    let bad = [
+        (r#""select":[{"column":[{"name":"id","path":"name.family.("}]}]"#, "select[0].column[0].path"),
+        (r#""select":[{"column":[{"name":"1bad","path":"id"}]}]"#, "select[0].column[0].name"),
+        (r#""select":[{"column":[{"name":"a","path":"%nope"}]}]"#, "%nope"),
+        (
+            r#""select":[{"unionAll":[{"column":[{"name":"a","path":"id"}]},{"column":[{"name":"b","path":"id"}]}]}]"#,
+            "unionAll",
+        ),
+    ];
+    for (select, needle) in bad {
+        let body = format!(r#"{{"resourceType":"ViewDefinition","status":"active","resource":"Patient",{select}}}"#);
+        let r = server.post("/fhir/ViewDefinition", &body).await;
+        assert_eq!(r.status, 422, "{select}: {}", r.body);
+        assert!(r.body.contains(needle), "{select}: the outcome names {needle}: {}", r.body);
+    }
+    // Not an R4 element of ViewDefinition: the structural validator refuses it too.
+    let r = server.post("/fhir/ViewDefinition", r#"{"resourceType":"ViewDefinition","status":"active","resource":"Patient","select":[{"column":[{"name":"a","path":"id"}]}],"colour":"red"}"#).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let all = server.get("/fhir/ViewDefinition?_summary=count").await.json();
+    assert_eq!(all.get("total"), Some(&Json::Number("1".into())), "only the valid view was stored");
+
+    // $run errors: an unknown view, a bad format, a column yielding several values.
+    assert_eq!(server.get("/fhir/ViewDefinition/missing/$run").await.status, 404);
+    let created_id = created.json().get("id").and_then(Json::as_str).expect("id").to_string();
+    assert_eq!(server.get(&format!("/fhir/ViewDefinition/{created_id}/$run?_format=xml")).await.status, 400);
+    let multi = r#"{"resourceType":"Parameters","parameter":[{"name":"viewResource","resource":{"resourceType":"ViewDefinition","status":"active","resource":"Patient","select":[{"column":[{"name":"given","path":"name.given"}]}]}},{"name":"resource","resource":{"resourceType":"Patient","id":"p","name":[{"given":["a","b"]}]}}]}"#;
+    let r = server.post("/fhir/ViewDefinition/$run", multi).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("collection"), "{}", r.body);
+    // The same over the store (compiled plan): a 422 before any row, not a broken stream.
+    let p = server
+        .put("/fhir/Patient/two-given", r#"{"resourceType":"Patient","id":"two-given","name":[{"given":["a","b"]}]}"#)
+        .await;
+    assert!(p.status.is_success());
+    let over_store = r#"{"resourceType":"Parameters","parameter":[{"name":"viewResource","resource":{"resourceType":"ViewDefinition","status":"active","resource":"Patient","select":[{"column":[{"name":"given","path":"name.given"}]}]}}]}"#;
+    let r = server.post("/fhir/ViewDefinition/$run", over_store).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("collection"), "{}", r.body);
 }
