@@ -2,10 +2,12 @@
 //! Delta Lake tables.
 //!
 //! This crate is the binary's library: the CLI ([`cli`]), the HTTP API ([`api`]), API
-//! settings ([`config`]) and the one error-to-HTTP mapping ([`error`]). Behaviour lives in
+//! settings ([`config`]), the one error-to-HTTP mapping ([`error`]) and materialized views
+//! ([`materialize`]). Behaviour lives in
 //! `fhirlake-schemas`, `fhirlake-ingest` and `fhirlake-query`.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod materialize;

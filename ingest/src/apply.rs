@@ -132,6 +132,9 @@ impl Applier {
                         self.record_shape_options(rt, f.shape().options).await?;
                         f.schema().as_ref().clone()
                     }
+                    TableKind::View => {
+                        return Err(Error::Flatten(format!("the writer does not write view tables ({rt})")));
+                    }
                 };
                 self.root.create_table(kind, rt, &schema).await?
             }

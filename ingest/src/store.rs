@@ -27,6 +27,8 @@ pub enum TableKind {
     Current,
     /// `history/<Type>`: every version, narrow.
     History,
+    /// `views/<name>`: a materialized SQL-on-FHIR view (the name is the view's).
+    View,
 }
 
 impl TableKind {
@@ -35,6 +37,7 @@ impl TableKind {
         match self {
             TableKind::Current => "resources",
             TableKind::History => "history",
+            TableKind::View => "views",
         }
     }
 }
@@ -142,6 +145,7 @@ impl StorageRoot {
                 reserved::DELETED,
                 reserved::PATIENT
             ),
+            TableKind::View => reserved::SOURCE_ID.to_string(),
         };
         let config: HashMap<String, Option<String>> = HashMap::from([
             ("delta.dataSkippingStatsColumns".to_string(), Some(stats_columns)),

@@ -37,7 +37,8 @@ impl SqlSession {
         Self { ctx: SessionContext::new_with_config(session_config()), tables: Vec::new() }
     }
 
-    /// Opens every table under a storage root (`<root>/resources/*`, `<root>/history/*`).
+    /// Opens every table under a storage root (`<root>/resources/*`, `<root>/history/*`,
+    /// and materialized views `<root>/views/*` as `views.<name>`).
     pub async fn open_root(root: &Url, store: Arc<dyn ObjectStore>) -> Result<Self> {
         let mut s = Self::new();
         for (folder, suffix) in [("resources", ""), ("history", "_history")] {
@@ -54,7 +55,33 @@ impl SqlSession {
                 s.register(&format!("{rt}{suffix}"), &table).await?;
             }
         }
+        // Materialized views: `views.<name>`.
+        let prefix = object_store::path::Path::from(format!("{}/views", root.path().trim_matches('/')));
+        let listing = store.list_with_delimiter(Some(&prefix)).await?;
+        for p in listing.common_prefixes {
+            let Some(name) = p.filename().map(str::to_string) else { continue };
+            let url = root.join(&format!("views/{name}/")).map_err(|e| Error::BadSql(e.to_string()))?;
+            let mut table =
+                DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(store.clone(), url).build()?;
+            if table.load().await.is_err() {
+                continue;
+            }
+            s.register_view(&name, &table).await?;
+        }
         Ok(s)
+    }
+
+    /// Registers a materialized view's table as `views.<name>`.
+    pub async fn register_view(&mut self, name: &str, table: &DeltaTable) -> Result<()> {
+        let catalog = self.ctx.catalog("datafusion").ok_or_else(|| Error::BadSql("no default catalog".into()))?;
+        if catalog.schema("views").is_none() {
+            catalog.register_schema("views", Arc::new(datafusion::catalog::MemorySchemaProvider::new()))?;
+        }
+        table.update_datafusion_session(&self.ctx.state())?;
+        let provider = table.table_provider().await?;
+        self.ctx.register_table(datafusion::common::TableReference::partial("views", name), provider)?;
+        self.tables.push(format!("views.{name}"));
+        Ok(())
     }
 
     /// Registers `table` as `name` and as lower-case `name`.

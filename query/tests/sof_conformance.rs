@@ -57,7 +57,7 @@ fn run(case: &Case) -> (Output, Option<String>) {
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).expect("table");
         ctx.register_table("t", Arc::new(table)).expect("register");
         let df = ctx.table("t").await.expect("table");
-        let plan = match views::plan(model, view.clone(), &shape, df) {
+        let plan = match views::plan(model, view.clone(), &shape, df, false) {
             Ok(p) => p,
             Err(e) => return (Err(e.to_string()), None),
         };

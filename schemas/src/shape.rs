@@ -48,6 +48,8 @@ pub mod reserved {
     pub const CONTENT_HASH: &str = "_content_hash";
     /// History tables: true for a delete.
     pub const DELETED: &str = "_deleted";
+    /// Materialized views: the key of the resource a row came from.
+    pub const SOURCE_ID: &str = "_source_id";
     /// Reference structs: target resource type parsed from `reference`.
     pub const TARGET_TYPE: &str = "_target_type";
     /// Reference structs: target id parsed from `reference`.

@@ -79,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ViewDefinition/$run", post(views::run_type))
         .route("/ViewDefinition/$viewdefinition-run", post(views::run_type))
         .route("/ViewDefinition/{id}/$run", get(views::run_instance).post(views::run_instance))
+        .route("/ViewDefinition/{id}/$materialize", post(views::materialize))
         .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
         .route("/{rt}/{id}/_history", get(history::instance_history))
         .route("/{rt}/{id}/_history/{vid}", get(crud::vread))

@@ -224,7 +224,7 @@ async fn run(state: &AppState, req: RunRequest) -> ApiResult<Response> {
     }
     let shape = TableShape::try_new(model, &view.resource, ShapeOptions::default())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let plan = views::plan(model, view.clone(), &shape, df).map_err(view_plan_error)?;
+    let plan = views::plan(model, view.clone(), &shape, df, false).map_err(view_plan_error)?;
     let mut out = plan.df;
     if let Some(l) = req.limit {
         out = out.limit(0, Some(l)).map_err(fhirlake_query::Error::from)?;
@@ -306,4 +306,53 @@ fn in_compartment(compartment: &PatientCompartment, r: &Json, patients: &[String
     let rt = r.get("resourceType").and_then(Json::as_str).unwrap_or("");
     let id = r.get("id").and_then(Json::as_str).unwrap_or("");
     compartment.members(rt, id, r).1.iter().any(|p| patients.contains(p))
+}
+
+/// `POST [base]/ViewDefinition/{id}/$materialize` (`?full=true` to rebuild): builds or
+/// refreshes `views/<name>` and answers with a Parameters of what it did.
+pub async fn materialize(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let mut full = false;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match (k.as_ref(), v.as_ref()) {
+            ("full", "true") => full = true,
+            ("full", "false") => full = false,
+            (k, v) => return Err(ApiError::BadRequest(format!("$materialize takes full=true|false, not {k}={v}"))),
+        }
+    }
+    let view = stored(&state, &id).await?;
+    let m = crate::materialize::materialize(
+        state.writer.root(),
+        &view,
+        full,
+        &|line: &str| tracing::info!(target: "fhirlake::views", "{line}"),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::materialize::MaterializeError::BadView(m) => invalid("ViewDefinition", m),
+        crate::materialize::MaterializeError::Failed(m) => ApiError::Internal(m),
+    })?;
+    let mut body = String::from(r#"{"resourceType":"Parameters","parameter":["#);
+    let mut first = true;
+    let mut param = |name: &str, kind: &str, value: String| {
+        if !first {
+            body.push(',');
+        }
+        first = false;
+        body.push_str(&format!(r#"{{"name":"{name}","{kind}":{value}}}"#));
+    };
+    let s = |v: &str| Json::String(v.to_string()).to_json_string();
+    param("table", "valueString", s(&format!("views.{}", m.name)));
+    param("mode", "valueCode", s(m.mode));
+    param("resources", "valueInteger", m.resources.to_string());
+    param("rows", "valueInteger", m.rows.to_string());
+    param("sourceVersion", "valueInteger", m.source_version.to_string());
+    if let Some(f) = &m.fallback {
+        param("fallback", "valueString", s(f));
+    }
+    body.push_str("]}");
+    Ok(super::fhir_response(StatusCode::OK, body, None, None))
 }

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `import`, `sql`.
+//! The command line: `serve`, `import`, `sql`, `view`.
 //!
 //! Every flag can also be set from a `FHIRLAKE_*` environment variable. Exit codes:
 //! 0 success; 1 failure (message on stderr); 2 usage error (clap); 3 `import` finished
@@ -8,6 +8,7 @@
 mod import;
 mod serve;
 mod sql;
+mod view;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Run a read-only SQL query over the tables.
     Sql(sql::SqlArgs),
+    /// Materialize or explain SQL-on-FHIR ViewDefinitions.
+    View(view::ViewArgs),
 }
 
 /// Where the data lives; shared by every command.
@@ -60,6 +63,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(a) => serve::run(a).await,
         Command::Import(a) => import::run(a).await,
         Command::Sql(a) => sql::run(a).await,
+        Command::View(a) => view::run(a).await,
     };
     match result {
         Ok(code) => code,

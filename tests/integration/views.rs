@@ -225,3 +225,124 @@ async fn view_definitions_are_checked_stored_and_searchable() {
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.body.contains("collection"), "{}", r.body);
 }
+
+/// The rows of `SELECT <columns> FROM views.<name>` as canonical JSON lines.
+async fn view_table_rows(server: &TestServer, name: &str, view: &View) -> Vec<String> {
+    let infos = view.columns();
+    let cols: Vec<String> = infos.iter().map(|c| c.name.clone()).collect();
+    let select = cols.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+    let session = server.session().await;
+    let batches = session.sql(&format!("SELECT {select} FROM views.{name}")).await.expect("view SQL");
+    let rows = fhirlake_query::views::json_rows(&batches, &infos).expect("rows");
+    canonical_rows(&cols, &rows)
+}
+
+async fn run_rows(server: &TestServer, id: &str, view: &View) -> Vec<String> {
+    let cols: Vec<String> = view.columns().into_iter().map(|c| c.name).collect();
+    let resp = server.get(&format!("/fhir/ViewDefinition/{id}/$run")).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    canonical_rows(&cols, &rows_of(&resp.body, &cols))
+}
+
+fn param<'a>(p: &'a Json, name: &str) -> &'a Json {
+    p.get("parameter")
+        .and_then(Json::as_array)
+        .and_then(|ps| ps.iter().find(|x| x.get("name").and_then(Json::as_str) == Some(name)))
+        .and_then(|x| x.as_object())
+        .and_then(|m| m.iter().find(|(k, _)| k.starts_with("value")).map(|(_, v)| v))
+        .unwrap_or_else(|| panic!("no parameter {name} in {}", p.to_json_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_views_equal_run_and_refresh_incrementally() {
+    let server = TestServer::start().await;
+    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
+        .await
+        .expect("import");
+    assert_eq!(summary.rejected, 0);
+    let model = Model::r4().expect("model");
+    let mut views = realistic_views();
+    // One view the compiler does not cover (it numbers rows), so the fallback materializes too.
+    let numbered = sof_suite::parse(
+        br#"{"resourceType":"ViewDefinition","id":"encounter-types","name":"encounter_types","status":"active","resource":"Encounter",
+            "select":[{"column":[{"name":"id","path":"getResourceKey()","type":"id"}]},
+                      {"forEach":"type.coding","column":[{"name":"n","path":"%rowIndex","type":"integer"},{"name":"code","path":"code","type":"code"}]}]}"#,
+    );
+    views.push(("encounter_types".into(), numbered));
+    for (name, json) in &views {
+        let id = json.get("id").and_then(Json::as_str).expect("id");
+        assert!(server.put(&format!("/fhir/ViewDefinition/{id}"), &json.to_json_string()).await.status.is_success());
+        let m = server.post(&format!("/fhir/ViewDefinition/{id}/$materialize"), "").await;
+        assert_eq!(m.status, 200, "{name}: {}", m.body);
+        let m = m.json();
+        assert_eq!(param(&m, "mode"), &Json::String("full".into()), "{name}");
+        assert_eq!(param(&m, "table"), &Json::String(format!("views.{name}")));
+        let view = View::parse(model, json).expect("view");
+        let table = view_table_rows(&server, name, &view).await;
+        assert!(!table.is_empty(), "{name}: rows");
+        assert_eq!(table, run_rows(&server, id, &view).await, "{name}: materialized == $run");
+        if name == "encounter_types" {
+            assert!(m.to_json_string().contains("fallback"), "the numbered view runs row by row");
+        }
+        // Nothing changed: nothing to do.
+        let again = server.post(&format!("/fhir/ViewDefinition/{id}/$materialize"), "").await.json();
+        assert_eq!(param(&again, "mode"), &Json::String("unchanged".into()), "{name}");
+    }
+
+    // Change blood pressure data: update one, delete one, create one.
+    let bp_view = View::parse(model, &views.iter().find(|(n, _)| n == "blood_pressure").unwrap().1).unwrap();
+    let bp_rows = sof_suite::parse(server.get("/fhir/ViewDefinition/blood-pressure/$run").await.body.as_bytes());
+    let bp_ids: Vec<String> = {
+        let mut v: Vec<String> = bp_rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.get("id").and_then(Json::as_str).map(String::from))
+            .collect();
+        v.dedup();
+        v
+    };
+    let (upd, del) = (&bp_ids[0], &bp_ids[1]);
+    let mut obs = server.get(&format!("/fhir/Observation/{upd}")).await.json();
+    if let Some(Json::Array(cs)) = obs.get_mut("component") {
+        cs.truncate(1); // one component left: one row instead of two
+    }
+    assert!(server.put(&format!("/fhir/Observation/{upd}"), &obs.to_json_string()).await.status.is_success());
+    assert_eq!(
+        server.request(axum::http::Method::DELETE, &format!("/fhir/Observation/{del}"), None, &[]).await.status,
+        204
+    );
+    obs.set("id", Json::String("bp-new".into()));
+    assert!(server.put("/fhir/Observation/bp-new", &obs.to_json_string()).await.status.is_success());
+    // An unrelated write to another type does not touch the view.
+    assert!(
+        server
+            .put("/fhir/Patient/unrelated", r#"{"resourceType":"Patient","id":"unrelated"}"#)
+            .await
+            .status
+            .is_success()
+    );
+
+    let m = server.post("/fhir/ViewDefinition/blood-pressure/$materialize", "").await.json();
+    assert_eq!(param(&m, "mode"), &Json::String("incremental".into()));
+    assert_eq!(param(&m, "resources"), &Json::Number("3".into()), "only the three changed Observations");
+    let incremental = view_table_rows(&server, "blood_pressure", &bp_view).await;
+    assert_eq!(incremental, run_rows(&server, "blood-pressure", &bp_view).await, "incremental == $run");
+    assert!(!incremental.iter().any(|r| r.contains(&format!("\"{del}\""))), "the deleted Observation's rows are gone");
+    assert!(incremental.iter().any(|r| r.contains("\"bp-new\"")), "the new Observation's rows are in");
+    let full = server.post("/fhir/ViewDefinition/blood-pressure/$materialize?full=true", "").await.json();
+    assert_eq!(param(&full, "mode"), &Json::String("full".into()));
+    assert_eq!(view_table_rows(&server, "blood_pressure", &bp_view).await, incremental, "incremental == full rebuild");
+
+    // The demographics view is unaffected by Observation writes but sees the new Patient.
+    let m = server.post("/fhir/ViewDefinition/patient-demographics/$materialize", "").await.json();
+    assert_eq!(param(&m, "mode"), &Json::String("incremental".into()));
+    assert_eq!(param(&m, "resources"), &Json::Number("1".into()));
+
+    // Changing the ViewDefinition forces a full rebuild.
+    let mut changed = views.iter().find(|(n, _)| n == "condition_codes").unwrap().1.clone();
+    changed.set("title", Json::String("Condition codings".into()));
+    assert!(server.put("/fhir/ViewDefinition/condition-codes", &changed.to_json_string()).await.status.is_success());
+    let m = server.post("/fhir/ViewDefinition/condition-codes/$materialize", "").await.json();
+    assert_eq!(param(&m, "mode"), &Json::String("full".into()));
+}

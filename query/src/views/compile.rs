@@ -97,7 +97,7 @@ struct Compiler<'s> {
 
 /// Compiles `view` over `df` (the resource type's current table). Returns the frame of
 /// output rows with the output columns in order.
-pub fn compile(view: &View, shape: &TableShape, df: DataFrame) -> Result<DataFrame, Failure> {
+pub fn compile(view: &View, shape: &TableShape, df: DataFrame, source_id: bool) -> Result<DataFrame, Failure> {
     let mut c = Compiler {
         shape,
         constants: view.constants.iter().map(|(n, v, p)| (n.clone(), (v.clone(), *p))).collect(),
@@ -119,7 +119,10 @@ pub fn compile(view: &View, shape: &TableShape, df: DataFrame) -> Result<DataFra
     }
     let (df, names) = c.select(df, &view.root, &Focus::Root)?;
     let infos = view.columns();
-    let out: Vec<Expr> = names.iter().zip(&infos).map(|(n, info)| ident(n).alias(&info.name)).collect();
+    let mut out: Vec<Expr> = names.iter().zip(&infos).map(|(n, info)| ident(n).alias(&info.name)).collect();
+    if source_id {
+        out.push(cast(ident("id"), DataType::Utf8).alias(reserved::SOURCE_ID));
+    }
     Ok(df.select(out)?)
 }
 

@@ -53,14 +53,22 @@ pub fn view_error(e: &DataFusionError) -> Option<ViewError> {
 }
 
 /// Plans `view` over `table` (the current table of `view.resource`, shaped by `shape`).
-/// An invalid view is [`Error::BadSearch`]-style: [`Error::BadView`].
-pub fn plan(model: &'static Model, view: Arc<View>, shape: &TableShape, table: DataFrame) -> Result<ViewPlan> {
+/// With `source_id`, each row also carries the key of its resource as `_source_id` (last
+/// column), which materialized views use to refresh incrementally. An invalid view is
+/// [`Error::BadView`].
+pub fn plan(
+    model: &'static Model,
+    view: Arc<View>,
+    shape: &TableShape,
+    table: DataFrame,
+    source_id: bool,
+) -> Result<ViewPlan> {
     let columns = view.columns();
-    match compile::compile(&view, shape, table.clone()) {
+    match compile::compile(&view, shape, table.clone(), source_id) {
         Ok(df) => Ok(ViewPlan { df, fallback: None, columns }),
         Err(compile::Failure::Invalid(e)) => Err(Error::BadView(e)),
         Err(compile::Failure::Fallback(why)) => {
-            let df = fallback(model, view, table)?;
+            let df = fallback(model, view, table, source_id)?;
             Ok(ViewPlan { df, fallback: Some(why.0), columns })
         }
     }
@@ -81,7 +89,7 @@ pub fn output_type(info: &ColumnInfo, inferred: Option<DataType>) -> DataType {
 }
 
 /// The view run row by row: each resource's `_raw` through the reference runner.
-fn fallback(model: &'static Model, view: Arc<View>, table: DataFrame) -> Result<DataFrame> {
+fn fallback(model: &'static Model, view: Arc<View>, table: DataFrame, source_id: bool) -> Result<DataFrame> {
     let fields: Fields = view.columns().iter().map(|c| Field::new(&c.name, output_type(c, None), true)).collect();
     let udf = ScalarUDF::new_from_impl(ViewRowsUdf {
         model,
@@ -90,10 +98,13 @@ fn fallback(model: &'static Model, view: Arc<View>, table: DataFrame) -> Result<
         fields: fields.clone(),
         signature: Signature::any(1, Volatility::Immutable),
     });
-    let df = table.select(vec![udf.call(vec![ident(reserved::RAW)]).alias("__rows")])?;
+    let df = table.select(vec![udf.call(vec![ident(reserved::RAW)]).alias("__rows"), ident("id").alias("__source")])?;
     let df =
         df.unnest_columns_with_options(&["__rows"], UnnestOptions::new().with_null_handling(NullHandling::Drop))?;
-    let out = fields.iter().map(|f| get_field(ident("__rows"), f.name()).alias(f.name())).collect::<Vec<_>>();
+    let mut out = fields.iter().map(|f| get_field(ident("__rows"), f.name()).alias(f.name())).collect::<Vec<_>>();
+    if source_id {
+        out.push(datafusion::prelude::cast(ident("__source"), DataType::Utf8).alias(reserved::SOURCE_ID));
+    }
     Ok(df.select(out)?)
 }
 
@@ -140,7 +151,8 @@ impl ScalarUDFImpl for ViewRowsUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let raw = args.args[0].to_array(args.number_rows)?;
-        let limits = ParseLimits::default();
+        // Stored resources passed the API's limits already.
+        let limits = ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX };
         let mut columns: Vec<Vec<Json>> = vec![Vec::new(); self.fields.len()];
         let mut offsets = vec![0i32];
         for i in 0..raw.len() {
