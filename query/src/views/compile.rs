@@ -4,17 +4,18 @@
 //! `fhir_field` / `fhir_where` functions on repeating ones; `forEach` is an unnest,
 //! `forEachOrNull` a null-preserving unnest, sibling selects multiply rows by being
 //! applied one after the other to the same frame, `unionAll` is `UNION ALL` of the branches
-//! applied to the same input. Anything outside that subset (arithmetic, dates compared as
-//! dates, `%rowIndex`, `repeat`, extensions, element ids) makes the compiler return
+//! applied to the same input, `%rowIndex` the position carried through an enumerated
+//! unnest. Anything outside that subset (arithmetic, dates compared as dates, `repeat`,
+//! extensions, element ids) makes the compiler return
 //! [`NotCompiled`] with the reason, and the caller falls back to the row-by-row runner.
 
 use std::collections::HashMap;
 
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 use datafusion::common::NullHandling;
 use datafusion::common::{DFSchema, ScalarValue, UnnestOptions};
 use datafusion::functions::core::expr_fn::get_field;
-use datafusion::functions_nested::expr_fn::{array_element, array_length};
+use datafusion::functions_nested::expr_fn::{array_element, array_length, array_to_string};
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::prelude::{DataFrame, Expr, cast, coalesce, ident, lit, when};
 use fhirlake_schemas::fhirpath::{Ast, BinOp};
@@ -93,6 +94,10 @@ struct Compiler<'s> {
     shape: &'s TableShape,
     constants: HashMap<String, (Json, Primitive)>,
     next: usize,
+    /// Whether any path uses `%rowIndex` (then `forEach` unnests enumerated lists).
+    needs_index: bool,
+    /// `%rowIndex` of the select being compiled.
+    row_index: Expr,
 }
 
 /// Compiles `view` over `df` (the resource type's current table). Returns the frame of
@@ -102,6 +107,8 @@ pub fn compile(view: &View, shape: &TableShape, df: DataFrame, source_id: bool) 
         shape,
         constants: view.constants.iter().map(|(n, v, p)| (n.clone(), (v.clone(), *p))).collect(),
         next: 0,
+        needs_index: select_mentions_row_index(&view.root),
+        row_index: lit(0i64),
     };
     let mut df = df;
     for (i, f) in view.filters.iter().enumerate() {
@@ -117,7 +124,7 @@ pub fn compile(view: &View, shape: &TableShape, df: DataFrame, source_id: bool) 
             }
         }
     }
-    let (df, names) = c.select(df, &view.root, &Focus::Root)?;
+    let (df, names) = c.select(df, &view.root, &Focus::Root, lit(0i64))?;
     let infos = view.columns();
     let mut out: Vec<Expr> = names.iter().zip(&infos).map(|(n, info)| ident(n).alias(&info.name)).collect();
     if source_id {
@@ -134,34 +141,50 @@ impl<'s> Compiler<'s> {
 
     /// Applies one select to `df`: returns the frame (rows multiplied by its iterations)
     /// and the internal names of the columns it produced, in output order.
-    fn select(&mut self, df: DataFrame, s: &Select, focus: &Focus<'s>) -> Result<(DataFrame, Vec<String>), Failure> {
-        let (mut df, focus) = match &s.iteration {
-            Iteration::None => (df, focus.clone()),
+    fn select(
+        &mut self,
+        df: DataFrame,
+        s: &Select,
+        focus: &Focus<'s>,
+        row_index: Expr,
+    ) -> Result<(DataFrame, Vec<String>), Failure> {
+        // The iteration's own path sees the parent's `%rowIndex`.
+        self.row_index = row_index.clone();
+        let (mut df, focus, row_index) = match &s.iteration {
+            Iteration::None => (df, focus.clone(), row_index),
             Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => {
                 let or_null = matches!(s.iteration, Iteration::ForEachOrNull(_));
-                if uses_row_index(s) {
-                    return Err(NotCompiled("%rowIndex".into()).into());
-                }
                 let c = self.expr(e.ast(), focus, df.schema())?;
                 let name = self.fresh("each");
-                let df = df.with_column(&name, c.expr.clone())?;
-                let df = if c.many {
-                    let handling = if or_null { NullHandling::PreserveAndExpandEmpty } else { NullHandling::Drop };
-                    df.unnest_columns_with_options(&[&name], UnnestOptions::new().with_null_handling(handling))?
-                } else if or_null {
-                    df
+                let handling = if or_null { NullHandling::PreserveAndExpandEmpty } else { NullHandling::Drop };
+                if c.many && self.needs_index {
+                    // Unnest (index, item) pairs so `%rowIndex` is the item's position.
+                    let item = element_type(&c.expr.get_type(df.schema())?)?;
+                    let pair = DataType::Struct(
+                        vec![Field::new("i", DataType::Int64, true), Field::new("v", item, true)].into(),
+                    );
+                    let df = df.with_column(&name, udf::call(Op::Enumerate, c.expr, udf::list_of(pair)))?;
+                    let df =
+                        df.unnest_columns_with_options(&[&name], UnnestOptions::new().with_null_handling(handling))?;
+                    let idx = coalesce(vec![get_field(ident(&name), "i"), lit(0i64)]);
+                    (df, Focus::Item(C { expr: get_field(ident(&name), "v"), ty: c.ty, many: false }), idx)
                 } else {
-                    df.filter(ident(&name).is_not_null())?
-                };
-                (df, Focus::Item(C { expr: ident(&name), ty: c.ty, many: false }))
+                    let df = df.with_column(&name, c.expr.clone())?;
+                    let df = if c.many {
+                        df.unnest_columns_with_options(&[&name], UnnestOptions::new().with_null_handling(handling))?
+                    } else if or_null {
+                        df
+                    } else {
+                        df.filter(ident(&name).is_not_null())?
+                    };
+                    (df, Focus::Item(C { expr: ident(&name), ty: c.ty, many: false }), lit(0i64))
+                }
             }
             Iteration::Repeat(_) => return Err(NotCompiled("repeat".into()).into()),
         };
+        self.row_index = row_index.clone();
         let mut names = Vec::new();
         for col in &s.columns {
-            if mentions_row_index(col.path.ast()) {
-                return Err(NotCompiled("%rowIndex".into()).into());
-            }
             let c = self.expr(col.path.ast(), &focus, df.schema())?;
             let info = fhirlake_schemas::sof::ColumnInfo {
                 name: col.name.clone(),
@@ -185,7 +208,7 @@ impl<'s> Compiler<'s> {
             names.push(name);
         }
         for nested in &s.selects {
-            let (next, n) = self.select(df, nested, &focus)?;
+            let (next, n) = self.select(df, nested, &focus, row_index.clone())?;
             df = next;
             names.extend(n);
         }
@@ -194,7 +217,7 @@ impl<'s> Compiler<'s> {
             let mut shared: Vec<String> = Vec::new();
             let mut union: Option<DataFrame> = None;
             for branch in &s.union_all {
-                let (b, n) = self.select(df.clone(), branch, &focus)?;
+                let (b, n) = self.select(df.clone(), branch, &focus, row_index.clone())?;
                 if shared.is_empty() {
                     shared = n.iter().map(|_| self.fresh("union")).collect();
                 }
@@ -268,6 +291,7 @@ impl<'s> Compiler<'s> {
             Ast::String(s) => Ok(C { expr: lit(s.clone()), ty: Ty::Str, many: false }),
             Ast::Integer(i) => Ok(C { expr: lit(*i), ty: Ty::Int, many: false }),
             Ast::Boolean(b) => Ok(C { expr: lit(*b), ty: Ty::Bool, many: false }),
+            Ast::External(n) if n == "rowIndex" => Ok(C { expr: self.row_index.clone(), ty: Ty::Int, many: false }),
             Ast::External(n) => {
                 let Some((v, p)) = self.constants.get(n) else { return nc(format!("%{n}")) };
                 constant(v, *p)
@@ -363,6 +387,15 @@ impl<'s> Compiler<'s> {
         match (name, args) {
             ("first", []) if c.many => Ok(C { expr: array_element(c.expr, lit(1i64)), ty: c.ty, many: false }),
             ("first", []) => Ok(c),
+            ("join", []) | ("join", [Ast::String(_)]) if matches!(c.ty, Ty::Str) => {
+                let sep = match args {
+                    [Ast::String(x)] => x.clone(),
+                    _ => String::new(),
+                };
+                // join() of an empty collection is the empty string.
+                let joined = if c.many { array_to_string(c.expr, lit(sep)) } else { c.expr };
+                Ok(C { expr: coalesce(vec![joined, lit("")]), ty: Ty::Str, many: false })
+            }
             ("exists", []) => b(present(&c)),
             ("empty", []) => b(std::ops::Not::not(present(&c))),
             ("not", []) => match (c.ty, c.many) {
@@ -535,6 +568,13 @@ fn mentions_row_index(ast: &Ast) -> bool {
     found
 }
 
-fn uses_row_index(s: &Select) -> bool {
-    s.columns.iter().any(|c| mentions_row_index(c.path.ast()))
+/// Whether `%rowIndex` appears anywhere in `s` or below.
+fn select_mentions_row_index(s: &Select) -> bool {
+    let own = s.columns.iter().any(|c| mentions_row_index(c.path.ast()))
+        || match &s.iteration {
+            Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => mentions_row_index(e.ast()),
+            Iteration::Repeat(ps) => ps.iter().any(|e| mentions_row_index(e.ast())),
+            Iteration::None => false,
+        };
+    own || s.selects.iter().chain(&s.union_all).any(select_mentions_row_index)
 }

@@ -82,6 +82,8 @@ pub enum Op {
     Single(String),
     /// Keep the struct elements the predicate holds for.
     Where(Pred),
+    /// list<T> -> list<struct<i: position in the list, v: T>> (for `%rowIndex`).
+    Enumerate,
 }
 
 #[derive(Debug)]
@@ -126,6 +128,7 @@ impl ScalarUDFImpl for CollectionUdf {
             Op::Field(name) => field(&input, name, &self.out)?,
             Op::Single(what) => single(&input, what)?,
             Op::Where(p) => filter(&input, p, &self.out)?,
+            Op::Enumerate => enumerate(&input, &self.out)?,
         };
         Ok(ColumnarValue::Array(out))
     }
@@ -137,6 +140,7 @@ pub fn call(op: Op, input: Expr, out: DataType) -> Expr {
         Op::Field(f) => ("fhir_field", f.clone()),
         Op::Single(w) => ("fhir_single", w.clone()),
         Op::Where(p) => ("fhir_where", format!("{p:?}")),
+        Op::Enumerate => ("fhir_enumerate", String::new()),
     };
     let udf = ScalarUDF::new_from_impl(CollectionUdf {
         name,
@@ -259,6 +263,25 @@ fn filter(input: &ArrayRef, p: &Pred, out: &DataType) -> DfResult<ArrayRef> {
         .collect();
     let values: ArrayRef = Arc::new(s);
     list_from(&values, picks, out)
+}
+
+fn enumerate(input: &ArrayRef, out: &DataType) -> DfResult<ArrayRef> {
+    let l = input.as_list_opt::<i32>().ok_or_else(|| internal("fhir_enumerate: not a list"))?;
+    let o = l.value_offsets();
+    let mut idx = vec![0i64; l.values().len()];
+    for i in 0..l.len() {
+        for (k, j) in (o[i] as usize..o[i + 1] as usize).enumerate() {
+            idx[j] = k as i64;
+        }
+    }
+    let DataType::List(item) = out else { return Err(internal("fhir_enumerate: output is not a list")) };
+    let DataType::Struct(fields) = item.data_type() else { return Err(internal("fhir_enumerate: not a struct")) };
+    let pairs = StructArray::try_new(
+        fields.clone(),
+        vec![Arc::new(arrow::array::Int64Array::from(idx)), l.values().clone()],
+        None,
+    )?;
+    Ok(Arc::new(ListArray::try_new(item.clone(), l.offsets().clone(), Arc::new(pairs), l.nulls().cloned())?))
 }
 
 fn internal(m: &str) -> DataFusionError {
