@@ -160,7 +160,7 @@ pub async fn materialize(
         }
     }
 
-    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::session_config());
+    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::scan_session_config());
     current.update_datafusion_session(&ctx.state())?;
     let mut df = ctx.read_table(current.table_provider().await?)?;
     if let Some(ids) = &changed {
@@ -176,13 +176,16 @@ pub async fn materialize(
         "{name}: running the view ({})",
         fallback.as_deref().map_or("compiled".to_string(), |f| format!("row by row: {f}"))
     ));
+    let started = std::time::Instant::now();
     let batches: Vec<RecordBatch> = plan.df.collect().await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let ran = started.elapsed();
     let resources = match &changed {
         Some(ids) => ids.len(),
         None => distinct_sources(&batches),
     };
-    progress(&format!("{name}: writing {rows} rows"));
+    progress(&format!("{name}: {rows} rows in {:.2} s; writing", ran.as_secs_f64()));
+    let started = std::time::Instant::now();
 
     let props = || {
         CommitProperties::default()
@@ -216,6 +219,7 @@ pub async fn materialize(
             }
         }
     }
+    progress(&format!("{name}: committed in {:.2} s", started.elapsed().as_secs_f64()));
     Ok(Materialized { name, mode, resources, rows, source_version, fallback })
 }
 
@@ -263,14 +267,10 @@ async fn changed_ids(history: &DeltaTable, since: i64) -> std::result::Result<Ve
 }
 
 fn distinct_sources(batches: &[RecordBatch]) -> usize {
-    let mut seen = BTreeSet::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for b in batches {
         if let Some(c) = b.column_by_name(reserved::SOURCE_ID) {
-            for i in 0..c.len() {
-                if let Some(s) = string_at(c.as_ref(), i) {
-                    seen.insert(s.to_string());
-                }
-            }
+            seen.extend((0..c.len()).filter_map(|i| string_at(c.as_ref(), i)));
         }
     }
     seen.len()
@@ -297,7 +297,7 @@ pub async fn stored_view(root: &StorageRoot, name: &str) -> Result<Json> {
 
 async fn stored_where(root: &StorageRoot, name: Option<&str>) -> Result<Vec<Json>> {
     let Some(table) = root.open_table(TableKind::Current, "ViewDefinition").await? else { return Ok(vec![]) };
-    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::session_config());
+    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::scan_session_config());
     table.update_datafusion_session(&ctx.state())?;
     let mut df = ctx.read_table(table.table_provider().await?)?;
     if let Some(n) = name {

@@ -31,6 +31,15 @@ pub fn session_config() -> SessionConfig {
     config
 }
 
+/// [`session_config`] plus Parquet filter pushdown (filters run while scanning, other
+/// columns are decoded only for matching rows): searches and view plans.
+pub fn scan_session_config() -> SessionConfig {
+    let mut config = session_config();
+    config.options_mut().execution.parquet.pushdown_filters = true;
+    config.options_mut().execution.parquet.reorder_filters = true;
+    config
+}
+
 impl SqlSession {
     /// A session with no tables.
     pub fn new() -> Self {

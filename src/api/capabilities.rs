@@ -46,7 +46,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
                 "conditionalCreate": false,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-                "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+                "operation": operations(rt),
                 "searchParam": params,
                 "searchInclude": refs,
                 "searchRevInclude": refs,
@@ -70,6 +70,18 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         }],
     });
     fhir_response(StatusCode::OK, cs.to_string(), None, None)
+}
+
+/// `$validate` everywhere; `$run` (SQL-on-FHIR) and `$materialize` on ViewDefinition.
+fn operations(rt: &str) -> serde_json::Value {
+    let mut ops =
+        vec![json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"})];
+    if rt == "ViewDefinition" {
+        ops.push(json!({"name": "run", "definition": "http://hl7.org/fhir/uv/sql-on-fhir/OperationDefinition/ViewDefinitionRun"}));
+        ops.push(json!({"name": "viewdefinition-run", "definition": "http://hl7.org/fhir/uv/sql-on-fhir/OperationDefinition/ViewDefinitionRun"}));
+        ops.push(json!({"name": "materialize", "definition": "https://fhirlake.dev/OperationDefinition/ViewDefinition-materialize"}));
+    }
+    json!(ops)
 }
 
 fn param_type(kind: &fhirlake_schemas::search_index::ParamKind) -> &'static str {

@@ -211,7 +211,7 @@ async fn run(state: &AppState, req: RunRequest) -> ApiResult<Response> {
         out.extend(enc.finish()?);
         return Ok(respond(req.format, Body::from(out), "compiled"));
     };
-    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::session_config());
+    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::scan_session_config());
     table.update_datafusion_session(&ctx.state()).map_err(fhirlake_query::Error::from)?;
     let provider = table.table_provider().await.map_err(fhirlake_query::Error::from)?;
     let mut df: DataFrame = ctx.read_table(provider).map_err(fhirlake_query::Error::from)?;

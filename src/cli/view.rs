@@ -41,7 +41,8 @@ pub enum ViewAction {
         #[arg(long)]
         full: bool,
     },
-    /// Show the DataFusion plan of a view, and whether it is compiled or runs row by row.
+    /// Show the optimized DataFusion plans of a view (logical, then physical), and whether it
+    /// is compiled or runs row by row.
     Explain {
         /// The `name` of a stored ViewDefinition (or use --file).
         name: Option<String>,
@@ -99,7 +100,8 @@ pub async fn run(a: ViewArgs) -> CliResult<ExitCode> {
             let Some(table) = root.open_table(TableKind::Current, &view.resource).await? else {
                 return Err(format!("no {} resources are stored yet", view.resource).into());
             };
-            let ctx = datafusion::prelude::SessionContext::new_with_config(fhirlake_query::catalog::session_config());
+            let ctx =
+                datafusion::prelude::SessionContext::new_with_config(fhirlake_query::catalog::scan_session_config());
             table.update_datafusion_session(&ctx.state())?;
             let df = ctx.read_table(table.table_provider().await?)?;
             let shape = TableShape::try_new(model, &view.resource, ShapeOptions::default())?;
@@ -108,7 +110,10 @@ pub async fn run(a: ViewArgs) -> CliResult<ExitCode> {
                 None => outln!("compiled: the whole view runs as columnar DataFusion operators"),
                 Some(why) => outln!("row by row (FHIRPath over _raw): {why}"),
             }
-            outln!("{}", plan.df.logical_plan().display_indent());
+            let optimized = plan.df.clone().into_optimized_plan()?;
+            outln!("{}", optimized.display_indent());
+            let physical = plan.df.create_physical_plan().await?;
+            outln!("\n{}", datafusion::physical_plan::displayable(physical.as_ref()).indent(true));
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -348,3 +348,54 @@ async fn materialized_views_equal_run_and_refresh_incrementally() {
     let m = server.post("/fhir/ViewDefinition/condition-codes/$materialize", "").await.json();
     assert_eq!(param(&m, "mode"), &Json::String("full".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_filter_and_capability_statement() {
+    let server = TestServer::start().await;
+    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
+        .await
+        .expect("import");
+    assert_eq!(summary.rejected, 0);
+    let resources = synthea_resources();
+    let patients: Vec<&str> = resources
+        .iter()
+        .filter(|r| r.get("resourceType").and_then(Json::as_str) == Some("Patient"))
+        .filter_map(|r| r.get("id").and_then(Json::as_str))
+        .take(3)
+        .collect();
+    let members: Vec<String> =
+        patients[..2].iter().map(|p| format!(r#"{{"entity":{{"reference":"Patient/{p}"}}}}"#)).collect();
+    let group = format!(
+        r#"{{"resourceType":"Group","id":"cohort","type":"person","actual":true,"member":[{}]}}"#,
+        members.join(",")
+    );
+    assert!(server.put("/fhir/Group/cohort", &group).await.status.is_success());
+    let (_, enc) = realistic_views().into_iter().find(|(n, _)| n == "encounter_periods").expect("view");
+    let body = format!(
+        r#"{{"resourceType":"Parameters","parameter":[{},{{"name":"group","valueReference":{{"reference":"Group/cohort"}}}}]}}"#,
+        param_resource("viewResource", &enc)
+    );
+    let resp = server.post("/fhir/ViewDefinition/$run", &body).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let rows = sof_suite::parse(resp.body.as_bytes());
+    let got: std::collections::BTreeSet<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.get("patient_id").and_then(Json::as_str).map(String::from))
+        .collect();
+    let want: std::collections::BTreeSet<String> = patients[..2].iter().map(|p| p.to_string()).collect();
+    assert_eq!(got, want, "only the group's patients' encounters");
+    let n = resources
+        .iter()
+        .filter(|r| r.get("resourceType").and_then(Json::as_str) == Some("Encounter"))
+        .filter(|r| {
+            let s = r.get("subject").and_then(|s| s.get("reference")).and_then(Json::as_str).unwrap_or("");
+            patients[..2].iter().any(|p| s.ends_with(p))
+        })
+        .count();
+    assert_eq!(rows.as_array().unwrap().len(), n);
+    // The CapabilityStatement states the operations.
+    let cs = server.get("/fhir/metadata").await.body;
+    assert!(cs.contains("ViewDefinitionRun") && cs.contains("\"name\":\"materialize\""), "operations listed");
+}

@@ -25,10 +25,7 @@ use crate::catalog;
 /// The search session: fhirlake's SQL settings plus Parquet filter pushdown, so the
 /// `fhir_match` filters run while scanning and `_raw` is decoded only for matching rows.
 fn session_config() -> datafusion::prelude::SessionConfig {
-    let mut config = catalog::session_config();
-    config.options_mut().execution.parquet.pushdown_filters = true;
-    config.options_mut().execution.parquet.reorder_filters = true;
-    config
+    catalog::scan_session_config()
 }
 use crate::{Error, Result};
 use matcher::{ClauseMatcher, string_at};

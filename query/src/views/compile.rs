@@ -382,6 +382,15 @@ impl<'s> Compiler<'s> {
             return self.field(&parent, &format!("{element}{cap}"), schema);
         }
         let Some(target) = target else { return nc(format!("{name}() on $this")) };
+        // `x.where(c).exists()` is `x.exists(c)` (one boolean, no filtered list built);
+        // `empty()` likewise its negation.
+        if let ("exists" | "empty", [], Ast::Function { target: Some(inner), name: w, args: wa }) = (name, args, target)
+            && w == "where"
+            && wa.len() == 1
+        {
+            let any = self.function(Some(inner), "exists", wa, focus, schema)?;
+            return Ok(if name == "exists" { any } else { C { expr: std::ops::Not::not(any.expr), ..any } });
+        }
         let c = self.expr(target, focus, schema)?;
         let b = |e| Ok(C { expr: e, ty: Ty::Bool, many: false });
         match (name, args) {
@@ -407,8 +416,10 @@ impl<'s> Compiler<'s> {
                 let p = predicate(cond, s, &self.constants)?;
                 let t = c.expr.get_type(schema).map_err(|x| NotCompiled(x.to_string()))?;
                 let list_t = if c.many { t } else { udf::list_of(t) };
-                let filtered = C { expr: udf::call(Op::Where(p), c.expr, list_t), ty: c.ty, many: true };
-                if name == "exists" { b(present(&filtered)) } else { Ok(filtered) }
+                if name == "exists" {
+                    return b(udf::call(Op::Any(p), c.expr, DataType::Boolean));
+                }
+                Ok(C { expr: udf::call(Op::Where(p), c.expr, list_t), ty: c.ty, many: true })
             }
             ("getReferenceKey", _) => {
                 let Ty::Struct(s) = c.ty else { return nc("getReferenceKey() of a non-Reference") };

@@ -84,6 +84,8 @@ pub enum Op {
     Where(Pred),
     /// list<T> -> list<struct<i: position in the list, v: T>> (for `%rowIndex`).
     Enumerate,
+    /// Whether any struct element satisfies the predicate (`where(...).exists()`).
+    Any(Pred),
 }
 
 #[derive(Debug)]
@@ -129,6 +131,7 @@ impl ScalarUDFImpl for CollectionUdf {
             Op::Single(what) => single(&input, what)?,
             Op::Where(p) => filter(&input, p, &self.out)?,
             Op::Enumerate => enumerate(&input, &self.out)?,
+            Op::Any(p) => any(&input, p)?,
         };
         Ok(ColumnarValue::Array(out))
     }
@@ -141,6 +144,7 @@ pub fn call(op: Op, input: Expr, out: DataType) -> Expr {
         Op::Single(w) => ("fhir_single", w.clone()),
         Op::Where(p) => ("fhir_where", format!("{p:?}")),
         Op::Enumerate => ("fhir_enumerate", String::new()),
+        Op::Any(p) => ("fhir_any", format!("{p:?}")),
     };
     let udf = ScalarUDF::new_from_impl(CollectionUdf {
         name,
@@ -263,6 +267,13 @@ fn filter(input: &ArrayRef, p: &Pred, out: &DataType) -> DfResult<ArrayRef> {
         .collect();
     let values: ArrayRef = Arc::new(s);
     list_from(&values, picks, out)
+}
+
+fn any(input: &ArrayRef, p: &Pred) -> DfResult<ArrayRef> {
+    let (ranges, s) = elements(input)?;
+    let out: arrow::array::BooleanArray =
+        ranges.iter().map(|&(a, b)| Some((a..b).any(|j| s.is_valid(j) && p.eval(&s, j) == Some(true)))).collect();
+    Ok(Arc::new(out))
 }
 
 fn enumerate(input: &ArrayRef, out: &DataType) -> DfResult<ArrayRef> {
