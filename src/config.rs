@@ -14,6 +14,12 @@ pub struct ApiConfig {
     pub max_bundle_bytes: usize,
     /// Deepest JSON nesting accepted.
     pub max_depth: usize,
+    /// Bounds of `$sql` queries (text size, memory, time).
+    pub sql: fhirlake_query::catalog::SqlLimits,
+    /// Rows `$sql` returns when the request names no limit.
+    pub sql_default_rows: usize,
+    /// The largest row limit a `$sql` request may ask for.
+    pub sql_max_rows: usize,
 }
 
 impl ApiConfig {
@@ -31,6 +37,9 @@ impl Default for ApiConfig {
             max_resource_bytes: 16 * 1024 * 1024,
             max_bundle_bytes: 128 * 1024 * 1024,
             max_depth: 100,
+            sql: fhirlake_query::catalog::SqlLimits::default(),
+            sql_default_rows: 10_000,
+            sql_max_rows: 10_000_000,
         }
     }
 }

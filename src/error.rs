@@ -30,6 +30,12 @@ pub enum ApiError {
     /// The method is not allowed here (405).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// Not allowed here, e.g. a SQL statement the read-only sandbox refuses (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request took longer than its limit and was cancelled (408).
+    #[error("{0}")]
+    Timeout(String),
     /// Version conflict (409).
     #[error("{0}")]
     Conflict(String),
@@ -61,6 +67,8 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -79,6 +87,8 @@ impl ApiError {
             ApiError::BadRequest(m) => one(IssueCode::Invalid, m.clone()),
             ApiError::NotFound(m) => one(IssueCode::Invalid, m.clone()),
             ApiError::MethodNotAllowed(m) => one(IssueCode::Invalid, m.clone()),
+            ApiError::Forbidden(m) => one(IssueCode::Invalid, m.clone()),
+            ApiError::Timeout(m) => one(IssueCode::Invalid, m.clone()),
             ApiError::Conflict(m) => one(IssueCode::Invalid, m.clone()),
             ApiError::Gone(m) => one(IssueCode::Invalid, m.clone()),
             ApiError::PreconditionFailed(m) => one(IssueCode::Invalid, m.clone()),
@@ -97,6 +107,8 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Gone(_) => Some("not-found"),
             ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => Some("not-supported"),
             ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => Some("conflict"),
+            ApiError::Forbidden(_) => Some("forbidden"),
+            ApiError::Timeout(_) => Some("timeout"),
             ApiError::Internal(_) => Some("exception"),
             ApiError::Unavailable => Some("transient"),
             _ => None,
@@ -123,6 +135,12 @@ impl From<fhirlake_query::Error> for ApiError {
     fn from(e: fhirlake_query::Error) -> Self {
         match e {
             fhirlake_query::Error::BadSql(m) => ApiError::BadRequest(m),
+            fhirlake_query::Error::Forbidden(m) => ApiError::Forbidden(m),
+            fhirlake_query::Error::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            fhirlake_query::Error::Timeout(m) => ApiError::Timeout(m),
+            fhirlake_query::Error::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(m)) => {
+                ApiError::PayloadTooLarge(format!("the query needs more memory than its limit: {m}"))
+            }
             fhirlake_query::Error::BadView(v) => ApiError::Invalid(vec![Issue {
                 code: IssueCode::Invalid,
                 location: format!("ViewDefinition.{}", v.location),

@@ -1,28 +1,34 @@
-//! The SQL catalog: one DataFusion session over an instance's Delta tables.
+//! The SQL catalog: one DataFusion session over an instance's Delta tables, read-only and
+//! sandboxed.
 //!
-//! Owns: naming (`Patient` and `patient` both name the current table of Patient,
-//! `Patient_history` / `patient_history` its history table), identifier handling (FHIR
-//! names are case-sensitive, so unquoted identifiers are not lower-cased:
-//! `SELECT id, birthDate FROM patient` works as written), and the read-only guard (no DDL,
-//! DML or other statements; no `CREATE EXTERNAL TABLE`; only registered tables).
+//! Owns: naming — the current table of a type is `Patient`, `patient` or `PATIENT` (table
+//! names resolve case-insensitively), its history table `history.patient` (also
+//! `patient_history`), a materialized view `views.<name>`; identifier handling (FHIR names
+//! are case-sensitive, so unquoted identifiers are not lower-cased: `SELECT id, birthDate
+//! FROM patient` works as written); and the sandbox: only `SELECT`/`WITH`/`VALUES`/
+//! `EXPLAIN`/`SHOW`/`DESCRIBE` statements, no DDL/DML/`COPY`/`SET`, only registered tables
+//! (no file paths or URLs as tables), bounded SQL length, planning on a thread with a
+//! known stack, a memory pool per query and a wall-time limit ([`SqlLimits`]).
 //! Must not: write.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use object_store::ObjectStore;
 use url::Url;
 
 use crate::{Error, Result};
-
-/// A read-only SQL session.
-pub struct SqlSession {
-    ctx: SessionContext,
-    tables: Vec<String>,
-}
 
 /// The session configuration used for all fhirlake SQL.
 pub fn session_config() -> SessionConfig {
@@ -40,86 +46,439 @@ pub fn scan_session_config() -> SessionConfig {
     config
 }
 
+/// Bounds on one SQL query.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    /// Longest SQL text accepted, in bytes.
+    pub max_sql_bytes: usize,
+    /// Memory the query's operators may reserve (sorts, joins, aggregates); beyond it the
+    /// query fails with a resources-exhausted error.
+    pub memory_bytes: usize,
+    /// Wall-time limit for planning and running.
+    pub timeout: Duration,
+    /// Stack size of the planning thread (deeply nested SQL recurses in the planner).
+    pub planner_stack_bytes: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_sql_bytes: 256 * 1024,
+            memory_bytes: 1024 * 1024 * 1024,
+            timeout: Duration::from_secs(120),
+            planner_stack_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A schema whose table names resolve case-insensitively; providers are created on first
+/// use, so a session over hundreds of tables costs nothing until a table is read.
+#[derive(Default)]
+struct TableSchema {
+    /// lower-case name -> (display name, table)
+    tables: BTreeMap<String, (String, DeltaTable)>,
+}
+
+impl fmt::Debug for TableSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableSchema").field("tables", &self.tables.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for TableSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.values().map(|(n, _)| n.clone()).collect()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        match self.tables.get(&name.to_lowercase()) {
+            Some((_, t)) => Ok(Some(t.table_provider().await.map_err(|e| DataFusionError::External(Box::new(e)))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains_key(&name.to_lowercase())
+    }
+}
+
+/// The tables of a session, by kind.
+#[derive(Default)]
+pub struct Tables {
+    /// Current tables by resource type.
+    pub current: Vec<(String, DeltaTable)>,
+    /// History tables by resource type.
+    pub history: Vec<(String, DeltaTable)>,
+    /// Materialized views by name.
+    pub views: Vec<(String, DeltaTable)>,
+}
+
+/// A read-only SQL session.
+pub struct SqlSession {
+    ctx: SessionContext,
+    limits: SqlLimits,
+}
+
 impl SqlSession {
     /// A session with no tables.
     pub fn new() -> Self {
-        Self { ctx: SessionContext::new_with_config(session_config()), tables: Vec::new() }
+        Self::with_tables(Tables::default(), SqlLimits::default()).expect("an empty session builds")
+    }
+
+    /// A session over `tables` (names as given; lookups ignore case).
+    pub fn with_tables(tables: Tables, limits: SqlLimits) -> Result<Self> {
+        let runtime =
+            RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes))).build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
+        cap_sized_functions(&ctx);
+        let mut public = TableSchema::default();
+        let mut history = TableSchema::default();
+        let mut views = TableSchema::default();
+        for (rt, t) in tables.current {
+            t.update_datafusion_session(&ctx.state())?;
+            public.tables.insert(rt.to_lowercase(), (rt, t));
+        }
+        for (rt, t) in tables.history {
+            t.update_datafusion_session(&ctx.state())?;
+            // `patient_history` in the default schema too (the name earlier releases used).
+            public.tables.insert(format!("{}_history", rt.to_lowercase()), (format!("{rt}_history"), t.clone()));
+            history.tables.insert(rt.to_lowercase(), (rt, t));
+        }
+        for (name, t) in tables.views {
+            t.update_datafusion_session(&ctx.state())?;
+            views.tables.insert(name.to_lowercase(), (name, t));
+        }
+        let catalog = ctx.catalog("datafusion").ok_or_else(|| Error::BadSql("no default catalog".into()))?;
+        catalog.register_schema("public", Arc::new(public))?;
+        catalog.register_schema("history", Arc::new(history))?;
+        catalog.register_schema("views", Arc::new(views))?;
+        Ok(Self { ctx, limits })
     }
 
     /// Opens every table under a storage root (`<root>/resources/*`, `<root>/history/*`,
-    /// and materialized views `<root>/views/*` as `views.<name>`).
+    /// `<root>/views/*`).
     pub async fn open_root(root: &Url, store: Arc<dyn ObjectStore>) -> Result<Self> {
-        let mut s = Self::new();
-        for (folder, suffix) in [("resources", ""), ("history", "_history")] {
+        let mut tables = Tables::default();
+        for folder in ["resources", "history", "views"] {
             let prefix = object_store::path::Path::from(format!("{}/{folder}", root.path().trim_matches('/')));
             let listing = store.list_with_delimiter(Some(&prefix)).await?;
             for p in listing.common_prefixes {
-                let Some(rt) = p.filename().map(str::to_string) else { continue };
-                let url = root.join(&format!("{folder}/{rt}/")).map_err(|e| Error::BadSql(e.to_string()))?;
+                let Some(name) = p.filename().map(str::to_string) else { continue };
+                let url = root.join(&format!("{folder}/{name}/")).map_err(|e| Error::BadSql(e.to_string()))?;
                 let mut table =
                     DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(store.clone(), url).build()?;
                 if table.load().await.is_err() {
                     continue;
                 }
-                s.register(&format!("{rt}{suffix}"), &table).await?;
+                match folder {
+                    "resources" => tables.current.push((name, table)),
+                    "history" => tables.history.push((name, table)),
+                    _ => tables.views.push((name, table)),
+                }
             }
         }
-        // Materialized views: `views.<name>`.
-        let prefix = object_store::path::Path::from(format!("{}/views", root.path().trim_matches('/')));
-        let listing = store.list_with_delimiter(Some(&prefix)).await?;
-        for p in listing.common_prefixes {
-            let Some(name) = p.filename().map(str::to_string) else { continue };
-            let url = root.join(&format!("views/{name}/")).map_err(|e| Error::BadSql(e.to_string()))?;
-            let mut table =
-                DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(store.clone(), url).build()?;
-            if table.load().await.is_err() {
-                continue;
-            }
-            s.register_view(&name, &table).await?;
-        }
-        Ok(s)
+        Self::with_tables(tables, SqlLimits::default())
     }
 
-    /// Registers a materialized view's table as `views.<name>`.
-    pub async fn register_view(&mut self, name: &str, table: &DeltaTable) -> Result<()> {
-        let catalog = self.ctx.catalog("datafusion").ok_or_else(|| Error::BadSql("no default catalog".into()))?;
-        if catalog.schema("views").is_none() {
-            catalog.register_schema("views", Arc::new(datafusion::catalog::MemorySchemaProvider::new()))?;
-        }
-        table.update_datafusion_session(&self.ctx.state())?;
-        let provider = table.table_provider().await?;
-        self.ctx.register_table(datafusion::common::TableReference::partial("views", name), provider)?;
-        self.tables.push(format!("views.{name}"));
-        Ok(())
+    /// The limits this session applies.
+    pub fn limits(&self) -> SqlLimits {
+        self.limits
     }
 
-    /// Registers `table` as `name` and as lower-case `name`.
-    pub async fn register(&mut self, name: &str, table: &DeltaTable) -> Result<()> {
-        table.update_datafusion_session(&self.ctx.state())?;
-        let provider = table.table_provider().await?;
-        for n in [name.to_string(), name.to_lowercase()] {
-            if !self.tables.contains(&n) {
-                self.ctx.register_table(datafusion::common::TableReference::bare(n.as_str()), provider.clone())?;
-                self.tables.push(n);
-            }
+    /// Checks and plans `query` (with `$1`/`$name` parameters bound), on a thread with the
+    /// configured stack. Refusals are [`Error::BadSql`] (syntax, unknown table) or
+    /// [`Error::Forbidden`] (a statement the sandbox does not run).
+    pub async fn plan(&self, query: &str, params: Option<ParamValues>) -> Result<DataFrame> {
+        if query.len() > self.limits.max_sql_bytes {
+            return Err(Error::TooLarge(format!(
+                "the SQL text is {} bytes; the limit is {} bytes",
+                query.len(),
+                self.limits.max_sql_bytes
+            )));
         }
-        Ok(())
+        let ctx = self.ctx.clone();
+        let text = query.to_string();
+        let stack = self.limits.planner_stack_bytes;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("fhirlake-sql-plan".into())
+            .stack_size(stack)
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let out = match rt {
+                    Ok(rt) => rt.block_on(plan_checked(&ctx, &text)),
+                    Err(e) => Err(Error::BadSql(format!("cannot start the planner: {e}"))),
+                };
+                let _ = tx.send(out);
+            })
+            .map_err(|e| Error::BadSql(format!("cannot start the planner: {e}")))?;
+        let planned = tokio::time::timeout(self.limits.timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout(format!("planning took longer than {:?}", self.limits.timeout)))?
+            .map_err(|_| Error::BadSql("the planner stopped".into()))??;
+        Ok(match params {
+            Some(p) => planned.with_param_values(p).map_err(sql_error)?,
+            None => planned,
+        })
     }
 
-    /// Runs a read-only query and collects the result.
+    /// Runs a read-only query and collects the result (within the time limit).
     pub async fn sql(&self, query: &str) -> Result<Vec<RecordBatch>> {
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = self.ctx.sql_with_options(query, options).await.map_err(|e| match e {
-            datafusion::error::DataFusionError::Plan(m) => Error::BadSql(m),
-            datafusion::error::DataFusionError::SQL(e, _) => Error::BadSql(e.to_string()),
-            other => Error::DataFusion(other),
-        })?;
-        Ok(df.collect().await?)
+        let df = self.plan(query, None).await?;
+        tokio::time::timeout(self.limits.timeout, df.collect())
+            .await
+            .map_err(|_| Error::Timeout(format!("the query ran longer than {:?}", self.limits.timeout)))?
+            .map_err(Error::from)
+    }
+}
+
+/// Statement kinds the sandbox runs; everything else is refused before planning.
+async fn plan_checked(ctx: &SessionContext, text: &str) -> Result<DataFrame> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statements = datafusion::sql::parser::DFParser::parse_sql_with_dialect(
+        text,
+        datafusion::sql::sqlparser::dialect::dialect_from_str(dialect)
+            .as_deref()
+            .unwrap_or(&datafusion::sql::sqlparser::dialect::GenericDialect {}),
+    )
+    .map_err(|e| Error::BadSql(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(Error::BadSql(format!("send exactly one statement, not {}", statements.len())));
+    }
+    use datafusion::sql::parser::Statement as DF;
+    use datafusion::sql::sqlparser::ast::Statement as S;
+    fn read_only(s: &DF) -> bool {
+        match s {
+            DF::Statement(s) => match s.as_ref() {
+                S::Query(_) | S::ShowTables { .. } | S::ShowColumns { .. } | S::ExplainTable { .. } => true,
+                S::Explain { statement, analyze, .. } => !*analyze && matches!(statement.as_ref(), S::Query(_)),
+                _ => false,
+            },
+            // EXPLAIN of a query (not ANALYZE, which runs it outside the limits).
+            DF::Explain(e) => !e.options.analyze && read_only(&e.statement),
+            _ => false,
+        }
+    }
+    let allowed = read_only(&statements[0]);
+    if let DF::Statement(st) = &statements[0] {
+        let depth = expression_depth(st);
+        if depth > MAX_EXPRESSION_DEPTH {
+            return Err(Error::BadSql(format!(
+                "expressions nest {depth} deep; the limit is {MAX_EXPRESSION_DEPTH} (split the query or use IN (...))"
+            )));
+        }
+    }
+    if !allowed {
+        return Err(Error::Forbidden(
+            "only read-only queries run here (SELECT, WITH, VALUES, EXPLAIN, SHOW TABLES, DESCRIBE); \
+             DDL, DML, COPY and SET are refused"
+                .into(),
+        ));
+    }
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    ctx.sql_with_options(text, options).await.map_err(sql_error)
+}
+
+/// Deepest expression nesting accepted: the planner and optimizer recurse over expression
+/// trees, and `1 + 1 + ... + 1` parses without recursion into a tree as deep as it is long.
+pub const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// How deep expressions nest in `statement`.
+fn expression_depth(statement: &datafusion::sql::sqlparser::ast::Statement) -> usize {
+    use std::ops::ControlFlow;
+
+    use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+    struct Depth {
+        now: usize,
+        max: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.now += 1;
+            self.max = self.max.max(self.now);
+            // Deep enough to refuse: stop walking (the walk itself recurses).
+            if self.now > MAX_EXPRESSION_DEPTH { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.now -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    let mut d = Depth { now: 0, max: 0 };
+    let _ = statement.visit(&mut d);
+    d.max
+}
+
+fn sql_error(e: DataFusionError) -> Error {
+    match e {
+        DataFusionError::Plan(m) => Error::BadSql(m),
+        DataFusionError::SQL(e, _) => Error::BadSql(e.to_string()),
+        DataFusionError::SchemaError(e, _) => Error::BadSql(e.to_string()),
+        DataFusionError::NotImplemented(m) => Error::BadSql(format!("not supported: {m}")),
+        DataFusionError::Diagnostic(d, inner) => match sql_error(*inner) {
+            Error::BadSql(_) => Error::BadSql(d.message.clone()),
+            other => other,
+        },
+        DataFusionError::Context(c, inner) => match sql_error(*inner) {
+            Error::BadSql(m) => Error::BadSql(format!("{c}: {m}")),
+            other => other,
+        },
+        other => Error::DataFusion(other),
     }
 }
 
 impl Default for SqlSession {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Scalar functions whose output size a query chooses (`repeat('x', 1e9)`): the memory pool
+/// tracks operators, not function results, so these are wrapped to refuse sizes over a cap.
+/// (name, index of the size argument, whether the size multiplies the first argument's
+/// length)
+const SIZED_FUNCTIONS: &[(&str, usize, bool)] =
+    &[("repeat", 1, true), ("lpad", 1, false), ("rpad", 1, false), ("array_repeat", 1, false)];
+
+/// Largest value (characters or list elements) one call of a sized function may produce.
+pub const MAX_FUNCTION_OUTPUT: i64 = 1_000_000;
+
+#[derive(Debug)]
+struct CappedUdf {
+    inner: Arc<datafusion::logical_expr::ScalarUDF>,
+    size_arg: usize,
+    times_length: bool,
+}
+
+impl PartialEq for CappedUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.name() == other.inner.name()
+    }
+}
+
+impl Eq for CappedUdf {}
+
+impl std::hash::Hash for CappedUdf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.name().hash(state);
+    }
+}
+
+impl CappedUdf {
+    fn check(&self, args: &datafusion::logical_expr::ScalarFunctionArgs) -> datafusion::error::Result<()> {
+        use arrow::array::{Array, AsArray};
+        use datafusion::logical_expr::ColumnarValue;
+        let Some(size) = args.args.get(self.size_arg) else { return Ok(()) };
+        let size = size.to_array(args.number_rows)?;
+        let size = arrow::compute::cast(&size, &arrow::datatypes::DataType::Int64)?;
+        let size = size.as_primitive::<arrow::datatypes::Int64Type>();
+        let lengths: Option<arrow::array::ArrayRef> = match (&args.args[0], self.times_length) {
+            (ColumnarValue::Array(a), true) => Some(arrow::compute::kernels::length::length(a)?),
+            (ColumnarValue::Scalar(s), true) => Some(arrow::compute::kernels::length::length(&s.to_array()?)?),
+            _ => None,
+        };
+        for i in 0..size.len() {
+            if size.is_null(i) {
+                continue;
+            }
+            let len = match &lengths {
+                Some(l) => {
+                    let l = arrow::compute::cast(l, &arrow::datatypes::DataType::Int64)?;
+                    let l = l.as_primitive::<arrow::datatypes::Int64Type>();
+                    if l.is_empty() { 1 } else { l.value(if l.len() == 1 { 0 } else { i }).max(1) }
+                }
+                None => 1,
+            };
+            if size.value(i).saturating_mul(len) > MAX_FUNCTION_OUTPUT {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "{}() would produce {} values in one row; the limit is {MAX_FUNCTION_OUTPUT}",
+                    self.inner.name(),
+                    size.value(i).saturating_mul(len)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for CappedUdf {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(
+        &self,
+        args: &[arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<arrow::datatypes::DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> datafusion::error::Result<arrow::datatypes::FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(
+        &self,
+        args: &[arrow::datatypes::DataType],
+    ) -> datafusion::error::Result<Vec<arrow::datatypes::DataType>> {
+        self.inner.coerce_types(args)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        self.check(&args)?;
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// Replaces the sized functions of `ctx` by capped ones.
+fn cap_sized_functions(ctx: &SessionContext) {
+    let state = ctx.state();
+    for (name, size_arg, times_length) in SIZED_FUNCTIONS {
+        if let Some(inner) = state.scalar_functions().get(*name) {
+            let capped = CappedUdf { inner: inner.clone(), size_arg: *size_arg, times_length: *times_length };
+            ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(capped));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(q: &str) -> Result<Vec<RecordBatch>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(SqlSession::new().sql(q))
+    }
+
+    #[test]
+    fn sandbox_refusals_are_client_errors() {
+        for q in ["SELECT * FROM '/etc/passwd'", "SELECT * FROM read_csv('/etc/passwd')", "SELEC 1"] {
+            match run(q) {
+                Err(Error::BadSql(_)) => {}
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        for q in
+            ["CREATE TABLE t AS SELECT 1", "COPY (SELECT 1) TO '/tmp/x.csv'", "SET a = 1", "EXPLAIN ANALYZE SELECT 1"]
+        {
+            match run(q) {
+                Err(Error::Forbidden(_)) => {}
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        assert_eq!(run("SELECT 1 AS one").unwrap()[0].num_rows(), 1);
     }
 }

@@ -16,9 +16,18 @@ pub use history::{HistoryQuery, HistoryRow};
 /// Errors of the read side.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The SQL is not allowed (DDL, DML, statements) or is invalid.
+    /// The SQL is invalid (syntax, unknown table or column): a 400.
     #[error("{0}")]
     BadSql(String),
+    /// The statement is not one the read-only sandbox runs (DDL, DML, COPY, SET): a 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The SQL text is over the size limit: a 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Planning or running took longer than the limit; the query was cancelled: a 408.
+    #[error("{0}")]
+    Timeout(String),
     /// DataFusion error while planning or running.
     #[error("query failed: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),

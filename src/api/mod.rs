@@ -10,6 +10,8 @@ mod capabilities;
 mod crud;
 mod history;
 mod search;
+mod sql;
+mod stream;
 mod views;
 
 use std::sync::Arc;
@@ -71,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let fhir = Router::new()
         .route("/metadata", get(capabilities::metadata))
         .route("/_history", get(history::system_history))
+        .route("/$sql", post(sql::sql))
         .route("/{rt}", post(crud::create).get(search::search_get))
         .route("/{rt}/_search", post(search::search_post))
         .route("/Patient/{id}/$everything", get(search::everything))

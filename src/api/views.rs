@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,6 @@ use fhirlake_schemas::Json;
 use fhirlake_schemas::shape::reserved;
 use fhirlake_schemas::validate::{Issue, IssueCode};
 use fhirlake_schemas::{ShapeOptions, TableShape};
-use futures::StreamExt;
 
 use super::{AppState, parse_json};
 use crate::error::{ApiError, ApiResult};
@@ -206,7 +205,7 @@ async fn run(state: &AppState, req: RunRequest) -> ApiResult<Response> {
     let Some(table) = state.writer.tables().get(TableKind::Current, &view.resource) else {
         // Nothing of this type stored: no rows, in the requested format.
         let schema = views::row_schema(&columns);
-        let enc = Encoder::new(req.format, columns, schema)?;
+        let mut enc = Encoder::new(req.format, columns, schema)?;
         let mut out = enc.begin();
         out.extend(enc.finish()?);
         return Ok(respond(req.format, Body::from(out), "compiled"));
@@ -234,34 +233,14 @@ async fn run(state: &AppState, req: RunRequest) -> ApiResult<Response> {
         Some(why) => format!("fallback; {why}"),
     };
     let schema = Arc::new(out.schema().as_arrow().clone());
-    let mut stream = out.execute_stream().await.map_err(fhirlake_query::Error::from)?;
-    let mut enc = Encoder::new(req.format, plan.columns, schema)?;
-    // The first batch is awaited here, so a view error before any row is a 422, not a
-    // broken stream.
-    let first = match stream.next().await {
-        Some(Ok(b)) => Some(b),
-        Some(Err(e)) => return Err(run_error(e)),
-        None => None,
+    let stream = out.execute_stream().await.map_err(fhirlake_query::Error::from)?;
+    let enc = Encoder::new(req.format, plan.columns, schema)?;
+    let options = super::stream::StreamOptions {
+        format: req.format,
+        deadline: None,
+        header: Some(("x-fhirlake-view-plan", how)),
     };
-    let mut head = enc.begin();
-    if let Some(b) = &first {
-        head.extend(enc.batch(b)?);
-    }
-    let enc = Arc::new(std::sync::Mutex::new(Some(enc)));
-    let tail_enc = enc.clone();
-    let body_stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(head)) })
-        .chain(stream.map(move |b| {
-            let b = b.map_err(|e| std::io::Error::other(e.to_string()))?;
-            let mut guard = enc.lock().map_err(|_| std::io::Error::other("encoder lock"))?;
-            let e = guard.as_mut().ok_or_else(|| std::io::Error::other("encoder finished"))?;
-            e.batch(&b).map(Bytes::from).map_err(|e| std::io::Error::other(e.to_string()))
-        }))
-        .chain(futures::stream::once(async move {
-            let e = tail_enc.lock().map_err(|_| std::io::Error::other("encoder lock"))?.take();
-            let e = e.ok_or_else(|| std::io::Error::other("encoder finished"))?;
-            e.finish().map(Bytes::from).map_err(|e| std::io::Error::other(e.to_string()))
-        }));
-    Ok(respond(req.format, Body::from_stream(body_stream), &how))
+    super::stream::respond(stream, enc, options, run_error).await
 }
 
 fn respond(format: Format, body: Body, how: &str) -> Response {

@@ -31,6 +31,18 @@ pub struct ServeArgs {
     /// Largest Bundle request body (POST to the base), in bytes.
     #[arg(long, env = "FHIRLAKE_MAX_BUNDLE_BYTES", default_value_t = 128 * 1024 * 1024)]
     max_bundle_bytes: usize,
+    /// `$sql`: wall-time limit of one query, in seconds (it is cancelled beyond).
+    #[arg(long, env = "FHIRLAKE_SQL_TIMEOUT_SECS", default_value_t = 120)]
+    sql_timeout_secs: u64,
+    /// `$sql`: memory one query's operators may use, in MiB.
+    #[arg(long, env = "FHIRLAKE_SQL_MEMORY_MIB", default_value_t = 1024)]
+    sql_memory_mib: usize,
+    /// `$sql`: rows returned when a request names no limit.
+    #[arg(long, env = "FHIRLAKE_SQL_DEFAULT_ROWS", default_value_t = 10_000)]
+    sql_default_rows: usize,
+    /// `$sql`: the largest row limit a request may ask for.
+    #[arg(long, env = "FHIRLAKE_SQL_MAX_ROWS", default_value_t = 10_000_000)]
+    sql_max_rows: usize,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -48,6 +60,13 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         public_url: public_url.clone(),
         max_resource_bytes: a.max_resource_bytes,
         max_bundle_bytes: a.max_bundle_bytes,
+        sql: fhirlake_query::catalog::SqlLimits {
+            timeout: std::time::Duration::from_secs(a.sql_timeout_secs),
+            memory_bytes: a.sql_memory_mib * 1024 * 1024,
+            ..Default::default()
+        },
+        sql_default_rows: a.sql_default_rows,
+        sql_max_rows: a.sql_max_rows,
         ..Default::default()
     };
     let state = Arc::new(AppState { writer, config, model: fhirlake_schemas::Model::r4()? });

@@ -9,18 +9,23 @@ use arrow::array::RecordBatch;
 use clap::{Args, ValueEnum};
 use fhirlake_ingest::StorageRoot;
 use fhirlake_query::SqlSession;
+use fhirlake_query::views::output::{Encoder, Format as OutFormat};
 
 use super::{CliResult, DataArgs};
 
-/// Output format.
+/// Output format (the encodings of `POST $sql`, plus an aligned table).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
     /// An aligned text table.
     Table,
     /// CSV with a header row.
     Csv,
-    /// A JSON array of row objects.
+    /// A JSON array of row objects (nulls explicit, decimals as numbers).
     Json,
+    /// One JSON object per line.
+    Ndjson,
+    /// Arrow IPC stream bytes (redirect to a file).
+    Arrow,
     /// Parquet bytes (redirect to a file).
     Parquet,
 }
@@ -54,38 +59,28 @@ pub async fn run(a: SqlArgs) -> CliResult<ExitCode> {
     }
 }
 
-/// Writes `batches` in `format`.
+/// Writes `batches` in `format`: the same encodings as `POST $sql`.
 pub fn write_batches(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> CliResult<()> {
-    match format {
-        Format::Table => writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?,
-        Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(out);
-            for b in batches {
-                w.write(b)?;
-            }
+    let encoded = match format {
+        Format::Table => {
+            writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(batches)?)?;
+            return Ok(());
         }
-        Format::Json => {
-            let mut w = arrow::json::ArrayWriter::new(&mut *out);
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            w.write_batches(&refs)?;
-            w.finish()?;
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                // The array writer writes nothing for no rows.
-                write!(out, "[]")?;
-            }
-            writeln!(out)?;
-        }
-        Format::Parquet => {
-            let schema =
-                batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
-            let mut buf = Vec::new();
-            let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)?;
-            for b in batches {
-                w.write(b)?;
-            }
-            w.close()?;
-            out.write_all(&buf)?;
-        }
+        Format::Csv => OutFormat::Csv,
+        Format::Json => OutFormat::Json,
+        Format::Ndjson => OutFormat::Ndjson,
+        Format::Arrow => OutFormat::Arrow,
+        Format::Parquet => OutFormat::Parquet,
+    };
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+    let mut enc = Encoder::for_schema(encoded, schema)?;
+    out.write_all(&enc.begin())?;
+    for b in batches {
+        out.write_all(&enc.batch(b)?)?;
+    }
+    out.write_all(&enc.finish()?)?;
+    if matches!(format, Format::Json) {
+        writeln!(out)?;
     }
     Ok(())
 }

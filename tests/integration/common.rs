@@ -56,15 +56,28 @@ impl TestServer {
     }
 
     pub async fn start_at(root: StorageRoot) -> Self {
+        Self::start_configured(root, ApiConfig::default()).await
+    }
+
+    /// A server over a fresh temporary root with `config` (its public URL is replaced).
+    pub async fn start_with(config: ApiConfig) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = StorageRoot::open(dir.path().to_str().expect("utf-8 path")).expect("root");
+        let mut s = Self::start_configured(root, config).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    async fn start_configured(root: StorageRoot, config: ApiConfig) -> Self {
         let (writer, task) = Writer::start(root.clone(), WriterOptions::default()).await.expect("writer");
-        let config = ApiConfig { public_url: "http://fhirlake.test/fhir".into(), ..Default::default() };
+        let config = ApiConfig { public_url: "http://fhirlake.test/fhir".into(), ..config };
         let state = Arc::new(AppState { writer, config, model: fhirlake_schemas::Model::r4().expect("model") });
         Self { state, root, task: Some(task), _dir: None }
     }
 
     pub async fn request(&self, method: Method, uri: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Resp {
         let mut b = Request::builder().method(method).uri(uri);
-        if body.is_some() {
+        if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             b = b.header("content-type", "application/fhir+json");
         }
         for (k, v) in headers {

@@ -7,5 +7,6 @@ mod common;
 mod concurrency;
 mod examples;
 mod search;
+mod sql;
 mod versions;
 mod views;

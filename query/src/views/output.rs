@@ -1,8 +1,11 @@
-//! View output encodings: `json` (one array of row objects), `ndjson`, `csv` and `parquet`,
-//! written batch by batch so a large result streams.
+//! Result encodings shared by `$run`, `$sql` and `fhirlake sql`: `json` (one array of row
+//! objects, nulls explicit, decimals as JSON numbers, timestamps RFC 3339), `ndjson`,
+//! `csv`, `arrow` (IPC stream) and `parquet`, written batch by batch so a large result
+//! streams.
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::ipc::writer::StreamWriter;
 use fhirlake_schemas::json::Json;
 use parquet::arrow::ArrowWriter;
 
@@ -15,6 +18,7 @@ pub enum Format {
     Json,
     Ndjson,
     Csv,
+    Arrow,
     Parquet,
 }
 
@@ -25,6 +29,7 @@ impl Format {
             "json" | "application/json" | "application/fhir+json" => Format::Json,
             "ndjson" | "application/x-ndjson" | "application/ndjson" | "application/fhir+ndjson" => Format::Ndjson,
             "csv" | "text/csv" => Format::Csv,
+            "arrow" | "application/vnd.apache.arrow.stream" => Format::Arrow,
             "parquet" | "application/vnd.apache.parquet" | "application/parquet" => Format::Parquet,
             _ => return None,
         })
@@ -36,6 +41,7 @@ impl Format {
             Format::Json => "application/json",
             Format::Ndjson => "application/x-ndjson",
             Format::Csv => "text/csv; charset=utf-8",
+            Format::Arrow => "application/vnd.apache.arrow.stream",
             Format::Parquet => "application/vnd.apache.parquet",
         }
     }
@@ -47,20 +53,42 @@ pub struct Encoder {
     columns: Vec<ColumnInfo>,
     rows: usize,
     parquet: Option<ArrowWriter<Vec<u8>>>,
+    ipc: Option<StreamWriter<Vec<u8>>>,
 }
 
 impl Encoder {
     /// An encoder for rows with `schema` (the view plan's output schema).
     pub fn new(format: Format, columns: Vec<ColumnInfo>, schema: SchemaRef) -> Result<Self> {
         let parquet = match format {
-            Format::Parquet => Some(ArrowWriter::try_new(Vec::new(), schema, None)?),
+            Format::Parquet => Some(ArrowWriter::try_new(Vec::new(), schema.clone(), None)?),
             _ => None,
         };
-        Ok(Encoder { format, columns, rows: 0, parquet })
+        let ipc = match format {
+            Format::Arrow => Some(StreamWriter::try_new(Vec::new(), &schema)?),
+            _ => None,
+        };
+        Ok(Encoder { format, columns, rows: 0, parquet, ipc })
+    }
+
+    /// An encoder for any result: columns named as in `schema`, lists as collections.
+    pub fn for_schema(format: Format, schema: SchemaRef) -> Result<Self> {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                fhir_type: None,
+                collection: matches!(f.data_type(), DataType::List(_) | DataType::LargeList(_)),
+            })
+            .collect();
+        Self::new(format, columns, schema)
     }
 
     /// Bytes that open the output.
-    pub fn begin(&self) -> Vec<u8> {
+    pub fn begin(&mut self) -> Vec<u8> {
+        if let Some(w) = &mut self.ipc {
+            return std::mem::take(w.get_mut());
+        }
         match self.format {
             Format::Json => b"[".to_vec(),
             Format::Csv => {
@@ -83,6 +111,10 @@ impl Encoder {
         if let Some(w) = &mut self.parquet {
             w.write(batch)?;
             return Ok(vec![]);
+        }
+        if let Some(w) = &mut self.ipc {
+            w.write(batch)?;
+            return Ok(std::mem::take(w.get_mut()));
         }
         let rows = json_rows(std::slice::from_ref(batch), &self.columns)?;
         let mut out = String::new();
@@ -113,7 +145,7 @@ impl Encoder {
                     }
                     out.push('\n');
                 }
-                Format::Parquet => unreachable!("parquet is written by the ArrowWriter"),
+                Format::Parquet | Format::Arrow => unreachable!("written by the Parquet / IPC writers"),
             }
             self.rows += 1;
         }
@@ -124,6 +156,10 @@ impl Encoder {
     pub fn finish(self) -> Result<Vec<u8>> {
         if let Some(w) = self.parquet {
             return Ok(w.into_inner()?);
+        }
+        if let Some(mut w) = self.ipc {
+            w.finish()?;
+            return Ok(std::mem::take(w.get_mut()));
         }
         Ok(match self.format {
             Format::Json => b"]".to_vec(),

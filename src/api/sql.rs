@@ -1,0 +1,163 @@
+//! `POST [base]/$sql`: read-only SQL over the tables the API serves.
+//!
+//! Owns: the request contract shared with `fhirlake sql` (README, "SQL"): `application/sql`
+//! or `text/plain` with the SQL text, or `application/json` `{"query", "params", "format",
+//! "limit"}` (`params` a list for `$1`.. or an object for `$name`); the output format from
+//! `format`, `_format` or `Accept` (`json`, `ndjson`, `csv`, `arrow`, `parquet`); the row
+//! limit (default and maximum from `ApiConfig`); the session over the writer's latest table
+//! snapshots (so a write acknowledged by the API is visible at once) and the
+//! materialized views. Must not: plan or sandbox SQL (that is `fhirlake_query::catalog`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use datafusion::common::{ParamValues, ScalarValue};
+use fhirlake_ingest::TableKind;
+use fhirlake_query::catalog::{SqlLimits, SqlSession, Tables};
+use fhirlake_query::views::output::{Encoder, Format};
+use fhirlake_schemas::Json;
+
+use super::{AppState, parse_json};
+use crate::error::{ApiError, ApiResult};
+
+/// `POST [base]/$sql`.
+pub async fn sql(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_string();
+    let limits = state.config.sql;
+    let bytes = axum::body::to_bytes(body, limits.max_sql_bytes + 64 * 1024)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(format!("the request is over {} bytes", limits.max_sql_bytes)))?;
+    let (mut format, mut limit) = (None::<String>, None::<usize>);
+    let (text, params) = match mime.as_str() {
+        "application/sql" | "text/plain" | "" => {
+            (String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::BadRequest("the SQL is not UTF-8".into()))?, None)
+        }
+        "application/json" | "application/fhir+json" => {
+            let j = parse_json(&state, &bytes)?;
+            let q = j
+                .get("query")
+                .and_then(Json::as_str)
+                .ok_or_else(|| ApiError::BadRequest("the JSON body needs \"query\": \"SELECT ...\"".into()))?
+                .to_string();
+            format = j.get("format").and_then(Json::as_str).map(String::from);
+            limit = match j.get("limit") {
+                None | Some(Json::Null) => None,
+                Some(Json::Number(n)) => {
+                    Some(n.parse().map_err(|_| ApiError::BadRequest(format!("\"limit\": {n} is not a row count")))?)
+                }
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!("\"limit\" must be a number, not {}", other.kind())));
+                }
+            };
+            (q, j.get("params").map(params_of).transpose()?)
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "send the SQL as application/sql or text/plain, or JSON {{\"query\": ...}}; not '{other}'"
+            )));
+        }
+    };
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "_format" | "format" => format = Some(v.into_owned()),
+            "limit" | "_limit" => {
+                limit = Some(v.parse().map_err(|_| ApiError::BadRequest(format!("limit='{v}' is not a row count")))?)
+            }
+            other => return Err(ApiError::BadRequest(format!("$sql has no parameter '{other}'"))),
+        }
+    }
+    let format = choose_format(format.as_deref(), &headers)?;
+    let limit = limit.unwrap_or(state.config.sql_default_rows);
+    if limit > state.config.sql_max_rows {
+        return Err(ApiError::BadRequest(format!(
+            "limit {limit} is over the maximum of {} rows",
+            state.config.sql_max_rows
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(ApiError::BadRequest("the SQL text is empty".into()));
+    }
+    let session = session(&state, limits).await?;
+    let df = session.plan(&text, params).await?;
+    let df = df.limit(0, Some(limit)).map_err(fhirlake_query::Error::from)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let stream = tokio::time::timeout_at(deadline, df.execute_stream())
+        .await
+        .map_err(|_| ApiError::Timeout("the query ran past its time limit and was cancelled".into()))?
+        .map_err(|e| ApiError::from(fhirlake_query::Error::from(e)))?;
+    let enc = Encoder::for_schema(format, schema)?;
+    let options = super::stream::StreamOptions { format, deadline: Some(deadline), header: None };
+    super::stream::respond(stream, enc, options, |e| ApiError::from(fhirlake_query::Error::from(e))).await
+}
+
+/// `format`/`_format`, else the first `Accept` type that names one, else JSON.
+pub fn choose_format(named: Option<&str>, headers: &HeaderMap) -> ApiResult<Format> {
+    match named {
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::BadRequest(format!("format '{f}' is not one of json, ndjson, csv, arrow, parquet"))
+        }),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split(',').find_map(|m| Format::parse(m.split(';').next().unwrap_or(""))))
+            .unwrap_or(Format::Json)),
+    }
+}
+
+/// JSON parameters: a list binds `$1`, `$2`, ...; an object binds `$name`.
+fn params_of(j: &Json) -> ApiResult<ParamValues> {
+    let scalar = |v: &Json| -> ApiResult<ScalarValue> {
+        Ok(match v {
+            Json::Null => ScalarValue::Null,
+            Json::Bool(b) => ScalarValue::Boolean(Some(*b)),
+            Json::String(s) => ScalarValue::Utf8(Some(s.clone())),
+            Json::Number(n) => match n.parse::<i64>() {
+                Ok(i) => ScalarValue::Int64(Some(i)),
+                Err(_) => ScalarValue::Float64(Some(
+                    n.parse().map_err(|_| ApiError::BadRequest(format!("parameter {n} is not a number")))?,
+                )),
+            },
+            other => return Err(ApiError::BadRequest(format!("a parameter must be a scalar, not {}", other.kind()))),
+        })
+    };
+    match j {
+        Json::Array(items) => Ok(ParamValues::List(
+            items.iter().map(scalar).collect::<ApiResult<Vec<_>>>()?.into_iter().map(Into::into).collect(),
+        )),
+        Json::Object(members) => Ok(ParamValues::Map(
+            members.iter().map(|(k, v)| Ok((k.clone(), scalar(v)?.into()))).collect::<ApiResult<_>>()?,
+        )),
+        other => Err(ApiError::BadRequest(format!("\"params\" must be a list or an object, not {}", other.kind()))),
+    }
+}
+
+/// A session over the writer's latest snapshots and the materialized views.
+async fn session(state: &AppState, limits: SqlLimits) -> ApiResult<SqlSession> {
+    let set = state.writer.tables();
+    let mut tables = Tables::default();
+    for rt in set.current_types() {
+        if let Some(t) = set.get(TableKind::Current, &rt) {
+            tables.current.push((rt.clone(), t));
+        }
+        if let Some(t) = set.get(TableKind::History, &rt) {
+            tables.history.push((rt.clone(), t));
+        }
+    }
+    let root = state.writer.root();
+    for name in root.existing_tables(TableKind::View).await? {
+        if let Some(t) = root.open_table(TableKind::View, &name).await? {
+            tables.views.push((name, t));
+        }
+    }
+    Ok(SqlSession::with_tables(tables, limits)?)
+}
