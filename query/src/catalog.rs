@@ -132,6 +132,7 @@ impl SqlSession {
             RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes))).build_arc()?;
         let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
         cap_sized_functions(&ctx);
+        crate::functions::register(&ctx);
         let mut public = TableSchema::default();
         let mut history = TableSchema::default();
         let mut views = TableSchema::default();
@@ -149,6 +150,17 @@ impl SqlSession {
             t.update_datafusion_session(&ctx.state())?;
             views.tables.insert(name.to_lowercase(), (name, t));
         }
+        let mut all: BTreeMap<String, DeltaTable> = BTreeMap::new();
+        for (k, (_, t)) in &public.tables {
+            all.insert(k.clone(), t.clone());
+        }
+        for (k, (_, t)) in &history.tables {
+            all.insert(format!("history.{k}"), t.clone());
+        }
+        for (k, (_, t)) in &views.tables {
+            all.insert(format!("views.{k}"), t.clone());
+        }
+        ctx.register_udtf("as_of", Arc::new(AsOf { tables: all }));
         let catalog = ctx.catalog("datafusion").ok_or_else(|| Error::BadSql("no default catalog".into()))?;
         catalog.register_schema("public", Arc::new(public))?;
         catalog.register_schema("history", Arc::new(history))?;
@@ -333,6 +345,81 @@ fn sql_error(e: DataFusionError) -> Error {
 impl Default for SqlSession {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Time travel: `as_of('patient', 3)` is the table at Delta version 3,
+/// `as_of('history.patient', '2026-11-26T10:00:00Z')` the table as of that instant (the last
+/// version committed at or before it). Any table of the session can be named.
+struct AsOf {
+    tables: BTreeMap<String, DeltaTable>,
+}
+
+impl fmt::Debug for AsOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsOf").field("tables", &self.tables.len()).finish()
+    }
+}
+
+impl datafusion::catalog::TableFunctionImpl for AsOf {
+    fn call_with_args(
+        &self,
+        args: datafusion::catalog::TableFunctionArgs,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::Expr;
+        let usage = || {
+            DataFusionError::Plan(
+                "as_of(table, version) or as_of(table, 'RFC 3339 instant'), e.g. as_of('patient', 3)".into(),
+            )
+        };
+        let text = |e: &Expr| match e {
+            Expr::Literal(
+                ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)),
+                _,
+            ) => Some(s.clone()),
+            _ => None,
+        };
+        let [name, at] = args.exprs() else { return Err(usage()) };
+        let name = text(name).ok_or_else(usage)?;
+        let key = name.to_lowercase();
+        let key = key.strip_prefix("public.").unwrap_or(&key).to_string();
+        let mut table =
+            self.tables.get(&key).cloned().ok_or_else(|| DataFusionError::Plan(format!("as_of: no table '{name}'")))?;
+        enum At {
+            Version(u64),
+            Instant(chrono::DateTime<chrono::Utc>),
+        }
+        let at = match at {
+            Expr::Literal(ScalarValue::Int64(Some(v)), _) if *v >= 0 => At::Version(*v as u64),
+            other => {
+                let t = text(other).ok_or_else(usage)?;
+                let when = chrono::DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| DataFusionError::Plan(format!("as_of: '{t}' is not an RFC 3339 instant: {e}")))?;
+                At::Instant(when.with_timezone(&chrono::Utc))
+            }
+        };
+        // Table functions are synchronous; the Delta log is read on a helper thread.
+        let loaded = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async {
+                        match at {
+                            At::Version(v) => table.load_version(v).await,
+                            At::Instant(t) => table.load_with_datetime(t).await,
+                        }
+                        .map_err(|e| format!("as_of('{name}'): {e}"))?;
+                        table.table_provider().await.map_err(|e| e.to_string())
+                    })
+                })
+                .join()
+                .map_err(|_| "as_of: the loader stopped".to_string())?
+        });
+        loaded.map_err(DataFusionError::Plan)
     }
 }
 

@@ -6,6 +6,7 @@
 //! tables or a storage-root URL and object store by the root crate.
 
 pub mod catalog;
+pub mod functions;
 pub mod history;
 pub mod search;
 pub mod views;

@@ -229,3 +229,110 @@ async fn hostile_queries_are_refused_or_cancelled_and_the_server_stays_healthy()
         415
     );
 }
+
+fn load(name: &str) -> Vec<Value> {
+    std::fs::read_to_string(fixtures().join("synthea/ndjson").join(name))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_travel_and_fhir_helper_functions() {
+    let server = loaded(ApiConfig::default()).await;
+    let patients = load("Patient.ndjson");
+    let version = server
+        .state
+        .writer
+        .tables()
+        .get(fhirlake_ingest::TableKind::Current, "Patient")
+        .and_then(|t| t.version())
+        .expect("patient table version");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let put =
+        server.put("/fhir/Patient/later", r#"{"resourceType":"Patient","id":"later","birthDate":"2001-02-03"}"#).await;
+    assert!(put.status.is_success());
+    let n = |r: &Resp| rows(r)[0]["n"].as_u64().expect("count");
+    assert_eq!(n(&sql(&server, "SELECT count(*) AS n FROM patient").await), patients.len() as u64 + 1);
+    assert_eq!(
+        n(&sql(&server, &format!("SELECT count(*) AS n FROM as_of('patient', {version})")).await),
+        patients.len() as u64,
+        "as of the version before the write"
+    );
+    assert_eq!(
+        n(&sql(&server, &format!("SELECT count(*) AS n FROM as_of('Patient', '{before}')")).await),
+        patients.len() as u64,
+        "as of an instant before the write"
+    );
+    assert_eq!(
+        n(&sql(&server, &format!("SELECT count(*) AS n FROM as_of('history.patient', '{before}')")).await),
+        patients.len() as u64
+    );
+    assert_eq!(n(&sql(&server, "SELECT count(*) AS n FROM history.patient").await), patients.len() as u64 + 1);
+    for bad in [
+        "SELECT * FROM as_of('patient', 99999)",
+        "SELECT * FROM as_of('nothing', 1)",
+        "SELECT * FROM as_of('patient', 'yesterday')",
+        "SELECT * FROM as_of('patient')",
+    ] {
+        let r = sql(&server, bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+
+    // fhir_code: counts by LOINC code equal the counts from the JSON.
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    for o in load("Observation.ndjson") {
+        let code = o["code"]["coding"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["system"] == "http://loinc.org"))
+            .and_then(|c| c["code"].as_str())
+            .unwrap_or("")
+            .to_string();
+        *want.entry(code).or_default() += 1;
+    }
+    let got: std::collections::BTreeMap<String, u64> = rows(
+        &sql(
+            &server,
+            "SELECT coalesce(fhir_code(code, 'http://loinc.org'), '') AS c, count(*) AS n FROM observation GROUP BY 1",
+        )
+        .await,
+    )
+    .iter()
+    .map(|r| (r["c"].as_str().unwrap().to_string(), r["n"].as_u64().unwrap()))
+    .collect();
+    assert_eq!(got, want);
+    // fhir_display on a list of CodeableConcepts; fhir_ref_id with and without a type.
+    let r = rows(&sql(&server, "SELECT fhir_display(category, NULL) AS d FROM observation WHERE fhir_display(category, NULL) IS NOT NULL LIMIT 1").await);
+    assert!(r[0]["d"].is_string());
+    let r = rows(
+        &sql(
+            &server,
+            "SELECT count(*) AS n FROM observation WHERE fhir_ref_id(subject, 'Patient') = subject._target_id",
+        )
+        .await,
+    );
+    assert_eq!(r[0]["n"], load("Observation.ndjson").len() as u64);
+    let r = rows(
+        &sql(&server, "SELECT count(*) AS n FROM observation WHERE fhir_ref_id(subject, 'Group') IS NOT NULL").await,
+    );
+    assert_eq!(r[0]["n"], 0);
+    // fhir_age against ages computed here.
+    let ages: std::collections::BTreeMap<String, i64> = rows(
+        &sql(&server, "SELECT id, fhir_age(birthDate, '2020-06-15') AS age FROM patient WHERE id <> 'later'").await,
+    )
+    .iter()
+    .map(|r| (r["id"].as_str().unwrap().to_string(), r["age"].as_i64().unwrap()))
+    .collect();
+    for p in &patients {
+        let b = p["birthDate"].as_str().unwrap();
+        let (y, m, d): (i64, u32, u32) = (b[..4].parse().unwrap(), b[5..7].parse().unwrap(), b[8..10].parse().unwrap());
+        let want = 2020 - y - i64::from((6, 15) < (m, d));
+        assert_eq!(ages[p["id"].as_str().unwrap()], want, "{b}");
+    }
+    let r = rows(&sql(&server, "SELECT fhir_age('1970', _last_updated) AS a FROM patient LIMIT 1").await);
+    assert!(r[0]["a"].as_i64().unwrap() >= 55);
+}
