@@ -10,4 +10,5 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod flight;
 pub mod materialize;

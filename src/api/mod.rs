@@ -35,6 +35,8 @@ use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 use crate::config::ApiConfig;
 use crate::error::{ApiError, ApiResult, FHIR_JSON};
 
+pub use sql::session as sql_session;
+
 /// Shared state of the API.
 pub struct AppState {
     /// The writer of the storage root.

@@ -142,7 +142,7 @@ fn params_of(j: &Json) -> ApiResult<ParamValues> {
 }
 
 /// A session over the writer's latest snapshots and the materialized views.
-async fn session(state: &AppState, limits: SqlLimits) -> ApiResult<SqlSession> {
+pub async fn session(state: &AppState, limits: SqlLimits) -> ApiResult<SqlSession> {
     let set = state.writer.tables();
     let mut tables = Tables::default();
     for rt in set.current_types() {

@@ -1,4 +1,5 @@
-//! `fhirlake serve`: take the write lease, recover, listen; drain on SIGTERM.
+//! `fhirlake serve`: take the write lease, recover, listen (HTTP, and Flight SQL when asked);
+//! drain on SIGTERM.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,6 +44,10 @@ pub struct ServeArgs {
     /// `$sql`: the largest row limit a request may ask for.
     #[arg(long, env = "FHIRLAKE_SQL_MAX_ROWS", default_value_t = 10_000_000)]
     sql_max_rows: usize,
+    /// Also serve Arrow Flight SQL (gRPC) on this address, e.g. 127.0.0.1:50051 (port 0
+    /// picks a free port; the bound address is printed). Off when not given.
+    #[arg(long, env = "FHIRLAKE_FLIGHT_LISTEN")]
+    flight_listen: Option<String>,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C.
@@ -76,12 +81,49 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
             "listening on a non-loopback address WITHOUT authentication: anyone who can reach {addr} can read and write all data"
         );
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flight = match &a.flight_listen {
+        Some(listen) => {
+            let l = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen} for Flight SQL: {e}"))?;
+            let faddr = l.local_addr()?;
+            crate::outln!("fhirlake Flight SQL listening on grpc://{faddr}");
+            let mut stop = stop_rx.clone();
+            let svc = crate::flight::FlightSql::service(state.clone());
+            Some(tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(tokio_stream_of(l), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app(state));
-    axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, service)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    if let Some(f) = flight {
+        f.await.map_err(|e| format!("Flight SQL server: {e}"))?.map_err(|e| format!("Flight SQL server: {e}"))?;
+    }
     tracing::info!("stopped accepting; committing in-flight writes");
     task.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Accepted connections of `l` as the stream tonic serves.
+fn tokio_stream_of(l: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(l, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
 }
 
 async fn shutdown_signal() {
