@@ -19,7 +19,6 @@ nothing).
 """
 
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -136,12 +135,9 @@ def main():
 
         # Peer for (b): DuckDB over the same Delta table.
         try:
-            import duckdb
-            import duckdb_ext  # noqa: F401
-            ext = glob.glob(str(Path(duckdb_ext.__path__[0]) / "extensions" / f"v{duckdb.__version__}" / "*" / "delta.duckdb_extension"))
-            con = duckdb.connect()
+            import duckdb_delta
+            con = duckdb_delta.connect()
             con.execute("SET threads=2")
-            con.execute(f"LOAD '{ext[0]}'")
             sql = (f"SELECT count(*) FROM delta_scan('{data / 'resources' / 'Observation'}') "
                    "WHERE len(list_filter(_sp_code, x -> x.system = 'http://loinc.org' AND x.code = '8302-2')) > 0")
             lat = []

@@ -138,9 +138,18 @@ impl From<fhirlake_query::Error> for ApiError {
             fhirlake_query::Error::Forbidden(m) => ApiError::Forbidden(m),
             fhirlake_query::Error::TooLarge(m) => ApiError::PayloadTooLarge(m),
             fhirlake_query::Error::Timeout(m) => ApiError::Timeout(m),
-            fhirlake_query::Error::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(m)) => {
-                ApiError::PayloadTooLarge(format!("the query needs more memory than its limit: {m}"))
-            }
+            fhirlake_query::Error::DataFusion(e) => match e.find_root() {
+                datafusion::error::DataFusionError::ResourcesExhausted(m) => {
+                    ApiError::PayloadTooLarge(format!("the query needs more memory than its limit: {m}"))
+                }
+                // Found while planning the execution (e.g. a correlated subquery form the
+                // engine does not run): the query's fault, not the server's.
+                datafusion::error::DataFusionError::NotImplemented(m) => {
+                    ApiError::BadRequest(format!("not supported: {m}"))
+                }
+                datafusion::error::DataFusionError::Plan(m) => ApiError::BadRequest(m.clone()),
+                _ => ApiError::Internal(e.to_string()),
+            },
             fhirlake_query::Error::BadView(v) => ApiError::Invalid(vec![Issue {
                 code: IssueCode::Invalid,
                 location: format!("ViewDefinition.{}", v.location),

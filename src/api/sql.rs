@@ -58,7 +58,11 @@ pub async fn sql(
                     return Err(ApiError::BadRequest(format!("\"limit\" must be a number, not {}", other.kind())));
                 }
             };
-            (q, j.get("params").map(params_of).transpose()?)
+            let params = match j.get("params") {
+                None | Some(Json::Null) => None,
+                Some(p) => Some(params_of(p)?),
+            };
+            (q, params)
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(

@@ -2,10 +2,10 @@
 their typed, nested columns. The data is loaded by the real `fhirlake import` binary from
 the Synthea NDJSON fixtures, once per test session."""
 
-import glob
 import json
 import os
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,6 +16,9 @@ import pytest
 from deltalake import DeltaTable
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benches"))
+import duckdb_delta  # noqa: E402
+
 FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 BIN = os.environ.get("FHIRLAKE_BIN", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "fhirlake"))
 
@@ -83,12 +86,7 @@ def test_polars_reads_decimal_quantities_and_text_dates(data):
 
 
 def test_duckdb_delta_scan_reads_the_tables(data):
-    import duckdb_ext  # noqa: F401  (the PyPI-packaged extension binaries)
-
-    ext = glob.glob(str(Path(duckdb_ext.__path__[0]) / "extensions" / f"v{duckdb.__version__}" / "*" / "delta.duckdb_extension"))
-    assert ext, "delta extension for this DuckDB version is not installed"
-    con = duckdb.connect()
-    con.execute(f"LOAD '{ext[0]}'")
+    con = duckdb_delta.connect()  # the PyPI-packaged extension, loaded by path
     patients = ndjson("Patient.ndjson")
     rows = con.execute(
         f"SELECT gender, count(*) FROM delta_scan('{data / 'resources' / 'Patient'}') GROUP BY gender ORDER BY gender"

@@ -2,10 +2,10 @@
 (the real binary) writes views/<name>, and deltalake, polars, DuckDB and `fhirlake sql`
 read the same rows, which this test also computes on its own from the Synthea NDJSON."""
 
-import glob
 import json
 import os
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +15,9 @@ import pytest
 from deltalake import DeltaTable
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benches"))
+import duckdb_delta  # noqa: E402
+
 FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 BIN = os.environ.get("FHIRLAKE_BIN", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "fhirlake"))
 BP_CODES = {"85354-9", "55284-4"}
@@ -75,12 +78,7 @@ def test_duckdb_and_fhirlake_sql_agree_on_an_aggregate(data):
     want = {}
     for _, _, code, value in expected_blood_pressure():
         want[code] = want.get(code, 0) + 1
-    import duckdb_ext  # the PyPI-packaged extension binaries (nothing is downloaded)
-
-    ext = glob.glob(str(Path(duckdb_ext.__path__[0]) / "extensions" / f"v{duckdb.__version__}" / "*" / "delta.duckdb_extension"))
-    assert ext, "delta extension for this DuckDB version is not installed"
-    con = duckdb.connect()
-    con.execute(f"LOAD '{ext[0]}'")
+    con = duckdb_delta.connect()  # the PyPI-packaged extension, loaded by path
     got = dict(con.execute(
         f"SELECT component_code, count(*) FROM delta_scan('{data / 'views' / 'blood_pressure'}') GROUP BY 1").fetchall())
     assert got == want
