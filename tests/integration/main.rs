@@ -7,6 +7,7 @@ mod common;
 mod concurrency;
 mod examples;
 mod search;
+mod slt;
 mod sql;
 mod versions;
 mod views;
