@@ -178,36 +178,43 @@ impl Applier {
         .map_err(|e| Error::Flatten(e.to_string()))?
     }
 
-    /// Commits prepared batches; tables that already carry `seq` are skipped.
+    /// Commits prepared batches; tables that already carry `seq` are skipped. The new table
+    /// versions are published to readers together, after every table of the group is
+    /// committed, so in-process readers (SQL, search, views) never see half of a group
+    /// (a transaction spanning types included). If a commit fails, none is published and
+    /// the writer stops until a restart replays the journal entry.
     pub(crate) async fn commit(&self, seq: i64, prepared: Vec<PreparedType>) -> Result<()> {
         let futures = prepared.into_iter().map(|p| self.commit_type(seq, p));
+        let mut committed = Vec::new();
         for r in futures::future::join_all(futures).await {
-            r?;
+            committed.extend(r?);
         }
+        self.tables.put_all(committed);
         Ok(())
     }
 
-    async fn commit_type(&self, seq: i64, p: PreparedType) -> Result<()> {
+    async fn commit_type(&self, seq: i64, p: PreparedType) -> Result<Vec<(TableKind, String, DeltaTable)>> {
         let started = std::time::Instant::now();
         let rows = p.history.num_rows();
         let (h, c) = tokio::join!(self.commit_history(seq, &p.rt, p.history), async {
             self.commit_current(seq, &p.rt, p.current, &p.ids, p.all_new).await
         });
-        h?;
-        c?;
+        let mut out = Vec::new();
+        out.extend(h?.map(|t| (TableKind::History, p.rt.clone(), t)));
+        out.extend(c?.map(|t| (TableKind::Current, p.rt.clone(), t)));
         tracing::debug!(rt = p.rt, rows, elapsed = ?started.elapsed(), "committed");
-        Ok(())
+        Ok(out)
     }
 
-    async fn commit_history(&self, seq: i64, rt: &str, batch: RecordBatch) -> Result<()> {
+    /// The new history table, or `None` when it already carried `seq`.
+    async fn commit_history(&self, seq: i64, rt: &str, batch: RecordBatch) -> Result<Option<DeltaTable>> {
         let history = self.table(TableKind::History, rt).await?;
         if applied(&history, seq).await? {
-            return Ok(());
+            return Ok(None);
         }
         let t = history.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(txn(seq)).await?;
         self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tables.put(TableKind::History, rt, t);
-        Ok(())
+        Ok(Some(t))
     }
 
     async fn commit_current(
@@ -217,10 +224,10 @@ impl Applier {
         batch: RecordBatch,
         ids: &[String],
         all_new: bool,
-    ) -> Result<()> {
+    ) -> Result<Option<DeltaTable>> {
         let current = self.table(TableKind::Current, rt).await?;
         if applied(&current, seq).await? {
-            return Ok(());
+            return Ok(None);
         }
         let t = if all_new {
             current.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(txn(seq)).await?
@@ -238,8 +245,7 @@ impl Applier {
             }
         };
         self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tables.put(TableKind::Current, rt, t);
-        Ok(())
+        Ok(Some(t))
     }
 }
 

@@ -178,6 +178,19 @@ impl TableSet {
         self.tables.write().expect("table set lock").insert((kind, rt.to_string()), t);
     }
 
+    /// Publishes several new table versions at once (one group commit).
+    pub(crate) fn put_all(&self, tables: Vec<(TableKind, String, DeltaTable)>) {
+        let mut set = self.tables.write().expect("table set lock");
+        for (kind, rt, t) in tables {
+            set.insert((kind, rt), t);
+        }
+    }
+
+    /// Every table's latest version, read at one instant (never half of a group commit).
+    pub fn snapshot(&self) -> Vec<(TableKind, String, DeltaTable)> {
+        self.tables.read().expect("table set lock").iter().map(|((k, rt), t)| (*k, rt.clone(), t.clone())).collect()
+    }
+
     /// Types that have a current table.
     pub fn current_types(&self) -> Vec<String> {
         let mut v: Vec<String> = self

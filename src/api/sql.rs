@@ -147,14 +147,13 @@ fn params_of(j: &Json) -> ApiResult<ParamValues> {
 
 /// A session over the writer's latest snapshots and the materialized views.
 pub async fn session(state: &AppState, limits: SqlLimits) -> ApiResult<SqlSession> {
-    let set = state.writer.tables();
+    // One snapshot of every table: never half of a group commit (or of a transaction).
     let mut tables = Tables::default();
-    for rt in set.current_types() {
-        if let Some(t) = set.get(TableKind::Current, &rt) {
-            tables.current.push((rt.clone(), t));
-        }
-        if let Some(t) = set.get(TableKind::History, &rt) {
-            tables.history.push((rt.clone(), t));
+    for (kind, rt, t) in state.writer.tables().snapshot() {
+        match kind {
+            TableKind::Current => tables.current.push((rt, t)),
+            TableKind::History => tables.history.push((rt, t)),
+            TableKind::View => {}
         }
     }
     let root = state.writer.root();

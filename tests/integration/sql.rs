@@ -336,3 +336,36 @@ async fn time_travel_and_fhir_helper_functions() {
     let r = rows(&sql(&server, "SELECT fhir_age('1970', _last_updated) AS a FROM patient LIMIT 1").await);
     assert!(r[0]["a"].as_i64().unwrap() >= 55);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_never_sees_half_a_transaction() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let writer = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            for i in 0..25 {
+                let bundle = format!(
+                    r#"{{"resourceType":"Bundle","type":"transaction","entry":[
+                        {{"fullUrl":"urn:uuid:p{i}","resource":{{"resourceType":"Patient","gender":"female"}},"request":{{"method":"POST","url":"Patient"}}}},
+                        {{"resource":{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"subject":{{"reference":"urn:uuid:p{i}"}}}},"request":{{"method":"POST","url":"Observation"}}}}]}}"#
+                );
+                let r = server.post("/fhir", &bundle).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+            }
+        })
+    };
+    let mut checked = 0;
+    let query = "SELECT (SELECT count(*) FROM patient) AS p, (SELECT count(*) FROM observation) AS o";
+    while !writer.is_finished() {
+        let r = sql(&server, query).await;
+        if r.status == 200 {
+            let row = &rows(&r)[0];
+            assert_eq!(row["p"], row["o"], "a transaction was half visible: {row}");
+            checked += 1;
+        }
+    }
+    writer.await.expect("writer");
+    let row = &rows(&sql(&server, query).await)[0];
+    assert_eq!((row["p"].as_u64(), row["o"].as_u64()), (Some(25), Some(25)));
+    assert!(checked > 0, "no query overlapped the writes");
+}
