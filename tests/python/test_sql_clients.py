@@ -100,3 +100,18 @@ def test_http_errors_are_operation_outcomes(server):
         post_sql(server["http"], "DELETE FROM patient")
     assert e.value.code == 403
     assert json.loads(e.value.read())["resourceType"] == "OperationOutcome"
+
+
+def test_cli_against_the_server_and_the_directory_agree(server):
+    via_url = json.loads(subprocess.run([BIN, "sql", "--url", server["http"], "--format", "json", QUERY],
+                                        check=True, capture_output=True, text=True).stdout)
+    via_dir = json.loads(subprocess.run([BIN, "sql", "--data", str(server["data"]), "--format", "json", QUERY],
+                                        check=True, capture_output=True, text=True).stdout)
+    via_http = json.loads(post_sql(server["http"], QUERY))
+    assert via_url == via_dir == via_http
+    # SQL on stdin; a table rendered from the server's Arrow stream; errors say what happened.
+    piped = subprocess.run([BIN, "sql", "--url", server["http"]], input="SELECT count(*) AS n FROM patient",
+                           check=True, capture_output=True, text=True).stdout
+    assert re.search(r"\|\s*40\s*\|", piped), piped
+    bad = subprocess.run([BIN, "sql", "--url", server["http"], "DROP TABLE patient"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "403" in bad.stderr, bad.stderr
