@@ -4,9 +4,7 @@ fixtures; a cell that raises fails the test. Notebooks find the server and the d
 `FHIRLAKE_URL`, `FHIRLAKE_FLIGHT` and `FHIRLAKE_DATA`."""
 
 import os
-import re
-import subprocess
-import time
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,31 +13,17 @@ from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-BIN = os.environ.get("FHIRLAKE_BIN", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "fhirlake"))
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+import fhirlake_proc  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("nb") / "data"
-    subprocess.run([BIN, "import", "--no-progress", "--data", str(root), "--errors", str(root.parent / "e.ndjson"),
-                    str(FIXTURES / "synthea" / "ndjson")], check=True, capture_output=True)
-    p = subprocess.Popen([BIN, "serve", "--data", str(root), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    http = grpc = None
-    deadline = time.time() + 60
-    while time.time() < deadline and not (http and grpc):
-        line = p.stdout.readline()
-        if not line:
-            break
-        if m := re.search(r"listening on (http://\S+)", line):
-            http = m.group(1)
-        if m := re.search(r"Flight SQL listening on (grpc://\S+)", line):
-            grpc = m.group(1)
-    assert http and grpc, "the server did not start"
-    yield {"FHIRLAKE_DATA": str(root), "FHIRLAKE_URL": http + "/fhir", "FHIRLAKE_FLIGHT": grpc}
-    p.terminate()
-    p.wait(timeout=60)
+    fhirlake_proc.import_synthea(root)
+    p, http, grpc = fhirlake_proc.serve(root)
+    yield {"FHIRLAKE_DATA": str(root), "FHIRLAKE_URL": http, "FHIRLAKE_FLIGHT": grpc}
+    fhirlake_proc.stop(p)
 
 
 @pytest.mark.parametrize("path", sorted(HERE.glob("*.ipynb")), ids=lambda p: p.name)

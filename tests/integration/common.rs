@@ -103,6 +103,19 @@ impl TestServer {
         self.request(Method::POST, uri, Some(body), &[]).await
     }
 
+    /// Loads the 40 Synthea patients' NDJSON (`../shared/fixtures/synthea/ndjson`) through
+    /// the import path; every resource must be accepted.
+    pub async fn load_synthea(&self) {
+        let summary = fhirlake_ingest::import::import_paths(
+            &self.state.writer,
+            &[fixtures().join("synthea/ndjson")],
+            fhirlake_ingest::import::ImportOptions::default(),
+        )
+        .await
+        .expect("import");
+        assert_eq!(summary.rejected, 0, "Synthea NDJSON rejected");
+    }
+
     /// Stops the writer (drains and releases the lease).
     pub async fn stop(mut self) {
         let task = self.task.take().expect("running");

@@ -5,9 +5,8 @@
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
-use fhirlake_ingest::import::{ImportOptions, import_paths};
 
-use crate::common::{TestServer, fixtures};
+use crate::common::TestServer;
 
 struct Query {
     line: usize,
@@ -90,10 +89,7 @@ fn render(batches: &[RecordBatch], types: &[char]) -> Result<Vec<String>, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slt_suite_matches_results_computed_from_the_json() {
     let server = TestServer::start().await;
-    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
-        .await
-        .expect("import");
-    assert_eq!(summary.rejected, 0);
+    server.load_synthea().await;
     let session = server.session().await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
     let mut total = 0;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::http::Method;
 use fhirlake::config::ApiConfig;
-use fhirlake_ingest::import::{ImportOptions, import_paths};
 use fhirlake_query::catalog::SqlLimits;
 use serde_json::Value;
 
@@ -30,19 +29,12 @@ fn rows(r: &Resp) -> Vec<Value> {
 
 async fn loaded(config: ApiConfig) -> TestServer {
     let server = TestServer::start_with(config).await;
-    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
-        .await
-        .expect("import");
-    assert_eq!(summary.rejected, 0);
+    server.load_synthea().await;
     server
 }
 
 fn ndjson_count(name: &str) -> usize {
-    std::fs::read_to_string(fixtures().join("synthea/ndjson").join(name))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
+    load(name).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@
 #[path = "../../schemas/tests/support/sof_suite.rs"]
 mod sof_suite;
 
-use fhirlake_ingest::import::{ImportOptions, import_paths};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::model::Model;
 use fhirlake_schemas::sof::View;
@@ -109,10 +108,7 @@ fn canonical_rows(columns: &[String], rows: &[Vec<Json>]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realistic_views_over_the_store_are_compiled_and_match_the_reference_runner() {
     let server = TestServer::start().await;
-    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
-        .await
-        .expect("import");
-    assert_eq!(summary.rejected, 0);
+    server.load_synthea().await;
     let model = Model::r4().expect("model");
     let resources = synthea_resources();
     let views = realistic_views();
@@ -256,10 +252,7 @@ fn param<'a>(p: &'a Json, name: &str) -> &'a Json {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn materialized_views_equal_run_and_refresh_incrementally() {
     let server = TestServer::start().await;
-    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
-        .await
-        .expect("import");
-    assert_eq!(summary.rejected, 0);
+    server.load_synthea().await;
     let model = Model::r4().expect("model");
     let mut views = realistic_views();
     // One view the compiler does not cover (it compares dateTimes, which FHIRPath does by
@@ -352,10 +345,7 @@ async fn materialized_views_equal_run_and_refresh_incrementally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_filter_and_capability_statement() {
     let server = TestServer::start().await;
-    let summary = import_paths(&server.state.writer, &[fixtures().join("synthea/ndjson")], ImportOptions::default())
-        .await
-        .expect("import");
-    assert_eq!(summary.rejected, 0);
+    server.load_synthea().await;
     let resources = synthea_resources();
     let patients: Vec<&str> = resources
         .iter()

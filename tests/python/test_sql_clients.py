@@ -4,13 +4,10 @@ polars) returns identical results. One real `fhirlake serve` process over the Sy
 fixtures, loaded with the real `fhirlake import`."""
 
 import json
-import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import polars as pl
@@ -18,9 +15,8 @@ import pyarrow as pa
 import pyarrow.ipc
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-BIN = os.environ.get("FHIRLAKE_BIN", str(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "fhirlake"))
+import fhirlake_proc
+from fhirlake_proc import BIN
 
 QUERY = """
 SELECT gender, count(*) AS n, min(birthDate) AS first_born
@@ -36,24 +32,10 @@ GROUP BY p.gender ORDER BY p.gender
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("sql") / "data"
-    subprocess.run([BIN, "import", "--no-progress", "--data", str(data), "--errors", str(data.parent / "e.ndjson"),
-                    str(FIXTURES / "synthea" / "ndjson")], check=True, capture_output=True)
-    p = subprocess.Popen([BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    http = grpc = None
-    deadline = time.time() + 60
-    while time.time() < deadline and not (http and grpc):
-        line = p.stdout.readline()
-        if not line:
-            break
-        if m := re.search(r"listening on (http://\S+)", line):
-            http = m.group(1)
-        if m := re.search(r"Flight SQL listening on (grpc://\S+)", line):
-            grpc = m.group(1)
-    assert http and grpc, f"server did not start: {p.stderr.read() if p.poll() is not None else ''}"
-    yield {"http": http + "/fhir", "grpc": grpc, "data": data}
-    p.terminate()
-    p.wait(timeout=60)
+    fhirlake_proc.import_synthea(data)
+    p, http, grpc = fhirlake_proc.serve(data)
+    yield {"http": http, "grpc": grpc, "data": data}
+    fhirlake_proc.stop(p)
 
 
 def post_sql(base, query, accept="application/json"):
