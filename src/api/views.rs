@@ -118,7 +118,14 @@ async fn request(
                 }
                 "patient" => patient = value().map(reference_id),
                 "group" => group = value().map(reference_id),
-                "_limit" => limit = value().and_then(|v| if let Json::Number(n) = v { n.parse().ok() } else { None }),
+                "_limit" => {
+                    limit = Some(match value() {
+                        Some(Json::Number(n)) => {
+                            n.parse().map_err(|_| ApiError::BadRequest(format!("_limit {n} is not a row count")))?
+                        }
+                        _ => return Err(ApiError::BadRequest("_limit needs a valueInteger".into())),
+                    })
+                }
                 "_format" => format = value().and_then(Json::as_str).map(String::from),
                 other => return Err(ApiError::BadRequest(format!("$run has no parameter '{other}'"))),
             }
@@ -135,15 +142,7 @@ async fn request(
             other => return Err(ApiError::BadRequest(format!("$run has no parameter '{other}'"))),
         }
     }
-    let format = match format {
-        Some(f) => Format::parse(&f)
-            .ok_or_else(|| ApiError::BadRequest(format!("_format='{f}' is not one of json, ndjson, csv, parquet")))?,
-        None => headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|a| a.split(',').find_map(|m| Format::parse(m.split(';').next().unwrap_or(""))))
-            .unwrap_or(Format::Json),
-    };
+    let format = super::sql::choose_format(format.as_deref(), headers)?;
     let view = view.ok_or_else(|| ApiError::BadRequest("$run needs viewResource or viewReference".into()))?;
     Ok(RunRequest { view, resources, patient, group, limit, format })
 }
