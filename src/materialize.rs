@@ -170,7 +170,9 @@ pub async fn materialize(
     let shape = TableShape::try_new(model, &view.resource, ShapeOptions::default())
         .map_err(|e| MaterializeError::Failed(e.to_string()))?;
     let plan = views::plan(model, view.clone(), &shape, df, true)?;
-    let fallback = plan.fallback.clone();
+    let fallback = plan.fallback.clone().or_else(|| {
+        (!plan.row_by_row.is_empty()).then(|| format!("columns run row by row: {}", plan.row_by_row.join(", ")))
+    });
     let schema = plan.df.schema().as_arrow().clone();
     progress(&format!(
         "{name}: running the view ({})",

@@ -61,7 +61,9 @@ fn run(case: &Case) -> (Output, Option<String>) {
             Ok(p) => p,
             Err(e) => return (Err(e.to_string()), None),
         };
-        let fallback = plan.fallback.clone();
+        let fallback = plan.fallback.clone().or_else(|| {
+            (!plan.row_by_row.is_empty()).then(|| format!("compiled except columns {}", plan.row_by_row.join(", ")))
+        });
         let batches = match plan.df.collect().await {
             Ok(b) => b,
             Err(e) => return (Err(e.to_string()), fallback),
@@ -101,11 +103,15 @@ fn main() {
         std::fs::write(&path, sof_suite::report(&report)).expect("write report");
         let fallbacks: Vec<_> = results.iter().filter_map(|(c, _, f)| f.as_ref().map(|f| (c, f))).collect();
         let errors = results.iter().filter(|(c, _, _)| matches!(c.expect, sof_suite::Expect::Error)).count();
+        let partial = fallbacks.iter().filter(|(_, f)| f.starts_with("compiled except")).count();
         println!(
-            "compiled {} of {} views that ran ({} cases expect an error); report: {}",
-            results.len() - errors - fallbacks.len(),
+            "of {} views that ran ({} cases expect an error): {} compiled, {} compiled with some columns row by row, \
+             {} row by row; report: {}",
             results.len() - errors,
             errors,
+            results.len() - errors - fallbacks.len(),
+            partial,
+            fallbacks.len() - partial,
             path.display()
         );
         for (c, why) in fallbacks {

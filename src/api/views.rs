@@ -6,7 +6,7 @@
 //! output format (`_format`, else `Accept`), and streaming the rows. Over the store, the view
 //! is planned by `fhirlake_query::views` on the resource type's current table; over inline
 //! resources it is run by the reference runner. The `X-Fhirlake-View-Plan` header says
-//! `compiled` or `fallback; <why>`. Must not: plan or evaluate views itself.
+//! `compiled`, `compiled; row by row: <columns>` or `fallback; <why>`. Must not: plan or evaluate views itself.
 
 use std::sync::Arc;
 
@@ -227,9 +227,10 @@ async fn run(state: &AppState, req: RunRequest) -> ApiResult<Response> {
     if let Some(l) = req.limit {
         out = out.limit(0, Some(l)).map_err(fhirlake_query::Error::from)?;
     }
-    let how = match &plan.fallback {
-        None => "compiled".to_string(),
-        Some(why) => format!("fallback; {why}"),
+    let how = match (&plan.fallback, plan.row_by_row.as_slice()) {
+        (None, []) => "compiled".to_string(),
+        (None, cols) => format!("compiled; row by row: {}", cols.join(", ")),
+        (Some(why), _) => format!("fallback; {why}"),
     };
     let schema = Arc::new(out.schema().as_arrow().clone());
     let stream = out.execute_stream().await.map_err(fhirlake_query::Error::from)?;

@@ -106,9 +106,10 @@ pub async fn run(a: ViewArgs) -> CliResult<ExitCode> {
             let df = ctx.read_table(table.table_provider().await?)?;
             let shape = TableShape::try_new(model, &view.resource, ShapeOptions::default())?;
             let plan = views::plan(model, view, &shape, df, false)?;
-            match &plan.fallback {
-                None => outln!("compiled: the whole view runs as columnar DataFusion operators"),
-                Some(why) => outln!("row by row (FHIRPath over _raw): {why}"),
+            match (&plan.fallback, plan.row_by_row.as_slice()) {
+                (None, []) => outln!("compiled: the whole view runs as columnar DataFusion operators"),
+                (None, cols) => outln!("compiled, except columns run row by row over _raw: {}", cols.join(", ")),
+                (Some(why), _) => outln!("row by row (FHIRPath over _raw): {why}"),
             }
             let optimized = plan.df.clone().into_optimized_plan()?;
             outln!("{}", optimized.display_indent());

@@ -389,3 +389,32 @@ async fn group_filter_and_capability_statement() {
     let cs = server.get("/fhir/metadata").await.body;
     assert!(cs.contains("ViewDefinitionRun") && cs.contains("\"name\":\"materialize\""), "operations listed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_the_compiler_does_not_cover_runs_row_by_row_alone() {
+    let server = TestServer::start().await;
+    server.load_synthea().await;
+    let model = Model::r4().expect("model");
+    // Extensions are stored as JSON, so the birth-sex path is evaluated per resource; the
+    // other columns stay compiled.
+    let view = sof_suite::parse(
+        br#"{"resourceType":"ViewDefinition","status":"active","resource":"Patient","select":[{"column":[
+            {"name":"id","path":"getResourceKey()","type":"id"},
+            {"name":"gender","path":"gender","type":"code"},
+            {"name":"birth_sex","path":"extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex').value.ofType(code).first()","type":"code"}]}]}"#,
+    );
+    let body = format!(r#"{{"resourceType":"Parameters","parameter":[{}]}}"#, param_resource("viewResource", &view));
+    let resp = server.post("/fhir/ViewDefinition/$run", &body).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let how = resp.header("x-fhirlake-view-plan").unwrap_or("");
+    assert!(how.starts_with("compiled; row by row: birth_sex"), "{how}");
+    let parsed = View::parse(model, &view).expect("view");
+    let cols: Vec<String> = parsed.columns().into_iter().map(|c| c.name).collect();
+    let mut want = Vec::new();
+    for r in synthea_resources() {
+        want.extend(parsed.rows(model, &r).expect("rows"));
+    }
+    let got = rows_of(&resp.body, &cols);
+    assert!(got.iter().any(|r| r[2] != Json::Null), "birth sex found");
+    assert_eq!(canonical_rows(&cols, &got), canonical_rows(&cols, &want));
+}

@@ -20,9 +20,11 @@ use datafusion::logical_expr::ExprSchemable;
 use datafusion::prelude::{DataFrame, Expr, cast, coalesce, ident, lit, when};
 use fhirlake_schemas::fhirpath::{Ast, BinOp};
 use fhirlake_schemas::json::Json;
+use fhirlake_schemas::model::Model;
 use fhirlake_schemas::model::Primitive;
 use fhirlake_schemas::shape::{DECIMAL_PRECISION, DECIMAL_SCALE, Shape, StructShape, TableShape, reserved};
-use fhirlake_schemas::sof::{Iteration, Select, View};
+use fhirlake_schemas::sof::{Column, Iteration, Select, View};
+use std::sync::Arc;
 
 use super::udf::{self, Lit, Op, Pred};
 use super::{ViewError, output_type};
@@ -91,6 +93,10 @@ enum Focus<'s> {
 }
 
 struct Compiler<'s> {
+    model: &'static Model,
+    view: Arc<View>,
+    /// Top-level columns run row by row (name and why).
+    row_by_row: Vec<String>,
     shape: &'s TableShape,
     constants: HashMap<String, (Json, Primitive)>,
     next: usize,
@@ -101,9 +107,19 @@ struct Compiler<'s> {
 }
 
 /// Compiles `view` over `df` (the resource type's current table). Returns the frame of
-/// output rows with the output columns in order.
-pub fn compile(view: &View, shape: &TableShape, df: DataFrame, source_id: bool) -> Result<DataFrame, Failure> {
+/// output rows with the output columns in order, and the top-level columns that run row by
+/// row (name and why).
+pub fn compile(
+    model: &'static Model,
+    view: &Arc<View>,
+    shape: &TableShape,
+    df: DataFrame,
+    source_id: bool,
+) -> Result<(DataFrame, Vec<String>), Failure> {
     let mut c = Compiler {
+        model,
+        view: view.clone(),
+        row_by_row: Vec::new(),
         shape,
         constants: view.constants.iter().map(|(n, v, p)| (n.clone(), (v.clone(), *p))).collect(),
         next: 0,
@@ -130,7 +146,7 @@ pub fn compile(view: &View, shape: &TableShape, df: DataFrame, source_id: bool) 
     if source_id {
         out.push(cast(ident("id"), DataType::Utf8).alias(reserved::SOURCE_ID));
     }
-    Ok(df.select(out)?)
+    Ok((df.select(out)?, c.row_by_row))
 }
 
 impl<'s> Compiler<'s> {
@@ -185,26 +201,18 @@ impl<'s> Compiler<'s> {
         self.row_index = row_index.clone();
         let mut names = Vec::new();
         for col in &s.columns {
-            let c = self.expr(col.path.ast(), &focus, df.schema())?;
-            let info = fhirlake_schemas::sof::ColumnInfo {
-                name: col.name.clone(),
-                fhir_type: col.fhir_type.clone(),
-                collection: col.collection,
-            };
-            let expr = match (c.many, col.collection) {
-                (true, false) => {
-                    let t = element_type(&c.expr.get_type(df.schema())?)?;
-                    udf::call(Op::Single(format!("column '{}' ('{}')", col.name, col.path.source())), c.expr, t)
+            let expr = match self.column(col, &focus, df.schema()) {
+                Ok(e) => e,
+                // A top-level column the compiler does not cover: that one path runs row
+                // by row over `_raw`; the rest of the view stays compiled.
+                Err(Failure::Fallback(why)) if matches!(focus, Focus::Root) => {
+                    self.row_by_row.push(format!("{} ({})", col.name, why.0));
+                    super::column_udf(self.model, self.view.clone(), col.clone())
                 }
-                (false, true) => return Err(NotCompiled("collection column over a single value".into()).into()),
-                _ => c.expr,
+                Err(e) => return Err(e),
             };
-            if matches!(c.ty, Ty::Struct(_)) {
-                return Err(NotCompiled(format!("column '{}' holds a complex value", col.name)).into());
-            }
-            let want = output_type(&info, Some(arrow_kind(c.ty)));
             let name = self.fresh("col");
-            df = df.with_column(&name, cast(expr, want))?;
+            df = df.with_column(&name, expr)?;
             names.push(name);
         }
         for nested in &s.selects {
@@ -233,6 +241,28 @@ impl<'s> Compiler<'s> {
             names.extend(shared);
         }
         Ok((df, names))
+    }
+
+    /// A column's compiled expression, cast to its output type.
+    fn column(&mut self, col: &Column, focus: &Focus<'s>, schema: &DFSchema) -> Result<Expr, Failure> {
+        let c = self.expr(col.path.ast(), focus, schema)?;
+        let info = fhirlake_schemas::sof::ColumnInfo {
+            name: col.name.clone(),
+            fhir_type: col.fhir_type.clone(),
+            collection: col.collection,
+        };
+        if matches!(c.ty, Ty::Struct(_)) {
+            return Err(NotCompiled(format!("column '{}' holds a complex value", col.name)).into());
+        }
+        let expr = match (c.many, col.collection) {
+            (true, false) => {
+                let t = element_type(&c.expr.get_type(schema)?)?;
+                udf::call(Op::Single(format!("column '{}' ('{}')", col.name, col.path.source())), c.expr, t)
+            }
+            (false, true) => return Err(NotCompiled("collection column over a single value".into()).into()),
+            _ => c.expr,
+        };
+        Ok(cast(expr, output_type(&info, Some(arrow_kind(c.ty)))))
     }
 
     fn field(&self, parent: &Focus<'s>, name: &str, schema: &DFSchema) -> Result<C<'s>, NotCompiled> {

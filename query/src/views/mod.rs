@@ -37,8 +37,11 @@ use crate::{Error, Result};
 pub struct ViewPlan {
     /// Output rows, columns in the view's order.
     pub df: DataFrame,
-    /// Why the view runs row by row over `_raw`; `None` when it is fully compiled.
+    /// Why the whole view runs row by row over `_raw`; `None` when it is compiled.
     pub fallback: Option<String>,
+    /// In a compiled view, the top-level columns evaluated row by row over `_raw` (name and
+    /// why); empty when every column compiled.
+    pub row_by_row: Vec<String>,
     /// The output columns.
     pub columns: Vec<ColumnInfo>,
 }
@@ -64,12 +67,12 @@ pub fn plan(
     source_id: bool,
 ) -> Result<ViewPlan> {
     let columns = view.columns();
-    match compile::compile(&view, shape, table.clone(), source_id) {
-        Ok(df) => Ok(ViewPlan { df, fallback: None, columns }),
+    match compile::compile(model, &view, shape, table.clone(), source_id) {
+        Ok((df, row_by_row)) => Ok(ViewPlan { df, fallback: None, row_by_row, columns }),
         Err(compile::Failure::Invalid(e)) => Err(Error::BadView(e)),
         Err(compile::Failure::Fallback(why)) => {
             let df = fallback(model, view, table, source_id)?;
-            Ok(ViewPlan { df, fallback: Some(why.0), columns })
+            Ok(ViewPlan { df, fallback: Some(why.0), row_by_row: vec![], columns })
         }
     }
 }
@@ -106,6 +109,88 @@ fn fallback(model: &'static Model, view: Arc<View>, table: DataFrame, source_id:
         out.push(datafusion::prelude::cast(ident("__source"), DataType::Utf8).alias(reserved::SOURCE_ID));
     }
     Ok(df.select(out)?)
+}
+
+/// One top-level column evaluated row by row: its path on each resource's `_raw`.
+pub(crate) fn column_udf(
+    model: &'static Model,
+    view: Arc<View>,
+    column: fhirlake_schemas::sof::Column,
+) -> datafusion::prelude::Expr {
+    let info =
+        ColumnInfo { name: column.name.clone(), fhir_type: column.fhir_type.clone(), collection: column.collection };
+    let out = output_type(&info, None);
+    let udf = ScalarUDF::new_from_impl(ColumnUdf {
+        model,
+        label: column.location.clone(),
+        view,
+        column,
+        out,
+        signature: Signature::any(1, Volatility::Immutable),
+    });
+    udf.call(vec![ident(reserved::RAW)])
+}
+
+struct ColumnUdf {
+    model: &'static Model,
+    label: String,
+    view: Arc<View>,
+    column: fhirlake_schemas::sof::Column,
+    out: DataType,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for ColumnUdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fhir_column({})", self.label)
+    }
+}
+
+impl PartialEq for ColumnUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.view, &other.view) && self.label == other.label
+    }
+}
+
+impl Eq for ColumnUdf {}
+
+impl Hash for ColumnUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.label.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ColumnUdf {
+    fn name(&self) -> &str {
+        "fhir_column"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(self.out.clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let raw = args.args[0].to_array(args.number_rows)?;
+        let limits = ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX };
+        let mut values = Vec::with_capacity(raw.len());
+        for i in 0..raw.len() {
+            values.push(match string_at(raw.as_ref(), i) {
+                Some(text) => {
+                    let json =
+                        Json::parse(text.as_bytes(), limits).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    self.view
+                        .column_on_resource(self.model, &json, &self.column)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?
+                }
+                None => Json::Null,
+            });
+        }
+        Ok(ColumnarValue::Array(json_column(&values, &self.out, &self.column.name)?))
+    }
 }
 
 struct ViewRowsUdf {

@@ -225,6 +225,21 @@ impl View {
         Ok(true)
     }
 
+    /// One top-level column (of a select without iteration) evaluated on `resource`.
+    pub fn column_on_resource(
+        &self,
+        model: &'static Model,
+        resource: &Json,
+        column: &Column,
+    ) -> Result<Json, ViewError> {
+        let ctx = self.context(model, resource);
+        let out = column
+            .path
+            .evaluate_in(&ctx, vec![Value::Node(Node::resource(model, resource))])
+            .map_err(|e| err(&column.location, e.to_string()))?;
+        column_value(column, out)
+    }
+
     /// The view's rows for one resource (none when it is of another type or filtered out).
     pub fn rows(&self, model: &'static Model, resource: &Json) -> Result<Vec<Vec<Json>>, ViewError> {
         if !self.includes(model, resource)? {
