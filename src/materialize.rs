@@ -310,7 +310,7 @@ async fn stored_where(root: &StorageRoot, name: Option<&str>) -> Result<Vec<Json
         let c = b.column(0);
         for i in 0..c.len() {
             if let Some(raw) = string_at(c.as_ref(), i) {
-                let limits = fhirlake_schemas::json::ParseLimits::default();
+                let limits = fhirlake_schemas::json::ParseLimits::STORED;
                 out.push(Json::parse(raw.as_bytes(), limits).map_err(|e| MaterializeError::Failed(e.to_string()))?);
             }
         }

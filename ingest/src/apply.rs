@@ -262,7 +262,7 @@ fn prepare_type(
     docs: Vec<Option<Arc<Json>>>,
     all_new: bool,
 ) -> Result<PreparedType> {
-    let limits = ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX };
+    let limits = ParseLimits::STORED;
     let docs: Vec<Option<Arc<Json>>> = recs
         .iter()
         .zip(docs)

@@ -36,6 +36,12 @@ pub struct ParseLimits {
     pub max_string_bytes: usize,
 }
 
+impl ParseLimits {
+    /// For JSON fhirlake stored itself (`_raw`, journal entries): it passed the API's limits
+    /// when written, so reading it back is bounded only loosely.
+    pub const STORED: ParseLimits = ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX };
+}
+
 impl Default for ParseLimits {
     fn default() -> Self {
         Self { max_depth: 64, max_string_bytes: 4 * 1024 * 1024 }

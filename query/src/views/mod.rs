@@ -175,17 +175,13 @@ impl ScalarUDFImpl for ColumnUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let raw = args.args[0].to_array(args.number_rows)?;
-        let limits = ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX };
         let mut values = Vec::with_capacity(raw.len());
         for i in 0..raw.len() {
-            values.push(match string_at(raw.as_ref(), i) {
-                Some(text) => {
-                    let json =
-                        Json::parse(text.as_bytes(), limits).map_err(|e| DataFusionError::External(Box::new(e)))?;
-                    self.view
-                        .column_on_resource(self.model, &json, &self.column)
-                        .map_err(|e| DataFusionError::External(Box::new(e)))?
-                }
+            values.push(match stored_resource(raw.as_ref(), i)? {
+                Some(json) => self
+                    .view
+                    .column_on_resource(self.model, &json, &self.column)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
                 None => Json::Null,
             });
         }
@@ -236,13 +232,10 @@ impl ScalarUDFImpl for ViewRowsUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let raw = args.args[0].to_array(args.number_rows)?;
-        // Stored resources passed the API's limits already.
-        let limits = ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX };
         let mut columns: Vec<Vec<Json>> = vec![Vec::new(); self.fields.len()];
         let mut offsets = vec![0i32];
         for i in 0..raw.len() {
-            if let Some(text) = string_at(raw.as_ref(), i) {
-                let json = Json::parse(text.as_bytes(), limits).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if let Some(json) = stored_resource(raw.as_ref(), i)? {
                 let rows = self.view.rows(self.model, &json).map_err(|e| DataFusionError::External(Box::new(e)))?;
                 for row in rows {
                     for (c, v) in columns.iter_mut().zip(row) {
@@ -296,6 +289,15 @@ pub fn rows_batch(columns: &[ColumnInfo], rows: Vec<Vec<Json>>) -> Result<Record
         arrays,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
     )?)
+}
+
+/// The resource stored as `_raw` at row `i` (`None` when null).
+fn stored_resource(raw: &dyn Array, i: usize) -> DfResult<Option<Json>> {
+    string_at(raw, i)
+        .map(|text| {
+            Json::parse(text.as_bytes(), ParseLimits::STORED).map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .transpose()
 }
 
 /// One output column from JSON values.

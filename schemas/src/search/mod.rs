@@ -633,9 +633,7 @@ pub fn subset(model: &Model, raw: &str, summary: Option<Summary>, elements: &[St
     if elements.is_empty() && !matches!(summary, Some(Summary::True | Summary::Text | Summary::Data)) {
         return None;
     }
-    let Ok(Json::Object(members)) =
-        Json::parse(raw.as_bytes(), ParseLimits { max_depth: 1000, max_string_bytes: usize::MAX })
-    else {
+    let Ok(Json::Object(members)) = Json::parse(raw.as_bytes(), ParseLimits::STORED) else {
         return None;
     };
     let rt = members.iter().find(|(k, _)| k == "resourceType").and_then(|(_, v)| v.as_str()).unwrap_or("").to_string();
