@@ -240,6 +240,35 @@ fn bundle(
     fhir_response(StatusCode::OK, out, None, None)
 }
 
+/// A `searchset` Bundle paged by offset, up to its open `entry` array: `total`, the `self`
+/// link and a `next` link when `rows` holds more than this page, and one `match` entry per
+/// `(type, id, raw)` of `rows[offset..offset + count]`. Also returns whether no entry was
+/// written (for [`write_outcome`]).
+fn offset_page(
+    state: &AppState,
+    total: u64,
+    rows: &[(String, String, String)],
+    offset: usize,
+    count: usize,
+    link: impl Fn(usize) -> String,
+) -> (String, bool) {
+    let mut out =
+        format!(r#"{{"resourceType":"Bundle","type":"searchset","total":{total},"link":[{{"relation":"self","url":"#);
+    write_str(&mut out, &link(offset));
+    out.push('}');
+    if rows.len() > offset + count {
+        out.push_str(r#",{"relation":"next","url":"#);
+        write_str(&mut out, &link(offset + count));
+        out.push('}');
+    }
+    out.push_str(r#"],"entry":["#);
+    let mut first = true;
+    for (t, id, raw) in rows.iter().skip(offset).take(count) {
+        write_entry(&mut out, &mut first, &state.url(&format!("{t}/{id}")), raw, "match");
+    }
+    (out, first)
+}
+
 /// `GET [base]/Patient/{id}/$everything`: the patient and every resource in its
 /// compartment, paged by `_count` (default 100, at most 1000) and `_offset`, ordered by
 /// type then id. Pages read the latest tables (not a pinned snapshot).
@@ -264,22 +293,7 @@ pub async fn everything(
     let types = state.writer.tables().current_types();
     let all = fhirlake_query::search::patient_compartment(&tables, &types, &id).await?;
     let link = |off: usize| format!("{}?_count={count}&_offset={off}", state.url(&format!("Patient/{id}/$everything")));
-    let mut out = format!(
-        r#"{{"resourceType":"Bundle","type":"searchset","total":{},"link":[{{"relation":"self","url":"#,
-        all.len()
-    );
-    write_str(&mut out, &link(offset));
-    out.push('}');
-    if offset + count < all.len() {
-        out.push_str(r#",{"relation":"next","url":"#);
-        write_str(&mut out, &link(offset + count));
-        out.push('}');
-    }
-    out.push_str(r#"],"entry":["#);
-    let mut first = true;
-    for (t, rid, raw) in all.iter().skip(offset).take(count) {
-        write_entry(&mut out, &mut first, &state.url(&format!("{t}/{rid}")), raw, "match");
-    }
+    let (mut out, _) = offset_page(&state, all.len() as u64, &all, offset, count, link);
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out, None, None))
 }
@@ -337,20 +351,7 @@ pub async fn system_search(
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.config.public_base(), q.finish())
     };
-    let mut out =
-        format!(r#"{{"resourceType":"Bundle","type":"searchset","total":{total},"link":[{{"relation":"self","url":"#);
-    write_str(&mut out, &link(offset));
-    out.push('}');
-    if rows.len() > offset + count {
-        out.push_str(r#",{"relation":"next","url":"#);
-        write_str(&mut out, &link(offset + count));
-        out.push('}');
-    }
-    out.push_str(r#"],"entry":["#);
-    let mut first = true;
-    for (t, id, raw) in rows.iter().skip(offset).take(count) {
-        write_entry(&mut out, &mut first, &state.url(&format!("{t}/{id}")), raw, "match");
-    }
+    let (mut out, first) = offset_page(&state, total, &rows, offset, count, link);
     ignored.sort();
     ignored.dedup();
     let notes: Vec<(&str, String)> = ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
