@@ -197,16 +197,12 @@ impl View {
         ctx
     }
 
-    /// True when `resource` passes every `where`; a `where` that yields a non-boolean is an
-    /// error.
-    pub fn includes(&self, model: &'static Model, resource: &Json) -> Result<bool, ViewError> {
-        if resource.get("resourceType").and_then(Json::as_str) != Some(self.resource.as_str()) {
-            return Ok(false);
-        }
-        let ctx = self.context(model, resource);
-        let input = vec![Value::Node(Node::resource(model, resource))];
+    /// True when the resource (`root`, in `ctx`) passes every `where`; a `where` that yields
+    /// a non-boolean is an error.
+    fn includes<'a>(&self, ctx: &Context<'a>, root: &Value<'a>) -> Result<bool, ViewError> {
         for (i, f) in self.filters.iter().enumerate() {
-            let out = f.evaluate_in(&ctx, input.clone()).map_err(|e| err(format!("where[{i}].path"), e.to_string()))?;
+            let out =
+                f.evaluate_in(ctx, vec![root.clone()]).map_err(|e| err(format!("where[{i}].path"), e.to_string()))?;
             match out.as_slice() {
                 [] => return Ok(false),
                 [v] => match v.normalized().as_ref() {
@@ -242,11 +238,14 @@ impl View {
 
     /// The view's rows for one resource (none when it is of another type or filtered out).
     pub fn rows(&self, model: &'static Model, resource: &Json) -> Result<Vec<Vec<Json>>, ViewError> {
-        if !self.includes(model, resource)? {
+        if resource.get("resourceType").and_then(Json::as_str) != Some(self.resource.as_str()) {
             return Ok(vec![]);
         }
         let ctx = self.context(model, resource);
         let root = Value::Node(Node::resource(model, resource));
+        if !self.includes(&ctx, &root)? {
+            return Ok(vec![]);
+        }
         let runner = Runner { ctx };
         runner.select_rows(&self.root, &root, 0)
     }
