@@ -12,6 +12,11 @@ pub struct ApiConfig {
     pub max_resource_bytes: usize,
     /// Largest Bundle body (`POST [base]`), in bytes.
     pub max_bundle_bytes: usize,
+    /// Most entries in one transaction or batch Bundle (413 beyond).
+    pub max_bundle_entries: usize,
+    /// Most resources one conditional DELETE may delete (1: a search matching several is
+    /// refused with 412).
+    pub conditional_delete_max: usize,
     /// Deepest JSON nesting accepted.
     pub max_depth: usize,
     /// Bounds of `$sql` queries (text size, memory, time).
@@ -36,6 +41,8 @@ impl Default for ApiConfig {
             public_url: "http://127.0.0.1:8080/fhir".into(),
             max_resource_bytes: 16 * 1024 * 1024,
             max_bundle_bytes: 128 * 1024 * 1024,
+            max_bundle_entries: 50_000,
+            conditional_delete_max: 1,
             max_depth: 100,
             sql: fhirlake_query::catalog::SqlLimits::default(),
             sql_default_rows: 10_000,

@@ -139,9 +139,12 @@ pub(crate) fn decide(
             d.existed.insert(key.clone());
         }
         let live = cur.filter(|c| !c.deleted);
-        if let Precondition::IfMatch(v) = op.precondition
-            && live.map(|c| c.version) != Some(v)
-        {
+        let holds = match op.precondition {
+            Precondition::None => true,
+            Precondition::IfMatch(v) => live.map(|c| c.version) == Some(v),
+            Precondition::Absent => live.is_none(),
+        };
+        if !holds {
             d.out.push(OpOutcome::PreconditionFailed { current: live.map(|c| c.version) });
             continue;
         }

@@ -18,7 +18,7 @@ use fhirlake_schemas::validate::{Issue, IssueCode, ValidationOptions, operation_
 use fhirlake_schemas::{Json, Model};
 use rayon::prelude::*;
 
-use crate::bundle::{BundleKind, plan_bundle};
+use crate::bundle::{BundleKind, EntryAction, Resolved, plan_bundle};
 use crate::writer::{Action, OpOutcome, Precondition, WriteOp, Writer};
 use crate::{Error, Result};
 
@@ -292,27 +292,40 @@ impl State {
             }
         };
         if json.get("resourceType").and_then(Json::as_str) == Some("Bundle") {
-            let plan = plan_bundle(model, &json, &self.options.validation, &mut new_id);
+            let plan = plan_bundle(model, &json, &self.options.validation, &mut new_id, &Resolved::default());
             let plan = match plan {
                 Ok(p) => p,
                 Err(issues) => return self.reject(Rejection { source: name, issues }),
             };
             let mut sources = Vec::new();
             let mut ops = Vec::new();
-            let any_invalid = plan.entries.iter().any(|e| e.op.is_err());
+            let any_invalid = plan.entries.iter().any(|e| !matches!(e.action, Ok(EntryAction::Write(_))));
             for e in plan.entries {
                 let source = format!("{name}#entry[{}]", e.index);
-                match e.op {
-                    Ok(op) if plan.kind == BundleKind::Transaction && any_invalid => {
-                        let msg =
-                            format!("not stored: the transaction has invalid entries ({} {})", op.resource_type, op.id);
-                        self.reject(Rejection { source, issues: vec![issue(IssueCode::Invalid, &msg)] })?;
+                match e.action {
+                    Ok(EntryAction::Write(entry_ops)) if plan.kind == BundleKind::Transaction && any_invalid => {
+                        for op in entry_ops {
+                            let msg = format!(
+                                "not stored: the transaction has entries import cannot take ({} {})",
+                                op.resource_type, op.id
+                            );
+                            self.reject(Rejection {
+                                source: source.clone(),
+                                issues: vec![issue(IssueCode::Invalid, &msg)],
+                            })?;
+                        }
                     }
-                    Ok(op) => {
-                        sources.push(source);
-                        ops.push(op);
+                    Ok(EntryAction::Write(entry_ops)) => {
+                        for op in entry_ops {
+                            sources.push(source.clone());
+                            ops.push(op);
+                        }
                     }
-                    Err(issues) => self.reject(Rejection { source, issues })?,
+                    Ok(EntryAction::Read(_) | EntryAction::Existing { .. }) => {
+                        let msg = "import only writes: GET and conditional entries need POST [base]";
+                        self.reject(Rejection { source, issues: vec![issue(IssueCode::Invalid, msg)] })?;
+                    }
+                    Err(e) => self.reject(Rejection { source, issues: e.issues() })?,
                 }
             }
             if plan.kind == BundleKind::Transaction || ops.len() <= self.options.chunk {

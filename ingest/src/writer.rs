@@ -42,6 +42,9 @@ pub enum Precondition {
     None,
     /// The current version must be this one (`If-Match`).
     IfMatch(i64),
+    /// The resource must not exist, or be deleted (`If-None-Match: *`, and creates whose
+    /// id was chosen before the write, e.g. a conditional update that matched nothing).
+    Absent,
 }
 
 /// One write.

@@ -13,6 +13,7 @@ pub mod definitions;
 pub mod fhirpath;
 pub mod json;
 pub mod model;
+pub mod patch;
 pub mod search;
 pub mod search_index;
 pub mod shape;

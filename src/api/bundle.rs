@@ -1,23 +1,28 @@
 //! `POST [base]`: transaction and batch Bundles.
 //!
-//! Owns: the HTTP side of the shared Bundle engine (`fhirlake_ingest::bundle`): a
-//! transaction is all-or-nothing (any invalid entry -> 400/422 naming the entry; any
-//! failed `ifMatch` -> 412 and nothing stored), a batch answers each entry on its own.
-//! Must not: re-implement Bundle planning.
+//! Owns: the HTTP side of the shared Bundle engine (`fhirlake_ingest::bundle`). It enforces
+//! the entry limit (413), resolves the searches and reads the Bundle needs (holding the
+//! conditional gate when there are searches, see `conditional.rs`), and submits the writes
+//! in FHIR's processing order (DELETE, POST, PUT/PATCH; GET entries are read after the
+//! writes). A transaction is all-or-nothing: any failed entry fails it with that entry's
+//! status (400/404/412/422) and an OperationOutcome naming the entry, and nothing is
+//! stored. A batch answers each entry on its own. Must not: re-implement Bundle planning.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::Response;
-use fhirlake_ingest::bundle::{BundleKind, plan_bundle};
+use fhirlake_ingest::bundle::{BundleKind, EntryAction, EntryError, EntryPlan, entry_count, needs, plan_bundle};
 use fhirlake_ingest::import::new_id;
 use fhirlake_ingest::writer::format_instant;
 use fhirlake_ingest::{OpOutcome, WriteOp};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::json::write_str;
 use fhirlake_schemas::validate::ValidationOptions;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 
 use super::{AppState, fhir_response, parse_json, read_body};
 use crate::error::{ApiError, ApiResult};
@@ -33,127 +38,253 @@ pub async fn transaction_or_batch(
     if json.get("resourceType").and_then(Json::as_str) != Some("Bundle") {
         return Err(ApiError::BadRequest("POST to the base URL needs a Bundle of type transaction or batch".into()));
     }
-    let plan =
-        plan_bundle(state.model, &json, &ValidationOptions::default(), &mut new_id).map_err(ApiError::Invalid)?;
+    let n = entry_count(&json);
+    if n > state.config.max_bundle_entries {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the Bundle has {n} entries; the limit is {} (serve --max-bundle-entries); split it into several Bundles",
+            state.config.max_bundle_entries
+        )));
+    }
+    let needs = needs(state.model, &json);
+    // Conditional entries decide on a search: hold the gate until the writes are acknowledged.
+    let _gate = if needs.searches.is_empty() { None } else { Some(state.conditional.lock().await) };
+    let resolved = super::conditional::resolve(&state, &needs).await?;
+    let plan = plan_bundle(state.model, &json, &ValidationOptions::default(), &mut new_id, &resolved)
+        .map_err(ApiError::Invalid)?;
     match plan.kind {
         BundleKind::Collection => {
             Err(ApiError::BadRequest("only transaction and batch Bundles can be posted to the base URL".into()))
         }
-        BundleKind::Transaction => {
-            let mut ops = Vec::with_capacity(plan.entries.len());
-            let mut issues = Vec::new();
-            for e in plan.entries {
-                match e.op {
-                    Ok(op) => ops.push(op),
-                    Err(i) => issues.extend(i),
-                }
-            }
-            if !issues.is_empty() {
-                return Err(ApiError::Invalid(issues));
-            }
-            // FHIR: a transaction whose entries name the same resource twice fails.
-            let mut seen = std::collections::HashSet::new();
-            if let Some(dup) = ops.iter().find(|op| !seen.insert((op.resource_type.as_str(), op.id.as_str()))) {
-                return Err(ApiError::Conflict(format!(
-                    "transaction not applied: {}/{} appears in more than one entry",
-                    dup.resource_type, dup.id
-                )));
-            }
-            let outcomes = state.writer.submit_atomic(ops.clone()).await?;
-            if let Some((i, OpOutcome::PreconditionFailed { current })) =
-                outcomes.iter().enumerate().find(|(_, o)| matches!(o, OpOutcome::PreconditionFailed { .. }))
-            {
-                return Err(ApiError::PreconditionFailed(format!(
-                    "transaction not applied: entry {i} ifMatch does not hold (current version {current:?})"
-                )));
-            }
-            Ok(response(&state, "transaction-response", &ops.iter().map(Some).collect::<Vec<_>>(), outcomes, &[]))
-        }
-        BundleKind::Batch => {
-            let mut ops = Vec::new();
-            let mut slots: Vec<Result<usize, Json>> = Vec::new();
-            for e in plan.entries {
-                match e.op {
-                    Ok(op) => {
-                        slots.push(Ok(ops.len()));
-                        ops.push(op);
-                    }
-                    Err(i) => slots.push(Err(ApiError::Invalid(i).outcome())),
-                }
-            }
-            let outcomes = if ops.is_empty() { Vec::new() } else { state.writer.submit(ops.clone()).await? };
-            let mut ordered_ops = Vec::new();
-            let mut ordered_outcomes = Vec::new();
-            let mut errors = Vec::new();
-            for s in slots {
-                match s {
-                    Ok(k) => {
-                        ordered_ops.push(Some(&ops[k]));
-                        ordered_outcomes.push(outcomes[k].clone());
-                        errors.push(None);
-                    }
-                    Err(oo) => {
-                        ordered_ops.push(None);
-                        ordered_outcomes.push(OpOutcome::RolledBack);
-                        errors.push(Some(oo));
-                    }
-                }
-            }
-            Ok(response(&state, "batch-response", &ordered_ops, ordered_outcomes, &errors))
-        }
+        BundleKind::Transaction => transaction(&state, plan.entries).await,
+        BundleKind::Batch => batch(&state, plan.entries).await,
     }
 }
 
-fn response(
-    state: &AppState,
+/// What one entry answers.
+enum Answer {
+    /// Outcomes of its writes (in op order).
+    Written(Vec<(WriteOp, OpOutcome)>),
+    /// A conditional create's existing match.
+    Existing(String, fhirlake_ingest::bundle::Found),
+    /// A GET entry's response: status and body.
+    Read(StatusCode, String),
+    /// An error: status and OperationOutcome.
+    Failed(StatusCode, Json),
+}
+
+/// Entries' ops in processing order: (entry position, ops), DELETE, POST, PUT/PATCH.
+fn write_order(entries: &[EntryPlan]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| entries[i].processing_rank());
+    order
+}
+
+async fn transaction(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Response> {
+    // Any failed entry fails the transaction: the first one's status, every entry's issues.
+    if let Some(first) = entries.iter().find_map(|e| e.action.as_ref().err()) {
+        let issues: Vec<_> =
+            entries.iter().filter_map(|e| e.action.as_ref().err()).flat_map(EntryError::issues).collect();
+        return Err(match first {
+            EntryError::Invalid(_) => ApiError::Invalid(issues),
+            EntryError::PreconditionFailed(_) => {
+                ApiError::PreconditionFailed(format!("transaction not applied: {}", messages(&issues)))
+            }
+            EntryError::NotFound(_) => ApiError::NotFound(format!("transaction not applied: {}", messages(&issues))),
+        });
+    }
+    let mut ops = Vec::new();
+    let mut slots: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    for i in write_order(&entries) {
+        if let Ok(EntryAction::Write(entry_ops)) = &entries[i].action {
+            let start = ops.len();
+            ops.extend(entry_ops.iter().cloned());
+            slots.push((i, start..ops.len()));
+        }
+    }
+    // FHIR: a transaction whose entries name the same resource twice fails.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = ops.iter().find(|op| !seen.insert((op.resource_type.as_str(), op.id.as_str()))) {
+        return Err(ApiError::BadRequest(format!(
+            "transaction not applied: {}/{} appears in more than one entry",
+            dup.resource_type, dup.id
+        )));
+    }
+    let outcomes = if ops.is_empty() { Vec::new() } else { state.writer.submit_atomic(ops.clone()).await? };
+    for (i, range) in &slots {
+        if let Some(OpOutcome::PreconditionFailed { current }) =
+            outcomes[range.clone()].iter().find(|o| matches!(o, OpOutcome::PreconditionFailed { .. }))
+        {
+            let e = &entries[*i];
+            let msg = format!(
+                "transaction not applied: Bundle.entry[{}] precondition does not hold (current version {})",
+                e.index,
+                current.map_or_else(|| "none".into(), |v| v.to_string())
+            );
+            return Err(if e.implicit_if_match { ApiError::Conflict(msg) } else { ApiError::PreconditionFailed(msg) });
+        }
+    }
+    let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
+    for (i, range) in slots {
+        answers[i] =
+            Some(Answer::Written(ops[range.clone()].iter().cloned().zip(outcomes[range].iter().cloned()).collect()));
+    }
+    finish(state, "transaction-response", entries, answers).await
+}
+
+async fn batch(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Response> {
+    let mut ops = Vec::new();
+    let mut slots: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
+    for i in write_order(&entries) {
+        match &entries[i].action {
+            Ok(EntryAction::Write(entry_ops)) => {
+                let start = ops.len();
+                ops.extend(entry_ops.iter().cloned());
+                slots.push((i, start..ops.len()));
+            }
+            Err(e) => {
+                let err = entry_api_error(e);
+                answers[i] = Some(Answer::Failed(err.status(), err.outcome()));
+            }
+            Ok(_) => {}
+        }
+    }
+    let outcomes = if ops.is_empty() { Vec::new() } else { state.writer.submit(ops.clone()).await? };
+    for (i, range) in slots {
+        answers[i] =
+            Some(Answer::Written(ops[range.clone()].iter().cloned().zip(outcomes[range].iter().cloned()).collect()));
+    }
+    finish(state, "batch-response", entries, answers).await
+}
+
+fn entry_api_error(e: &EntryError) -> ApiError {
+    match e {
+        EntryError::Invalid(i) => ApiError::Invalid(i.clone()),
+        EntryError::PreconditionFailed(m) => ApiError::PreconditionFailed(m.clone()),
+        EntryError::NotFound(m) => ApiError::NotFound(m.clone()),
+    }
+}
+
+fn messages(issues: &[fhirlake_schemas::validate::Issue]) -> String {
+    issues.iter().map(|i| i.message.as_str()).collect::<Vec<_>>().join("; ")
+}
+
+/// Performs the GET entries (after the writes) and writes the response Bundle.
+async fn finish(
+    state: &Arc<AppState>,
     bundle_type: &str,
-    ops: &[Option<&WriteOp>],
-    outcomes: Vec<OpOutcome>,
-    errors: &[Option<Json>],
-) -> Response {
+    entries: Vec<EntryPlan>,
+    mut answers: Vec<Option<Answer>>,
+) -> ApiResult<Response> {
+    for (i, e) in entries.iter().enumerate() {
+        match &e.action {
+            Ok(EntryAction::Read(url)) => answers[i] = Some(read(state, url).await?),
+            Ok(EntryAction::Existing { resource_type, found }) => {
+                answers[i] = Some(Answer::Existing(resource_type.clone(), found.clone()));
+            }
+            _ => {}
+        }
+    }
     let mut out = format!(r#"{{"resourceType":"Bundle","type":"{bundle_type}","entry":["#);
-    for (i, (op, outcome)) in ops.iter().zip(outcomes).enumerate() {
+    for (i, answer) in answers.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        if let Some(Some(oo)) = errors.get(i) {
-            out.push_str(r#"{"response":{"status":"422 Unprocessable Entity","outcome":"#);
-            out.push_str(&oo.to_json_string());
-            out.push_str("}}");
-            continue;
-        }
-        let Some(op) = op else { continue };
-        let rel = format!("{}/{}", op.resource_type, op.id);
-        let (status, version, ts) = match &outcome {
-            OpOutcome::Written { version, last_updated_us, created: true, .. } => {
-                ("201 Created", Some(*version), Some(*last_updated_us))
+        match answer {
+            Some(Answer::Written(writes)) => written_entry(state, &mut out, &writes),
+            Some(Answer::Existing(rt, found)) => {
+                let rel = format!("{rt}/{}", found.id);
+                out.push_str(r#"{"fullUrl":"#);
+                write_str(&mut out, &state.url(&rel));
+                out.push_str(r#","resource":"#);
+                out.push_str(&found.raw);
+                out.push_str(r#","response":{"status":"200 OK","location":"#);
+                write_str(&mut out, &format!("{rel}/_history/{}", found.version));
+                out.push_str(&format!(r#","etag":"W/\"{}\""}}}}"#, found.version));
             }
-            OpOutcome::Written { version, last_updated_us, .. }
-            | OpOutcome::Unchanged { version, last_updated_us, .. } => {
-                ("200 OK", Some(*version), Some(*last_updated_us))
+            Some(Answer::Read(status, body)) => {
+                let ok = status.is_success() && body.starts_with('{');
+                out.push('{');
+                if ok {
+                    out.push_str(r#""resource":"#);
+                    out.push_str(&body);
+                    out.push(',');
+                }
+                out.push_str(r#""response":{"status":"#);
+                write_str(&mut out, &status_line(status));
+                if !ok && body.starts_with('{') {
+                    out.push_str(r#","outcome":"#);
+                    out.push_str(&body);
+                }
+                out.push_str("}}");
             }
-            OpOutcome::Deleted { version } => ("204 No Content", *version, None),
-            OpOutcome::PreconditionFailed { .. } => ("412 Precondition Failed", None, None),
-            OpOutcome::RolledBack => ("409 Conflict", None, None),
-        };
-        out.push_str(r#"{"fullUrl":"#);
-        write_str(&mut out, &state.url(&rel));
-        if let OpOutcome::Written { raw, .. } | OpOutcome::Unchanged { raw, .. } = &outcome {
-            out.push_str(r#","resource":"#);
-            out.push_str(raw);
+            Some(Answer::Failed(status, oo)) => {
+                out.push_str(r#"{"response":{"status":"#);
+                write_str(&mut out, &status_line(status));
+                out.push_str(r#","outcome":"#);
+                out.push_str(&oo.to_json_string());
+                out.push_str("}}");
+            }
+            None => out.push_str(r#"{"response":{"status":"200 OK"}}"#),
         }
-        out.push_str(&format!(r#","response":{{"status":"{status}""#));
-        if let Some(v) = version {
-            out.push_str(r#","location":"#);
-            write_str(&mut out, &format!("{rel}/_history/{v}"));
-            out.push_str(&format!(r#","etag":"W/\"{v}\"""#));
-        }
-        if let Some(t) = ts {
-            out.push_str(r#","lastModified":"#);
-            write_str(&mut out, &format_instant(t));
-        }
-        out.push_str("}}");
     }
     out.push_str("]}");
-    fhir_response(StatusCode::OK, out, None, None)
+    Ok(fhir_response(StatusCode::OK, out, None, None))
+}
+
+fn status_line(s: StatusCode) -> String {
+    format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
+}
+
+/// One written entry: its single write (or, for a conditional delete, several).
+fn written_entry(state: &AppState, out: &mut String, writes: &[(WriteOp, OpOutcome)]) {
+    let Some((op, outcome)) = writes.first() else {
+        // A conditional delete that matched nothing.
+        out.push_str(r#"{"response":{"status":"204 No Content"}}"#);
+        return;
+    };
+    let rel = format!("{}/{}", op.resource_type, op.id);
+    let (status, version, ts) = match outcome {
+        OpOutcome::Written { version, last_updated_us, created: true, .. } => {
+            ("201 Created", Some(*version), Some(*last_updated_us))
+        }
+        OpOutcome::Written { version, last_updated_us, .. } | OpOutcome::Unchanged { version, last_updated_us, .. } => {
+            ("200 OK", Some(*version), Some(*last_updated_us))
+        }
+        OpOutcome::Deleted { version } => ("204 No Content", *version, None),
+        OpOutcome::PreconditionFailed { .. } => ("412 Precondition Failed", None, None),
+        OpOutcome::RolledBack => ("409 Conflict", None, None),
+    };
+    out.push_str(r#"{"fullUrl":"#);
+    write_str(out, &state.url(&rel));
+    if let OpOutcome::Written { raw, .. } | OpOutcome::Unchanged { raw, .. } = outcome {
+        out.push_str(r#","resource":"#);
+        out.push_str(raw);
+    }
+    out.push_str(&format!(r#","response":{{"status":"{status}""#));
+    if let Some(v) = version {
+        out.push_str(r#","location":"#);
+        write_str(out, &format!("{rel}/_history/{v}"));
+        out.push_str(&format!(r#","etag":"W/\"{v}\"""#));
+    }
+    if let Some(t) = ts {
+        out.push_str(r#","lastModified":"#);
+        write_str(out, &format_instant(t));
+    }
+    out.push_str("}}");
+}
+
+/// A GET entry, answered by the API's own router (read, vread, search, history, ...).
+async fn read(state: &Arc<AppState>, url: &str) -> ApiResult<Answer> {
+    let base = state.config.base_path.trim_end_matches('/');
+    let uri = format!("{base}/{}", url.trim_start_matches('/'));
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(&uri)
+        .body(Body::empty())
+        .map_err(|_| ApiError::BadRequest(format!("the GET entry's url '{url}' is not a valid URL")))?;
+    let resp = super::router(state.clone()).oneshot(req).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| ApiError::Internal(e.to_string()))?.to_bytes();
+    Ok(Answer::Read(status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -30,18 +30,29 @@ pub async fn create(
     body: Body,
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
-    let mut json = read_resource_of_type(&state, &rt, &headers, body).await?;
+    let json = read_resource_of_type(&state, &rt, &headers, body).await?;
+    match headers.get("if-none-exist") {
+        Some(v) => {
+            let criteria = v.to_str().map_err(|_| ApiError::BadRequest("If-None-Exist is not text".into()))?;
+            super::conditional::create_if_none_exist(&state, &rt, criteria, json, &headers).await
+        }
+        None => create_new(&state, &rt, json, &headers).await,
+    }
+}
+
+/// Stores `json` as a new `rt` with a server-assigned id.
+pub(crate) async fn create_new(state: &AppState, rt: &str, mut json: Json, headers: &HeaderMap) -> ApiResult<Response> {
     let id = new_id();
     json.set("id", Json::String(id.clone()));
     move_id_first(&mut json);
     let op = WriteOp {
-        resource_type: rt.clone(),
+        resource_type: rt.to_string(),
         id: id.clone(),
         action: Action::Put(Arc::new(json)),
-        precondition: Precondition::None,
+        precondition: Precondition::Absent,
     };
-    let outcome = submit_one(&state, op).await?;
-    written_response(&state, &rt, &id, outcome, &headers)
+    let outcome = submit_one(state, op).await?;
+    written_response(state, rt, &id, outcome, headers)
 }
 
 /// `PUT [base]/{type}/{id}`: update, or update-as-create.
@@ -61,9 +72,27 @@ pub async fn update(
         }
         None => return Err(ApiError::BadRequest(format!("the body has no id; PUT needs \"id\": \"{id}\""))),
     }
-    let precondition = if_match(&headers)?;
+    let precondition = match (if_match(&headers)?, headers.get(header::IF_NONE_MATCH)) {
+        (pc, None) => pc,
+        (Precondition::None, Some(v)) if v.as_bytes() == b"*" => Precondition::Absent,
+        (Precondition::None, Some(v)) => {
+            return Err(ApiError::BadRequest(format!(
+                "If-None-Match '{}' is not supported on PUT (only '*': create only if absent)",
+                v.to_str().unwrap_or("?")
+            )));
+        }
+        (_, Some(_)) => return Err(ApiError::BadRequest("If-Match and If-None-Match cannot be combined".into())),
+    };
     let op = WriteOp { resource_type: rt.clone(), id: id.clone(), action: Action::Put(Arc::new(json)), precondition };
     let outcome = submit_one(&state, op).await?;
+    if precondition == Precondition::Absent
+        && let OpOutcome::PreconditionFailed { current } = outcome
+    {
+        return Err(ApiError::PreconditionFailed(format!(
+            "If-None-Match: * does not hold: {rt}/{id} exists (version {})",
+            current.map_or_else(|| "?".into(), |v| v.to_string())
+        )));
+    }
     written_response(&state, &rt, &id, outcome, &headers)
 }
 
@@ -118,8 +147,8 @@ pub async fn vread(
     serve_version(&state, &rt, &id, version).await
 }
 
-/// The served JSON of the current version of `rt/id` (404 when absent, 410 when deleted).
-pub async fn current_raw(state: &AppState, rt: &str, id: &str) -> ApiResult<String> {
+/// The current version of `rt/id` and its served JSON (404 when absent, 410 when deleted).
+pub async fn current(state: &AppState, rt: &str, id: &str) -> ApiResult<(i64, String)> {
     check_id(id)?;
     let Some(entry) = state.writer.current(rt, id) else {
         return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
@@ -137,6 +166,7 @@ pub async fn current_raw(state: &AppState, rt: &str, id: &str) -> ApiResult<Stri
         .await?
         .into_iter()
         .find_map(|r| r.raw.filter(|_| !r.deleted))
+        .map(|raw| (entry.version, raw))
         .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} has no version {}", entry.version)))
 }
 
@@ -190,7 +220,12 @@ pub async fn validate(
 }
 
 /// Reads, parses and validates a resource body that must be a `rt`.
-async fn read_resource_of_type(state: &AppState, rt: &str, headers: &HeaderMap, body: Body) -> ApiResult<Json> {
+pub(crate) async fn read_resource_of_type(
+    state: &AppState,
+    rt: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Json> {
     let bytes = read_body(headers, body, state.config.max_resource_bytes).await?;
     let (json, actual) = parse_resource(state, &bytes)?;
     if actual != rt {
@@ -199,7 +234,7 @@ async fn read_resource_of_type(state: &AppState, rt: &str, headers: &HeaderMap, 
     Ok(json)
 }
 
-async fn submit_one(state: &AppState, op: WriteOp) -> ApiResult<OpOutcome> {
+pub(crate) async fn submit_one(state: &AppState, op: WriteOp) -> ApiResult<OpOutcome> {
     let mut out = state.writer.submit(vec![op]).await?;
     out.pop().ok_or_else(|| ApiError::Internal("writer returned no outcome".into()))
 }
@@ -211,7 +246,7 @@ fn precondition_failed(rt: &str, id: &str, current: Option<i64>) -> ApiError {
     }
 }
 
-fn written_response(
+pub(crate) fn written_response(
     state: &AppState,
     rt: &str,
     id: &str,
@@ -234,14 +269,19 @@ fn written_response(
         PreferReturn::OperationOutcome => info_outcome(&format!("{rt}/{id} is at version {version}")),
     };
     let mut r = fhir_response(status, body, Some(version), Some(ts));
+    set_location(state, &mut r, rt, id, version);
+    Ok(r)
+}
+
+/// `Location` and `Content-Location` of a version.
+pub(crate) fn set_location(state: &AppState, r: &mut Response, rt: &str, id: &str, version: i64) {
     if let Ok(loc) = HeaderValue::from_str(&state.url(&format!("{rt}/{id}/_history/{version}"))) {
         r.headers_mut().insert(header::LOCATION, loc.clone());
         r.headers_mut().insert(header::CONTENT_LOCATION, loc);
     }
-    Ok(r)
 }
 
-fn check_id(id: &str) -> ApiResult<()> {
+pub(crate) fn check_id(id: &str) -> ApiResult<()> {
     if fhirlake_schemas::validate::is_valid_id(id) {
         Ok(())
     } else {

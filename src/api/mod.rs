@@ -7,8 +7,10 @@
 
 mod bundle;
 mod capabilities;
+mod conditional;
 mod crud;
 mod history;
+mod patch;
 mod search;
 mod sql;
 mod stream;
@@ -45,9 +47,29 @@ pub struct AppState {
     pub config: ApiConfig,
     /// The R4 model.
     pub model: &'static Model,
+    /// Held by conditional interactions from their search to their acknowledged write, so
+    /// two of them never decide on the same state (see `conditional.rs`).
+    pub(crate) conditional: tokio::sync::Mutex<()>,
+    /// Striped locks that serialise read-modify-write interactions (PATCH) on one resource,
+    /// so concurrent patches queue instead of retrying against each other.
+    pub(crate) resource_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
+    /// The state of one API over `writer`.
+    pub fn new(writer: Writer, config: ApiConfig, model: &'static Model) -> Self {
+        let resource_locks = (0..64).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks }
+    }
+
+    /// The lock stripe of `rt/id`.
+    pub(crate) fn resource_lock(&self, rt: &str, id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (rt, id).hash(&mut h);
+        &self.resource_locks[(h.finish() % self.resource_locks.len() as u64) as usize]
+    }
+
     /// Absolute URL of `relative` (e.g. `Patient/1`) under the public base.
     pub fn url(&self, relative: &str) -> String {
         format!("{}/{relative}", self.config.public_base())
@@ -76,7 +98,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metadata", get(capabilities::metadata))
         .route("/_history", get(history::system_history))
         .route("/$sql", post(sql::sql))
-        .route("/{rt}", post(crud::create).get(search::search_get))
+        .route(
+            "/{rt}",
+            post(crud::create)
+                .get(search::search_get)
+                .put(conditional::update)
+                .delete(conditional::delete)
+                .patch(conditional::patch),
+        )
         .route("/{rt}/_search", post(search::search_post))
         .route("/Patient/{id}/$everything", get(search::everything))
         .route("/{rt}/_history", get(history::type_history))
@@ -85,7 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ViewDefinition/$viewdefinition-run", post(views::run_type))
         .route("/ViewDefinition/{id}/$run", get(views::run_instance).post(views::run_instance))
         .route("/ViewDefinition/{id}/$materialize", post(views::materialize))
-        .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
+        .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete).patch(patch::patch))
         .route("/{rt}/{id}/_history", get(history::instance_history))
         .route("/{rt}/{id}/_history/{vid}", get(crud::vread))
         .route("/", post(bundle::transaction_or_batch).get(search::system_search))

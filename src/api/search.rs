@@ -26,9 +26,16 @@ const DEFAULT_COUNT: usize = 20;
 const MAX_COUNT: usize = 1000;
 
 /// The latest table of each type, except the searched type, which may be pinned.
-struct Tables<'a> {
+pub(crate) struct Tables<'a> {
     state: &'a AppState,
     pinned: Option<(String, DeltaTable)>,
+}
+
+impl<'a> Tables<'a> {
+    /// The latest published tables.
+    pub(crate) fn latest(state: &'a AppState) -> Self {
+        Tables { state, pinned: None }
+    }
 }
 
 impl SearchTables for Tables<'_> {
@@ -42,7 +49,7 @@ impl SearchTables for Tables<'_> {
     }
 }
 
-fn decode(query: &str) -> Vec<(String, String)> {
+pub(crate) fn decode(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 

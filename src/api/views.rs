@@ -155,7 +155,7 @@ fn reference_id(v: &Json) -> String {
 
 /// The stored resource `rt/id`, current version.
 async fn read_current(state: &AppState, rt: &str, id: &str) -> ApiResult<Json> {
-    let raw = super::crud::current_raw(state, rt, id).await?;
+    let (_, raw) = super::crud::current(state, rt, id).await?;
     parse_json(state, raw.as_bytes())
 }
 

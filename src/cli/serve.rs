@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Largest Bundle request body (POST to the base), in bytes.
     #[arg(long, env = "FHIRLAKE_MAX_BUNDLE_BYTES", default_value_t = 128 * 1024 * 1024)]
     max_bundle_bytes: usize,
+    /// Most entries in one transaction or batch Bundle.
+    #[arg(long, env = "FHIRLAKE_MAX_BUNDLE_ENTRIES", default_value_t = 50_000)]
+    max_bundle_entries: usize,
+    /// Most resources one conditional DELETE (`DELETE /Type?criteria`) may delete; 1 refuses a
+    /// search that matches several (412).
+    #[arg(long, env = "FHIRLAKE_CONDITIONAL_DELETE_MAX", default_value_t = 1)]
+    conditional_delete_max: usize,
     /// `$sql`: wall-time limit of one query, in seconds (it is cancelled beyond).
     #[arg(long, env = "FHIRLAKE_SQL_TIMEOUT_SECS", default_value_t = 120)]
     sql_timeout_secs: u64,
@@ -65,6 +72,8 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         public_url: public_url.clone(),
         max_resource_bytes: a.max_resource_bytes,
         max_bundle_bytes: a.max_bundle_bytes,
+        max_bundle_entries: a.max_bundle_entries,
+        conditional_delete_max: a.conditional_delete_max.max(1),
         sql: fhirlake_query::catalog::SqlLimits {
             timeout: std::time::Duration::from_secs(a.sql_timeout_secs),
             memory_bytes: a.sql_memory_mib * 1024 * 1024,
@@ -74,7 +83,7 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         sql_max_rows: a.sql_max_rows,
         ..Default::default()
     };
-    let state = Arc::new(AppState { writer, config, model: fhirlake_schemas::Model::r4()? });
+    let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4()?));
     crate::outln!("fhirlake listening on http://{addr} (FHIR base {public_url}, data {})", root.url());
     if !addr.ip().is_loopback() {
         tracing::warn!(

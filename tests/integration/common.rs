@@ -71,7 +71,7 @@ impl TestServer {
     async fn start_configured(root: StorageRoot, config: ApiConfig) -> Self {
         let (writer, task) = Writer::start(root.clone(), WriterOptions::default()).await.expect("writer");
         let config = ApiConfig { public_url: "http://fhirlake.test/fhir".into(), ..config };
-        let state = Arc::new(AppState { writer, config, model: fhirlake_schemas::Model::r4().expect("model") });
+        let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4().expect("model")));
         Self { state, root, task: Some(task), _dir: None }
     }
 

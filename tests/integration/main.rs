@@ -11,3 +11,4 @@ mod slt;
 mod sql;
 mod versions;
 mod views;
+mod writes;
