@@ -9,6 +9,7 @@
 
 mod apply;
 pub mod bundle;
+pub mod compact;
 pub mod compartment;
 mod decide;
 pub mod durable;

@@ -11,13 +11,19 @@
 //! of one that was not. The failed batch's journal entry is kept and writes stop (fail
 //! closed) until a restart replays it. Must not: decide versions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::protocol::DeltaOperation;
+
 use crate::apply::{Applier, PreparedType};
+use crate::compact::{self, Round};
 use crate::journal::Journal;
+use crate::store::TableKind;
 use crate::writer::{IndexEntry, OpOutcome, ResourceIndex};
 use crate::{Error, Result};
 
@@ -44,6 +50,15 @@ pub(crate) struct Staged {
     pub(crate) answers: Vec<Vec<OpOutcome>>,
 }
 
+/// Table maintenance that must commit between group commits (see `compact.rs`).
+pub(crate) enum Maintenance {
+    /// Commit a compaction round unless a group commit rewrote one of its inputs
+    /// (`Ok(None)`: dropped).
+    Compact(Round, oneshot::Sender<Result<Option<DeltaTable>>>),
+    /// Vacuum a table: delete files no version within `retention` references.
+    Vacuum(TableKind, String, chrono::Duration, oneshot::Sender<Result<usize>>),
+}
+
 /// Shared state of the two stages.
 pub(crate) struct Committer {
     pub(crate) applier: Arc<Applier>,
@@ -53,11 +68,65 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Commits staged batches in arrival order until the channel closes.
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Staged>) {
-        while let Some(st) = rx.recv().await {
-            self.commit(st).await;
+    /// Commits staged batches in arrival order until the channel closes; maintenance
+    /// commits run between them.
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Staged>, mut maintenance: mpsc::Receiver<Maintenance>) {
+        let mut maintenance_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                st = rx.recv() => match st {
+                    Some(st) => self.commit(st).await,
+                    None => break,
+                },
+                m = maintenance.recv(), if maintenance_open => match m {
+                    Some(m) => self.maintain(m).await,
+                    None => maintenance_open = false,
+                },
+            }
         }
+    }
+
+    async fn maintain(&self, m: Maintenance) {
+        match m {
+            Maintenance::Compact(round, reply) => {
+                let _ = reply.send(self.commit_round(round).await);
+            }
+            Maintenance::Vacuum(kind, rt, retention, reply) => {
+                let _ = reply.send(self.vacuum(kind, &rt, retention).await);
+            }
+        }
+    }
+
+    async fn commit_round(&self, round: Round) -> Result<Option<DeltaTable>> {
+        let tables = &self.applier.tables;
+        let Some(latest) = tables.get(round.kind, &round.rt) else {
+            return Err(Error::Config(format!("no table {:?}/{}", round.kind, round.rt)));
+        };
+        let files: HashSet<String> =
+            compact::active_files(&latest).await?.into_iter().map(|(_, _, r)| r.path).collect();
+        if !compact::inputs_active(&round, &files) {
+            compact::discard(&latest, &round).await;
+            return Ok(None);
+        }
+        let op = DeltaOperation::Optimize { target_size: round.target_size as i64, predicate: None };
+        let commit = CommitBuilder::default()
+            .with_actions(compact::actions(&round))
+            .build(Some(latest.snapshot()?), latest.log_store(), op)
+            .await?;
+        let mut t = latest.clone();
+        t.update_incremental(Some(commit.version())).await?;
+        tables.put(round.kind, &round.rt, t.clone());
+        Ok(Some(t))
+    }
+
+    async fn vacuum(&self, kind: TableKind, rt: &str, retention: chrono::Duration) -> Result<usize> {
+        let tables = &self.applier.tables;
+        let Some(latest) = tables.get(kind, rt) else { return Ok(0) };
+        let (t, metrics) =
+            latest.vacuum().with_retention_period(retention).with_enforce_retention_duration(false).await?;
+        tables.put(kind, rt, t);
+        Ok(metrics.files_deleted.len())
     }
 
     async fn commit(&self, st: Staged) {

@@ -19,10 +19,11 @@ use fhirlake_schemas::{Json, Model, ShapeOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::apply::{Applier, load_index};
+use crate::compact::{self, CompactOptions, TableReport};
 use crate::decide::{Build, Known, build_served, decide, hash_ops};
 pub use crate::decide::{content_hash, format_instant, set_server_meta, with_server_meta};
 use crate::journal::{Journal, VersionRecord};
-use crate::pipeline::{Committer, Overlay, Staged};
+use crate::pipeline::{Committer, Maintenance, Overlay, Staged};
 use crate::store::{Lease, StorageRoot, TableKind};
 use crate::{Clock, Error, Result, SystemClock};
 
@@ -217,6 +218,7 @@ pub struct Writer {
     tables: Arc<TableSet>,
     root: StorageRoot,
     stats: Arc<WriterStats>,
+    maintenance: mpsc::Sender<Maintenance>,
 }
 
 /// Counters of the writer.
@@ -276,14 +278,16 @@ impl Writer {
         };
         let index = Arc::new(RwLock::new(index));
         let (tx, rx) = mpsc::channel(1024);
+        let (maintenance, maintenance_rx) = mpsc::channel(4);
         let writer = Writer {
             tx,
             index: index.clone(),
             tables: core.applier.tables.clone(),
             root,
             stats: core.applier.stats.clone(),
+            maintenance,
         };
-        let join = tokio::spawn(core.run(rx, index));
+        let join = tokio::spawn(core.run(rx, index, maintenance_rx));
         Ok((writer, WriterTask { join, lease }))
     }
 
@@ -330,6 +334,67 @@ impl Writer {
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
+
+    /// Compacts the current and history tables (see [`crate::compact`]); `progress` is
+    /// told about each table as it is done. Writes and reads continue meanwhile.
+    pub async fn compact(
+        &self,
+        options: CompactOptions,
+        progress: &mut (dyn FnMut(&TableReport) + Send),
+    ) -> Result<Vec<TableReport>> {
+        let mut reports = Vec::new();
+        let mut tables: Vec<(TableKind, String)> = self
+            .tables
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _, _)| matches!(k, TableKind::Current | TableKind::History))
+            .map(|(k, rt, _)| (k, rt))
+            .collect();
+        tables.sort_by(|a, b| (a.1.as_str(), a.0 as u8).cmp(&(b.1.as_str(), b.0 as u8)));
+        for (kind, rt) in tables {
+            let Some(table) = self.tables.get(kind, &rt) else { continue };
+            let files = compact::active_files(&table).await?;
+            let mut report = TableReport {
+                kind: Some(kind),
+                resource_type: rt.clone(),
+                files_before: files.len(),
+                ..Default::default()
+            };
+            for round in compact::plan(&files, &options) {
+                let inputs = round.iter().map(|&i| files[i].clone()).collect();
+                let (round, rows) = compact::rewrite(&table, kind, &rt, inputs, &options).await?;
+                let (reply, rx) = oneshot::channel();
+                self.maintenance.send(Maintenance::Compact(round, reply)).await.map_err(|_| Error::ShuttingDown)?;
+                match rx.await.map_err(|_| Error::ShuttingDown)?? {
+                    Some(_) => report.rows += rows,
+                    None => report.rounds_dropped += 1,
+                }
+            }
+            let latest = self.tables.get(kind, &rt).unwrap_or(table);
+            report.files_after = compact::active_files(&latest).await?.len();
+            progress(&report);
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// Vacuums every current and history table: deletes the files that no version newer
+    /// than `retention` references. Returns the number of files deleted.
+    pub async fn vacuum(&self, retention: chrono::Duration) -> Result<usize> {
+        let mut deleted = 0;
+        for (kind, rt, _) in self.tables.snapshot() {
+            if !matches!(kind, TableKind::Current | TableKind::History) {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            self.maintenance
+                .send(Maintenance::Vacuum(kind, rt, retention, reply))
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            deleted += rx.await.map_err(|_| Error::ShuttingDown)??;
+        }
+        Ok(deleted)
+    }
 }
 
 struct Core {
@@ -343,7 +408,12 @@ struct Core {
 }
 
 impl Core {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>, index: Arc<RwLock<ResourceIndex>>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Request>,
+        index: Arc<RwLock<ResourceIndex>>,
+        maintenance: mpsc::Receiver<Maintenance>,
+    ) {
         // Stage two commits while this task decides the next batch; one batch may wait.
         let (staged_tx, staged_rx) = mpsc::channel::<Staged>(1);
         let committer = Committer {
@@ -352,7 +422,7 @@ impl Core {
             index: index.clone(),
             overlay: self.overlay.clone(),
         };
-        let stage_two = tokio::spawn(committer.run(staged_rx));
+        let stage_two = tokio::spawn(committer.run(staged_rx, maintenance));
         while let Some(first) = rx.recv().await {
             let mut reqs = vec![first];
             let mut n: usize = reqs[0].ops.len();

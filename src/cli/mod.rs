@@ -1,10 +1,11 @@
-//! The command line: `serve`, `import`, `sql`, `view`.
+//! The command line: `serve`, `import`, `sql`, `view`, `compact`.
 //!
 //! Every flag can also be set from a `FHIRLAKE_*` environment variable. Exit codes:
 //! 0 success; 1 failure (message on stderr); 2 usage error (clap); 3 `import` finished
 //! but rejected some resources (see the error file); 4 the storage root is held by
 //! another process (the single-writer lease).
 
+mod compact;
 mod import;
 mod serve;
 mod sql;
@@ -34,6 +35,8 @@ pub enum Command {
     Sql(sql::SqlArgs),
     /// Materialize or explain SQL-on-FHIR ViewDefinitions.
     View(view::ViewArgs),
+    /// Compact the tables (merge small files, cluster by patient), checkpoint and vacuum.
+    Compact(compact::CompactArgs),
 }
 
 /// Where the data lives; shared by every command.
@@ -64,6 +67,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Import(a) => import::run(a).await,
         Command::Sql(a) => sql::run(a).await,
         Command::View(a) => view::run(a).await,
+        Command::Compact(a) => compact::run(a).await,
     };
     match result {
         Ok(code) => code,

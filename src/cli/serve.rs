@@ -39,6 +39,19 @@ pub struct ServeArgs {
     /// search that matches several (412).
     #[arg(long, env = "FHIRLAKE_CONDITIONAL_DELETE_MAX", default_value_t = 1)]
     conditional_delete_max: usize,
+    /// Background compaction: check the tables every this many seconds (0: off).
+    #[arg(long, env = "FHIRLAKE_COMPACT_EVERY_SECS", default_value_t = 60)]
+    compact_every_secs: u64,
+    /// Size of the files compaction writes, in MiB.
+    #[arg(long, env = "FHIRLAKE_TARGET_FILE_MIB", default_value_t = 8)]
+    target_file_mib: u64,
+    /// Compact a table once it has this many files under half the target size.
+    #[arg(long, env = "FHIRLAKE_COMPACT_MIN_SMALL_FILES", default_value_t = 16)]
+    min_small_files: usize,
+    /// Vacuum (after compaction) files no table version of the last HOURS references: the
+    /// lifetime of search page links and the time-travel window.
+    #[arg(long, env = "FHIRLAKE_RETENTION_HOURS", default_value_t = 168)]
+    retention_hours: i64,
     /// `$sql`: wall-time limit of one query, in seconds (it is cancelled beyond).
     #[arg(long, env = "FHIRLAKE_SQL_TIMEOUT_SECS", default_value_t = 120)]
     sql_timeout_secs: u64,
@@ -111,6 +124,16 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         }
         None => None,
     };
+    let compactor = (a.compact_every_secs > 0).then(|| {
+        let opts = fhirlake_ingest::compact::CompactOptions {
+            target_file_bytes: a.target_file_mib.max(1) << 20,
+            min_small_files: a.min_small_files.max(2),
+            ..Default::default()
+        };
+        let every = std::time::Duration::from_secs(a.compact_every_secs);
+        let retention = chrono::Duration::hours(a.retention_hours.max(1));
+        tokio::spawn(background_compaction(state.writer.clone(), opts, every, retention, stop_rx.clone()))
+    });
     let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app(state));
     axum::serve(listener, service)
         .with_graceful_shutdown(async move {
@@ -121,10 +144,47 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
     if let Some(f) = flight {
         f.await.map_err(|e| format!("Flight SQL server: {e}"))?.map_err(|e| format!("Flight SQL server: {e}"))?;
     }
+    if let Some(c) = compactor {
+        let _ = c.await;
+    }
     tracing::info!("stopped accepting; committing in-flight writes");
     task.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Compacts the tables every `every` (and vacuums at most hourly) until `stop`; holds a
+/// writer handle only while it runs.
+async fn background_compaction(
+    writer: fhirlake_ingest::Writer,
+    options: fhirlake_ingest::compact::CompactOptions,
+    every: std::time::Duration,
+    retention: chrono::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last_vacuum = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let mut log = |r: &fhirlake_ingest::compact::TableReport| {
+            if r.rows > 0 {
+                tracing::info!("compaction: {}", super::compact::describe(r));
+            }
+        };
+        if let Err(e) = writer.compact(options, &mut log).await {
+            tracing::warn!(error = %e, "background compaction failed; it is retried at the next interval");
+        }
+        if last_vacuum.elapsed() >= std::time::Duration::from_secs(3600) {
+            last_vacuum = std::time::Instant::now();
+            match writer.vacuum(retention).await {
+                Ok(n) if n > 0 => tracing::info!(files = n, "vacuum deleted unreferenced files"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "vacuum failed; it is retried in an hour"),
+            }
+        }
+    }
 }
 
 /// Accepted connections of `l` as the stream tonic serves.

@@ -4,6 +4,7 @@
 mod bad_inputs;
 mod cli;
 mod common;
+mod compaction;
 mod concurrency;
 mod examples;
 mod search;

@@ -113,7 +113,7 @@ async fn table_state(s: &TestServer) -> (BTreeMap<String, Option<u64>>, BTreeSet
         .tables()
         .snapshot()
         .into_iter()
-        .map(|(k, rt, t)| (format!("{k:?}/{rt}"), t.version().map(|v| v as u64)))
+        .map(|(k, rt, t)| (format!("{k:?}/{rt}"), t.version()))
         .collect();
     let mut files = BTreeSet::new();
     let root = s.root.url().to_file_path().expect("a local root");

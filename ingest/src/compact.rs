@@ -1,0 +1,203 @@
+//! Compaction and log maintenance of the current and history tables.
+//!
+//! Owns: choosing which files of a table to merge, rewriting them sorted by the table's
+//! clustering key (current tables: `_patient, id`, so one patient's resources sit in few
+//! files and patient searches, `$everything` and updates with the owner in their predicate
+//! touch few files; history tables: `id, _version_id`, so a read by id touches one file),
+//! and the checkpoint and vacuum that follow.
+//!
+//! Concurrency: the expensive part (reading, sorting, writing the new Parquet files) runs
+//! outside the writer, on a snapshot. Only the commit goes through the writer's commit
+//! stage, between two group commits ([`crate::pipeline`]): there the inputs are checked to
+//! be still active in the latest version (a group commit may have rewritten one of them
+//! by updating a row in it; the round is then dropped and its new files deleted) and the
+//! remove+add actions (`dataChange: false`) are committed on top of that latest version.
+//! This ordering matters: delta-rs' conflict checker ignores removes with
+//! `dataChange: false`, so a group commit built on a snapshot older than a compaction
+//! could otherwise re-add rows the compaction also kept. Writes wait at most for one such
+//! commit (milliseconds), never for a rewrite.
+//!
+//! Must not: change data. Every row of the inputs is in the outputs, byte for byte.
+
+use arrow::array::RecordBatch;
+use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch};
+use deltalake::DeltaTable;
+use deltalake::kernel::{Action, Add, Remove};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::store::TableKind;
+use crate::{Error, Result};
+
+/// What compaction does.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactOptions {
+    /// Size of the files written, in bytes (a moderate size keeps an update's rewrite small).
+    pub target_file_bytes: u64,
+    /// A table is compacted once it has at least this many files smaller than half the
+    /// target; active files are then at most `ceil(table bytes / target) + this - 1` plus
+    /// the files of the group commits since the last round.
+    pub min_small_files: usize,
+    /// Rewrite every file of every table (re-clustering), not only small files.
+    pub full: bool,
+    /// Input read per round, in bytes of Parquet (bounds memory: a round is sorted whole).
+    pub round_bytes: u64,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        Self { target_file_bytes: 8 << 20, min_small_files: 16, full: false, round_bytes: 256 << 20 }
+    }
+}
+
+/// What compaction did to one table.
+#[derive(Debug, Clone, Default)]
+pub struct TableReport {
+    /// Table kind.
+    pub kind: Option<TableKind>,
+    /// Resource type.
+    pub resource_type: String,
+    /// Active files before.
+    pub files_before: usize,
+    /// Active files after.
+    pub files_after: usize,
+    /// Rows rewritten.
+    pub rows: usize,
+    /// Rounds dropped because a group commit rewrote one of their inputs meanwhile.
+    pub rounds_dropped: usize,
+}
+
+/// The remove+add actions of one round, to be committed by the commit stage.
+pub(crate) struct Round {
+    pub(crate) kind: TableKind,
+    pub(crate) rt: String,
+    pub(crate) removes: Vec<Remove>,
+    pub(crate) adds: Vec<Add>,
+    pub(crate) target_size: u64,
+}
+
+/// An active file: its object-store path (relative to the table), size and remove action.
+pub type ActiveFile = (object_store::path::Path, i64, Remove);
+
+/// The active files of a table.
+pub async fn active_files(table: &DeltaTable) -> Result<Vec<ActiveFile>> {
+    let views: Vec<_> = table.get_active_add_actions_by_predicate(None).try_collect().await?;
+    Ok(views.into_iter().map(|v| (v.object_store_path(), v.size(), v.remove_action(false))).collect())
+}
+
+/// The rounds to run on `table`: groups of input files, each at most `round_bytes`.
+pub(crate) fn plan(files: &[ActiveFile], options: &CompactOptions) -> Vec<Vec<usize>> {
+    let small = (options.target_file_bytes / 2) as i64;
+    let mut chosen: Vec<usize> = if options.full {
+        if files.len() < 2 && files.iter().all(|f| f.1 <= options.target_file_bytes as i64 * 2) {
+            return Vec::new();
+        }
+        (0..files.len()).collect()
+    } else {
+        let s: Vec<usize> = (0..files.len()).filter(|&i| files[i].1 < small).collect();
+        if s.len() < options.min_small_files.max(2) {
+            return Vec::new();
+        }
+        s
+    };
+    chosen.sort_by_key(|&i| files[i].0.to_string());
+    let mut rounds = vec![Vec::new()];
+    let mut bytes = 0i64;
+    for i in chosen {
+        if bytes + files[i].1 > options.round_bytes as i64 && !rounds.last().expect("one").is_empty() {
+            rounds.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += files[i].1;
+        rounds.last_mut().expect("one").push(i);
+    }
+    rounds.retain(|r| r.len() > 1 || options.full);
+    rounds
+}
+
+/// Reads the input files of a round, sorts their rows by the clustering key and writes them
+/// as new files of about the target size. Returns the round (not committed) and the rows.
+pub(crate) async fn rewrite(
+    table: &DeltaTable,
+    kind: TableKind,
+    rt: &str,
+    inputs: Vec<ActiveFile>,
+    options: &CompactOptions,
+) -> Result<(Round, usize)> {
+    let store = table.object_store();
+    let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(options.target_file_bytes);
+    let schema = writer.arrow_schema();
+    let mut batches = Vec::new();
+    for (path, _, _) in &inputs {
+        let bytes = store.get(path).await?.bytes().await?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| Error::Flatten(format!("reading {path}: {e}")))?
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| Error::Flatten(format!("reading {path}: {e}")))?;
+        for b in reader {
+            let b = b?;
+            // Same columns as the table schema; field metadata may differ.
+            batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+        }
+    }
+    let all = concat_batches(&schema, &batches)?;
+    drop(batches);
+    let rows = all.num_rows();
+    let keys: &[&str] = match kind {
+        TableKind::Current => &["_patient", "id"],
+        TableKind::History => &["id", "_version_id"],
+        TableKind::View => &["_source_id"],
+    };
+    let sort_columns: Vec<SortColumn> = keys
+        .iter()
+        .filter_map(|k| all.column_by_name(k))
+        .map(|c| SortColumn { values: c.clone(), options: Some(SortOptions { descending: false, nulls_first: true }) })
+        .collect();
+    let sorted = if sort_columns.is_empty() || rows < 2 {
+        all
+    } else {
+        let indices = lexsort_to_indices(&sort_columns, None)?;
+        take_record_batch(&all, &indices)?
+    };
+    // Write in slices so the writer can close files at the target size.
+    let mut at = 0;
+    while at < rows {
+        let len = (rows - at).min(8192);
+        writer.write(sorted.slice(at, len)).await?;
+        at += len;
+    }
+    let adds = writer
+        .flush()
+        .await?
+        .into_iter()
+        .map(|mut a| {
+            a.data_change = false;
+            a
+        })
+        .collect();
+    let removes = inputs.into_iter().map(|(_, _, r)| r).collect();
+    Ok((Round { kind, rt: rt.to_string(), removes, adds, target_size: options.target_file_bytes }, rows))
+}
+
+/// Deletes the files a dropped round wrote.
+pub(crate) async fn discard(table: &DeltaTable, round: &Round) {
+    let store = table.object_store();
+    for a in &round.adds {
+        if let Err(e) = store.delete(&object_store::path::Path::from(a.path.as_str())).await {
+            tracing::warn!(path = a.path, error = %e, "could not delete a dropped compaction file (vacuum will)");
+        }
+    }
+}
+
+/// The actions of a round.
+pub(crate) fn actions(round: &Round) -> Vec<Action> {
+    round.removes.iter().cloned().map(Action::Remove).chain(round.adds.iter().cloned().map(Action::Add)).collect()
+}
+
+/// Whether every input of `round` is still active in `files` (paths of the latest version).
+pub(crate) fn inputs_active(round: &Round, files: &std::collections::HashSet<String>) -> bool {
+    round.removes.iter().all(|r| files.contains(&r.path))
+}
