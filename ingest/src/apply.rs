@@ -41,7 +41,28 @@ pub(crate) struct PreparedType {
     ids: Vec<String>,
     /// True when none of the ids existed before: the current table is appended to.
     all_new: bool,
+    /// The owning patient of each id's new current row (`None`: deleted or no owner).
+    pub(crate) new_owners: Vec<(String, Option<String>)>,
+    /// The owning patients of the rows being replaced, when all are known (set by the
+    /// commit stage from the index): they narrow the replace predicate to the files of
+    /// those patients, the clustering key of compacted current tables.
+    pub(crate) old_owners: Option<Vec<Option<String>>>,
 }
+
+impl PreparedType {
+    /// Resource type.
+    pub(crate) fn resource_type(&self) -> &str {
+        &self.rt
+    }
+
+    /// Ids whose current row is replaced or deleted.
+    pub(crate) fn ids(&self) -> &[String] {
+        &self.ids
+    }
+}
+
+/// Where the watermark is, relative to the storage root.
+pub const WATERMARK: &str = "_fhirlake/watermark.json";
 
 /// Prepares and commits journal entries.
 pub(crate) struct Applier {
@@ -190,14 +211,36 @@ impl Applier {
             committed.extend(r?);
         }
         self.tables.put_all(committed);
+        self.write_watermark(seq).await;
         Ok(())
+    }
+
+    /// Persists the watermark: the version of every table after the last fully applied
+    /// group commit (`_fhirlake/watermark.json`). Readers of the directory (`fhirlake sql
+    /// --data`, or anyone reading the file) open each table at that version and so never
+    /// see half of a transaction. Best effort: a stale watermark is only older, still
+    /// consistent; start-up rewrites it after the journal replay.
+    pub(crate) async fn write_watermark(&self, seq: i64) {
+        let mut tables = serde_json::Map::new();
+        for (kind, rt, t) in self.tables.snapshot() {
+            if matches!(kind, TableKind::Current | TableKind::History)
+                && let Some(v) = t.version()
+            {
+                tables.insert(format!("{}/{rt}", kind.folder()), v.into());
+            }
+        }
+        let body = serde_json::json!({ "seq": seq, "tables": tables }).to_string();
+        if let Err(e) = self.root.object_store().put(&self.root.path(WATERMARK), body.into()).await {
+            tracing::warn!(error = %e, "could not write the watermark; readers of the directory see an older one");
+        }
     }
 
     async fn commit_type(&self, seq: i64, p: PreparedType) -> Result<Vec<(TableKind, String, DeltaTable)>> {
         let started = std::time::Instant::now();
         let rows = p.history.num_rows();
+        let predicate = replace_predicate(&p);
         let (h, c) = tokio::join!(self.commit_history(seq, &p.rt, p.history), async {
-            self.commit_current(seq, &p.rt, p.current, &p.ids, p.all_new).await
+            self.commit_current(seq, &p.rt, p.current, predicate, p.all_new).await
         });
         let mut out = Vec::new();
         out.extend(h?.map(|t| (TableKind::History, p.rt.clone(), t)));
@@ -222,7 +265,7 @@ impl Applier {
         seq: i64,
         rt: &str,
         batch: RecordBatch,
-        ids: &[String],
+        predicate: deltalake::datafusion::prelude::Expr,
         all_new: bool,
     ) -> Result<Option<DeltaTable>> {
         let current = self.table(TableKind::Current, rt).await?;
@@ -232,7 +275,6 @@ impl Applier {
         let t = if all_new {
             current.write(vec![batch]).with_save_mode(SaveMode::Append).with_commit_properties(txn(seq)).await?
         } else {
-            let predicate = col("id").in_list(ids.iter().map(|id| lit(id.clone())).collect(), false);
             if batch.num_rows() == 0 {
                 current.delete().with_predicate(predicate).with_commit_properties(txn(seq)).await?.0
             } else {
@@ -246,6 +288,38 @@ impl Applier {
         };
         self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(t))
+    }
+}
+
+/// The rows a group commit replaces in a current table: `id IN (ids)`, narrowed by the
+/// owning patients of the old and new rows when the old ones are known. The new rows
+/// satisfy it too (delta-rs checks), and a compacted table is sorted by `_patient`, so
+/// file statistics skip every file of other patients.
+fn replace_predicate(p: &PreparedType) -> deltalake::datafusion::prelude::Expr {
+    let by_id = col("id").in_list(p.ids.iter().map(|id| lit(id.clone())).collect(), false);
+    let Some(old) = &p.old_owners else { return by_id };
+    let mut owners: Vec<&str> = Vec::new();
+    let mut none = false;
+    for o in old.iter().chain(p.new_owners.iter().map(|(_, o)| o)) {
+        match o {
+            Some(o) => owners.push(o),
+            None => none = true,
+        }
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    let mut by_owner = (!owners.is_empty())
+        .then(|| col("_patient").in_list(owners.into_iter().map(|o| lit(o.to_string())).collect(), false));
+    if none {
+        let null = col("_patient").is_null();
+        by_owner = Some(match by_owner {
+            Some(e) => e.or(null),
+            None => null,
+        });
+    }
+    match by_owner {
+        Some(o) => by_id.and(o),
+        None => by_id,
     }
 }
 
@@ -299,7 +373,11 @@ fn prepare_type(
         keep.iter().zip(&metas).filter_map(|(&k, m)| docs[k].as_deref().map(|d| (d, m))).collect();
     let current = flattener.to_batch(&input)?;
     let ids = last.keys().map(|s| s.to_string()).collect();
-    Ok(PreparedType { rt, history, current, ids, all_new })
+    let new_owners = last
+        .iter()
+        .map(|(id, &k)| (id.to_string(), if recs[k].deleted { None } else { owners[k].0.clone() }))
+        .collect();
+    Ok(PreparedType { rt, history, current, ids, all_new, new_owners, old_owners: None })
 }
 
 async fn applied(table: &DeltaTable, seq: i64) -> Result<bool> {
@@ -335,6 +413,7 @@ pub(crate) async fn load_index(table: &DeltaTable, rt: &str, index: &mut Resourc
         col("_deleted"),
         col("_content_hash"),
         col("_last_updated"),
+        col("_patient"),
     ])?;
     for b in df.collect().await? {
         let b: ArrayRef = Arc::new(arrow::array::StructArray::from(b));
@@ -345,12 +424,15 @@ pub(crate) async fn load_index(table: &DeltaTable, rt: &str, index: &mut Resourc
         let deleted = s.column(2).as_boolean();
         let hashes = s.column(3).as_primitive::<arrow::datatypes::Int64Type>();
         let ts = s.column(4).as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let patients = s.column(5).as_string::<i32>();
         for i in 0..s.len() {
+            let patient = (!deleted.value(i) && patients.is_valid(i)).then(|| patients.value(i));
             let e = IndexEntry {
                 version: versions.value(i),
                 deleted: deleted.value(i),
                 hash: hashes.value(i) as u64,
                 last_updated_us: ts.value(i),
+                owner: index.intern_owner(patient),
             };
             let id = ids.value(i);
             if index.get(rt, id).is_none_or(|old| old.version < e.version) {
@@ -369,6 +451,7 @@ fn history_index_fields() -> arrow::datatypes::Fields {
         Field::new("_deleted", DataType::Boolean, true),
         Field::new("_content_hash", DataType::Int64, true),
         Field::new("_last_updated", fhirlake_schemas::shape::timestamp_type(), true),
+        Field::new("_patient", DataType::Utf8, true),
     ])
 }
 

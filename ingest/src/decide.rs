@@ -11,7 +11,9 @@ use std::sync::Arc;
 use fhirlake_schemas::Json;
 
 use crate::journal::VersionRecord;
-use crate::writer::{Action, IndexEntry, OpOutcome, Precondition, Request, ResourceIndex, WriteOp};
+use crate::writer::{
+    Action, IndexEntry, OWNER_NONE, OWNER_UNKNOWN, OpOutcome, Precondition, Request, ResourceIndex, WriteOp,
+};
 
 /// FNV-1a 64 of the resource's JSON without `meta.versionId` / `meta.lastUpdated`.
 pub fn content_hash(resource: &Json) -> u64 {
@@ -182,7 +184,16 @@ pub(crate) fn decide(
                     hash,
                     raw: None,
                 });
-                d.pending.insert(key, IndexEntry { version: next_version, deleted: false, hash, last_updated_us: ts });
+                d.pending.insert(
+                    key,
+                    IndexEntry {
+                        version: next_version,
+                        deleted: false,
+                        hash,
+                        last_updated_us: ts,
+                        owner: OWNER_UNKNOWN,
+                    },
+                );
                 d.out.push(OpOutcome::Written {
                     version: next_version,
                     last_updated_us: ts,
@@ -204,8 +215,16 @@ pub(crate) fn decide(
                     hash: 0,
                     raw: None,
                 });
-                d.pending
-                    .insert(key, IndexEntry { version: next_version, deleted: true, hash: 0, last_updated_us: ts });
+                d.pending.insert(
+                    key,
+                    IndexEntry {
+                        version: next_version,
+                        deleted: true,
+                        hash: 0,
+                        last_updated_us: ts,
+                        owner: OWNER_NONE,
+                    },
+                );
                 d.out.push(OpOutcome::Deleted { version: Some(next_version) });
             }
         }

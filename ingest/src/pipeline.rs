@@ -131,11 +131,40 @@ impl Committer {
 
     async fn commit(&self, st: Staged) {
         let stale = self.overlay.lock().expect("overlay lock").epoch != st.epoch;
+        let mut owners: HashMap<(String, String), Option<String>> = HashMap::new();
         let result = match (stale, st.seq) {
             (true, _) => {
                 Err(Error::CommitFailed("an earlier group commit failed; nothing of this one was stored".into()))
             }
-            (false, Some(seq)) => self.applier.commit(seq, st.prepared).await,
+            (false, Some(seq)) => {
+                let mut prepared = st.prepared;
+                // Batches commit in order and the index is updated after each, so it holds
+                // the owner of every current row this batch replaces.
+                {
+                    let idx = self.index.read().expect("index lock");
+                    for p in &mut prepared {
+                        let rt = p.resource_type().to_string();
+                        let old: Option<Vec<Option<String>>> = p
+                            .ids()
+                            .iter()
+                            .filter_map(|id| idx.get(&rt, id))
+                            .filter(|e| !e.deleted)
+                            .map(|e| match e.owner {
+                                crate::writer::OWNER_UNKNOWN => None,
+                                k => Some(idx.owner(k).map(str::to_string)),
+                            })
+                            .collect();
+                        p.old_owners = old;
+                    }
+                }
+                owners = prepared
+                    .iter()
+                    .flat_map(|p| {
+                        p.new_owners.iter().map(|(id, o)| ((p.resource_type().to_string(), id.clone()), o.clone()))
+                    })
+                    .collect();
+                self.applier.commit(seq, prepared).await
+            }
             (false, None) => Ok(()),
         };
         // A batch that failed part-way keeps its journal entry: the next start-up replays it
@@ -153,7 +182,10 @@ impl Committer {
                 {
                     let mut idx = self.index.write().expect("index lock");
                     let mut overlay = self.overlay.lock().expect("overlay lock");
-                    for ((rt, id), e) in st.pending {
+                    for ((rt, id), mut e) in st.pending {
+                        if let Some(o) = owners.get(&(rt.clone(), id.clone())) {
+                            e.owner = idx.intern_owner(o.as_deref());
+                        }
                         idx.set(&rt, &id, e);
                         let key = (rt, id);
                         if overlay.entries.get(&key).is_some_and(|(_, s)| Some(*s) == st.seq) {
@@ -205,7 +237,7 @@ mod tests {
     }
 
     fn entry() -> IndexEntry {
-        IndexEntry { version: 1, deleted: false, hash: 1, last_updated_us: 1 }
+        IndexEntry { version: 1, deleted: false, hash: 1, last_updated_us: 1, owner: crate::writer::OWNER_UNKNOWN }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,15 +109,46 @@ pub struct IndexEntry {
     pub hash: u64,
     /// Its last-updated time (µs).
     pub last_updated_us: i64,
+    /// The owning patient of its current row (`_patient`), interned: [`OWNER_NONE`],
+    /// [`OWNER_UNKNOWN`] (decided, not committed yet) or a [`ResourceIndex::owner`] key.
+    pub owner: u32,
 }
+
+/// No owning patient (`_patient` is null).
+pub const OWNER_NONE: u32 = 0;
+/// Not known yet.
+pub const OWNER_UNKNOWN: u32 = u32::MAX;
 
 /// Latest version of every resource, per type.
 #[derive(Debug, Default)]
 pub struct ResourceIndex {
     types: HashMap<String, HashMap<String, IndexEntry>>,
+    /// Interned patient ids (`owners[k - 1]` is owner `k`).
+    owners: Vec<String>,
+    owner_keys: HashMap<String, u32>,
 }
 
 impl ResourceIndex {
+    /// The patient id of an owner key.
+    pub fn owner(&self, key: u32) -> Option<&str> {
+        match key {
+            OWNER_NONE | OWNER_UNKNOWN => None,
+            k => self.owners.get(k as usize - 1).map(String::as_str),
+        }
+    }
+
+    /// The owner key of a patient id (`None`: no owner).
+    pub(crate) fn intern_owner(&mut self, patient: Option<&str>) -> u32 {
+        let Some(p) = patient else { return OWNER_NONE };
+        if let Some(&k) = self.owner_keys.get(p) {
+            return k;
+        }
+        self.owners.push(p.to_string());
+        let k = self.owners.len() as u32;
+        self.owner_keys.insert(p.to_string(), k);
+        k
+    }
+
     /// The entry of `rt/id`.
     pub fn get(&self, rt: &str, id: &str) -> Option<IndexEntry> {
         self.types.get(rt)?.get(id).copied()
@@ -611,6 +642,9 @@ impl Core {
                 self.applier.tables.put(TableKind::Current, &rt, c);
             }
         }
+        // Every table is now complete (the journal was replayed): readers of the directory
+        // may see the latest versions.
+        self.applier.write_watermark(self.last_seq).await;
         Ok(index)
     }
 }

@@ -172,6 +172,14 @@ impl SqlSession {
     /// `<root>/views/*`).
     pub async fn open_root(root: &Url, store: Arc<dyn ObjectStore>) -> Result<Self> {
         let mut tables = Tables::default();
+        // The writer's watermark: each table's version after the last fully applied group
+        // commit. Tables are opened at it, so a transaction being applied is invisible.
+        let watermark_path =
+            object_store::path::Path::from(format!("{}/_fhirlake/watermark.json", root.path().trim_matches('/')));
+        let watermark = match object_store::ObjectStoreExt::get(store.as_ref(), &watermark_path).await {
+            Ok(r) => fhirlake_schemas::Json::parse(&r.bytes().await?, fhirlake_schemas::json::ParseLimits::STORED).ok(),
+            Err(_) => None,
+        };
         for folder in ["resources", "history", "views"] {
             let prefix = object_store::path::Path::from(format!("{}/{folder}", root.path().trim_matches('/')));
             let listing = store.list_with_delimiter(Some(&prefix)).await?;
@@ -182,6 +190,19 @@ impl SqlSession {
                     DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(store.clone(), url).build()?;
                 if table.load().await.is_err() {
                     continue;
+                }
+                if let Some(w) = watermark.as_ref().filter(|_| folder != "views") {
+                    let pinned =
+                        w.get("tables").and_then(|t| t.get(&format!("{folder}/{name}"))).and_then(|v| match v {
+                            fhirlake_schemas::Json::Number(n) => n.parse::<u64>().ok(),
+                            _ => None,
+                        });
+                    match pinned {
+                        // Created by a group commit that is not fully applied yet.
+                        None => continue,
+                        Some(v) if table.version().is_some_and(|cur| cur > v) => table.load_version(v).await?,
+                        Some(_) => {}
+                    }
                 }
                 match folder {
                     "resources" => tables.current.push((name, table)),

@@ -263,7 +263,30 @@ fn cases() -> Vec<Case> {
             )
         },
         case("unknown resource type in URL", p.clone(), "/fhir/Foo", r#"{"resourceType":"Foo"}"#, 404, None),
-        case("PATCH not supported", Method::PATCH, "/fhir/Patient/p0", "[]", 405, None),
+        case("PATCH with a FHIR body that is not Parameters", Method::PATCH, "/fhir/Patient/p0", "[]", 400, None),
+        Case {
+            content_type: Some("application/json-patch+json"),
+            ..case(
+                "JSON Patch making the resource invalid",
+                Method::PATCH,
+                "/fhir/Patient/p0",
+                r#"[{"op":"add","path":"/gender","value":"robot"}]"#,
+                422,
+                Some("Patient.gender"),
+            )
+        },
+        Case {
+            content_type: Some("application/json-patch+json"),
+            ..case("malformed JSON Patch", Method::PATCH, "/fhir/Patient/p0", r#"[{"op":"add"}]"#, 422, None)
+        },
+        case(
+            "conditional update with unknown criteria",
+            Method::PUT,
+            "/fhir/Patient?frobnicate=1",
+            r#"{"resourceType":"Patient"}"#,
+            400,
+            None,
+        ),
         case("DELETE on a type", Method::DELETE, "/fhir/Patient", "", 405, None),
         case("bad _count", Method::GET, "/fhir/Patient/_history?_count=abc", "", 400, None),
         case("bad _since", Method::GET, "/fhir/Patient/_history?_since=yesterday", "", 400, None),
@@ -281,14 +304,22 @@ fn cases() -> Vec<Case> {
             p.clone(),
             "/fhir",
             r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","id":"p0"},"request":{"method":"PUT","url":"Patient/p0"}},{"request":{"method":"DELETE","url":"Patient/p0"}}]}"#,
-            409,
+            400,
             None,
+        ),
+        case(
+            "transaction PATCH entry whose resource is not a patch",
+            p.clone(),
+            "/fhir",
+            r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"},"request":{"method":"PATCH","url":"Patient/p0"}}]}"#,
+            422,
+            Some("Bundle.entry[0].resource"),
         ),
         case(
             "transaction entry with bad method",
             p.clone(),
             "/fhir",
-            r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"},"request":{"method":"PATCH","url":"Patient/p0"}}]}"#,
+            r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient"},"request":{"method":"TRACE","url":"Patient/p0"}}]}"#,
             422,
             Some("Bundle.entry[0].request.method"),
         ),

@@ -107,14 +107,8 @@ async fn synthea_transaction_bundles_load_with_every_reference_resolving() {
 
 /// The Delta version of every table, and the files under the root.
 async fn table_state(s: &TestServer) -> (BTreeMap<String, Option<u64>>, BTreeSet<String>) {
-    let versions = s
-        .state
-        .writer
-        .tables()
-        .snapshot()
-        .into_iter()
-        .map(|(k, rt, t)| (format!("{k:?}/{rt}"), t.version()))
-        .collect();
+    let versions =
+        s.state.writer.tables().snapshot().into_iter().map(|(k, rt, t)| (format!("{k:?}/{rt}"), t.version())).collect();
     let mut files = BTreeSet::new();
     let root = s.root.url().to_file_path().expect("a local root");
     for dir in ["resources", "history"] {
@@ -505,5 +499,38 @@ async fn concurrent_patches_without_if_match_lose_no_update() {
         .collect();
     assert_eq!(values.len(), 9, "{values:?}");
     assert_eq!(s.get("/fhir/Patient/cp").await.header("etag"), Some("W/\"10\""));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_the_directory_open_tables_at_the_watermark() {
+    let s = TestServer::start().await;
+    assert_eq!(s.post("/fhir/Patient", r#"{"resourceType":"Patient"}"#).await.status, 201);
+    let root = s.root.url().to_file_path().expect("local root");
+    let path = root.join("_fhirlake/watermark.json");
+    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let v1 = first["tables"]["resources/Patient"].as_u64().expect("Patient version in the watermark");
+    assert_eq!(first["tables"]["history/Patient"].as_u64(), Some(v1));
+    let tx = r#"{"resourceType":"Bundle","type":"transaction","entry":[
+      {"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}},
+      {"resource":{"resourceType":"Observation","status":"final","code":{"text":"w"}},"request":{"method":"POST","url":"Observation"}}]}"#;
+    assert_eq!(s.post("/fhir", tx).await.status, 200);
+    let now: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(now["tables"]["resources/Patient"].as_u64().unwrap() > v1);
+    assert_eq!(s.sql("SELECT count(*) AS n FROM patient").await[0]["n"], json!(2));
+    // A reader finding the watermark of before the transaction (as it would while the
+    // transaction's tables are being committed) sees none of it.
+    std::fs::write(&path, first.to_string()).unwrap();
+    assert_eq!(s.sql("SELECT count(*) AS n FROM patient").await[0]["n"], json!(1));
+    let session = s.session().await;
+    let tables = crate::common::sql_rows(
+        &session,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .await;
+    assert!(
+        !tables.iter().any(|t| t["table_name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("observation"))),
+        "{tables:?}"
+    );
     s.stop().await;
 }
