@@ -21,6 +21,7 @@ python3 benches/fhirpath_bench.py --smoke
 python3 benches/search_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
 python3 benches/views_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
 python3 benches/sql_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
+python3 benches/write_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
 
 echo "== python tests"
 FHIRLAKE_BIN="$CARGO_TARGET_DIR/debug/fhirlake" python3 -m pytest -q tests/python notebooks
