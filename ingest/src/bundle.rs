@@ -437,6 +437,9 @@ fn request_entry(model: &Model, i: usize, e: &Json, new_id: &mut dyn FnMut() -> 
         }
         resolved.searches.get(q).ok_or_else(|| EntryError::Invalid(structure(&loc, &format!("'{q}' was not searched"))))
     };
+    let several = |what: &str, criteria: &str, n: usize| {
+        (None, Err(EntryError::PreconditionFailed(format!("{loc}: {what} '{criteria}' matches {n} resources"))))
+    };
     let (target, outcome) = match method {
         "POST" | "PUT" if resource.is_none() => {
             (None, Err(EntryError::Invalid(structure(&format!("{loc}.resource"), "the entry has no resource"))))
@@ -452,13 +455,7 @@ fn request_entry(model: &Model, i: usize, e: &Json, new_id: &mut dyn FnMut() -> 
                         Err(e) => (None, Err(e)),
                         Ok([]) => (Some((rt.to_string(), new_id())), Ok(Resolution::Put(Precondition::Absent))),
                         Ok([one]) => (Some((rt.to_string(), one.id.clone())), Ok(Resolution::Existing(one.clone()))),
-                        Ok(many) => (
-                            None,
-                            Err(EntryError::PreconditionFailed(format!(
-                                "{loc}: ifNoneExist '{q}' matches {} resources",
-                                many.len()
-                            ))),
-                        ),
+                        Ok(many) => several("ifNoneExist", q, many.len()),
                     }
                 }
             }
@@ -481,13 +478,7 @@ fn request_entry(model: &Model, i: usize, e: &Json, new_id: &mut dyn FnMut() -> 
                         ))),
                     ),
                     Ok([one]) => (Some((t, one.id.clone())), Ok(Resolution::Put(Precondition::None))),
-                    Ok(many) => (
-                        None,
-                        Err(EntryError::PreconditionFailed(format!(
-                            "{loc}: conditional update '{url}' matches {} resources",
-                            many.len()
-                        ))),
-                    ),
+                    Ok(many) => several("conditional update", url, many.len()),
                 }
             }
             None => (None, Err(bad_url("'Type/id' or 'Type?criteria' with an R4 type and a valid id"))),
@@ -504,13 +495,7 @@ fn request_entry(model: &Model, i: usize, e: &Json, new_id: &mut dyn FnMut() -> 
                 Ok([]) => {
                     (None, Err(EntryError::NotFound(format!("{loc}: conditional patch '{url}' matches nothing"))))
                 }
-                Ok(many) => (
-                    None,
-                    Err(EntryError::PreconditionFailed(format!(
-                        "{loc}: conditional patch '{url}' matches {} resources",
-                        many.len()
-                    ))),
-                ),
+                Ok(many) => several("conditional patch", url, many.len()),
             },
             None => (None, Err(bad_url("'Type/id' or 'Type?criteria'"))),
         },

@@ -42,16 +42,8 @@ pub struct ServeArgs {
     /// Background compaction: check the tables every this many seconds (0: off).
     #[arg(long, env = "FHIRLAKE_COMPACT_EVERY_SECS", default_value_t = 60)]
     compact_every_secs: u64,
-    /// Size of the files compaction writes, in MiB.
-    #[arg(long, env = "FHIRLAKE_TARGET_FILE_MIB", default_value_t = 8)]
-    target_file_mib: u64,
-    /// Compact a table once it has this many files under half the target size.
-    #[arg(long, env = "FHIRLAKE_COMPACT_MIN_SMALL_FILES", default_value_t = 16)]
-    min_small_files: usize,
-    /// Vacuum (after compaction) files no table version of the last HOURS references: the
-    /// lifetime of search page links and the time-travel window.
-    #[arg(long, env = "FHIRLAKE_RETENTION_HOURS", default_value_t = 168)]
-    retention_hours: i64,
+    #[command(flatten)]
+    compaction: super::compact::CompactTuning,
     /// `$sql`: wall-time limit of one query, in seconds (it is cancelled beyond).
     #[arg(long, env = "FHIRLAKE_SQL_TIMEOUT_SECS", default_value_t = 120)]
     sql_timeout_secs: u64,
@@ -125,13 +117,9 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         None => None,
     };
     let compactor = (a.compact_every_secs > 0).then(|| {
-        let opts = fhirlake_ingest::compact::CompactOptions {
-            target_file_bytes: a.target_file_mib.max(1) << 20,
-            min_small_files: a.min_small_files.max(2),
-            ..Default::default()
-        };
+        let opts = a.compaction.options(false);
         let every = std::time::Duration::from_secs(a.compact_every_secs);
-        let retention = chrono::Duration::hours(a.retention_hours.max(1));
+        let retention = a.compaction.retention();
         tokio::spawn(background_compaction(state.writer.clone(), opts, every, retention, stop_rx.clone()))
     });
     let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app(state));

@@ -255,3 +255,32 @@ fn gzipped_ndjson_imports() {
     let n = sql_json(&data, "SELECT count(*) AS n FROM patient WHERE gender = 'unknown'");
     assert_eq!(n[0]["n"], serde_json::json!(50));
 }
+
+#[test]
+fn compact_merges_small_files_and_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Six imports: six commits, so six small files per table.
+    for k in 0..6 {
+        let input = dir.path().join(format!("p{k}.ndjson"));
+        let lines: Vec<String> =
+            (0..20).map(|i| format!(r#"{{"resourceType":"Patient","id":"c{k}-{i}","gender":"female"}}"#)).collect();
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let out = fhirlake().args(["import", "--no-progress", "--data"]).arg(&data).arg(&input).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let before = sql_json(&data, "SELECT id, _version_id, _raw FROM patient ORDER BY id");
+    let out = fhirlake()
+        .args(["compact", "--min-small-files", "2", "--retention-hours", "1", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("resources/Patient: 6 -> 1 files, 120 rows rewritten"), "{stdout}");
+    assert!(stdout.contains("history/Patient: 6 -> 1 files"), "{stdout}");
+    assert_eq!(sql_json(&data, "SELECT id, _version_id, _raw FROM patient ORDER BY id"), before);
+    // Nothing left to do the second time.
+    let out = fhirlake().args(["compact", "--min-small-files", "2", "--data"]).arg(&data).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resources/Patient: 1 -> 1 files"));
+}
