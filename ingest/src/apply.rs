@@ -218,8 +218,8 @@ impl Applier {
     /// Persists the watermark: the version of every table after the last fully applied
     /// group commit (`_fhirlake/watermark.json`). Readers of the directory (`fhirlake sql
     /// --data`, or anyone reading the file) open each table at that version and so never
-    /// see half of a transaction. Best effort: a stale watermark is only older, still
-    /// consistent; start-up rewrites it after the journal replay.
+    /// see half of a transaction. Best effort and not fsynced: a stale watermark is only
+    /// older, still consistent; start-up rewrites it after the journal replay.
     pub(crate) async fn write_watermark(&self, seq: i64) {
         let mut tables = serde_json::Map::new();
         for (kind, rt, t) in self.tables.snapshot() {
@@ -230,7 +230,7 @@ impl Applier {
             }
         }
         let body = serde_json::json!({ "seq": seq, "tables": tables }).to_string();
-        if let Err(e) = self.root.object_store().put(&self.root.path(WATERMARK), body.into()).await {
+        if let Err(e) = self.root.put_unsynced(WATERMARK, body.into_bytes()).await {
             tracing::warn!(error = %e, "could not write the watermark; readers of the directory see an older one");
         }
     }

@@ -91,6 +91,28 @@ impl StorageRoot {
         &self.store
     }
 
+    /// Replaces the small file `relative` atomically (write, then rename) without fsync:
+    /// for state that is only an optimisation for readers and rewritten at start-up (the
+    /// watermark). Other stores: a plain put.
+    pub async fn put_unsynced(&self, relative: &str, body: Vec<u8>) -> Result<()> {
+        match &self.local {
+            Some(local) => {
+                let path = local.join(relative);
+                let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+                let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), source: e };
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                std::fs::write(&tmp, body).map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)
+            }
+            None => {
+                self.store.put(&self.path(relative), body.into()).await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Object-store path of `relative` under the root.
     pub fn path(&self, relative: &str) -> Path {
         let base = self.url.path().trim_matches('/');
