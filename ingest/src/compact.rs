@@ -138,9 +138,7 @@ pub(crate) async fn rewrite(
             .build()
             .map_err(|e| Error::Flatten(format!("reading {path}: {e}")))?;
         for b in reader {
-            let b = b?;
-            // Same columns as the table schema; field metadata may differ.
-            batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+            batches.push(conform(&b?, &schema)?);
         }
     }
     let all = concat_batches(&schema, &batches)?;
@@ -182,6 +180,23 @@ pub(crate) async fn rewrite(
     Ok((Round { kind, rt: rt.to_string(), removes, adds, target_size: options.target_file_bytes }, rows))
 }
 
+/// A batch read from a file, as the table schema types it: files written by other writers
+/// (or versions of DataFusion) may hold `Utf8View` where the table says `Utf8`, or differ in
+/// field metadata; values are cast, never changed.
+fn conform(b: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = b
+                .column_by_name(f.name())
+                .ok_or_else(|| Error::Flatten(format!("a data file has no column {}", f.name())))?;
+            if c.data_type() == f.data_type() { Ok(c.clone()) } else { Ok(arrow::compute::cast(c, f.data_type())?) }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 /// Deletes the files a dropped round wrote.
 pub(crate) async fn discard(table: &DeltaTable, round: &Round) {
     let store = table.object_store();
@@ -200,4 +215,37 @@ pub(crate) fn actions(round: &Round) -> Vec<Action> {
 /// Whether every input of `round` is still active in `files` (paths of the latest version).
 pub(crate) fn inputs_active(round: &Round, files: &std::collections::HashSet<String>) -> bool {
     round.removes.iter().all(|r| files.contains(&r.path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, StringArray, StringViewArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn batches_from_other_writers_are_cast_to_the_table_schema() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+        let file = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8View, true)]));
+        let b = RecordBatch::try_new(file, vec![Arc::new(StringViewArray::from(vec![Some("a"), None]))]).unwrap();
+        let out = conform(&b, &schema).unwrap();
+        let ids = out.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((ids.value(0), ids.is_null(1)), ("a", true));
+        let missing = Arc::new(Schema::new(vec![Field::new("other", DataType::Utf8, true)]));
+        assert!(conform(&b, &missing).is_err());
+    }
+
+    #[test]
+    fn plans_take_small_files_only_when_there_are_enough() {
+        let f = |size: i64| (object_store::path::Path::from(format!("f{size}")), size, Remove::default());
+        let opts =
+            CompactOptions { target_file_bytes: 100, min_small_files: 3, round_bytes: 120, ..Default::default() };
+        assert!(plan(&[f(10), f(20), f(500)], &opts).is_empty());
+        let rounds = plan(&[f(10), f(20), f(30), f(40), f(500), f(45)], &opts);
+        let sizes: Vec<Vec<i64>> =
+            rounds.iter().map(|r| r.iter().map(|&i| [10, 20, 30, 40, 500, 45][i]).collect()).collect();
+        assert_eq!(sizes, vec![vec![10, 20, 30, 40], vec![45]].into_iter().filter(|r| r.len() > 1).collect::<Vec<_>>());
+        assert_eq!(plan(&[f(10), f(500)], &CompactOptions { full: true, ..opts }).len(), 2);
+    }
 }
