@@ -127,9 +127,12 @@ pub(crate) async fn rewrite(
     options: &CompactOptions,
 ) -> Result<(Round, usize)> {
     let store = table.object_store();
-    let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(options.target_file_bytes);
+    // Files are cut by the flushes below; the writer's own limit is on in-memory bytes,
+    // several times the Parquet size, and would cut far too early.
+    let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(u64::MAX / 2);
     let schema = writer.arrow_schema();
     let mut batches = Vec::new();
+    let input_bytes: i64 = inputs.iter().map(|f| f.1).sum();
     for (path, _, _) in &inputs {
         let bytes = store.get(path).await?.bytes().await?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
@@ -160,22 +163,36 @@ pub(crate) async fn rewrite(
         let indices = lexsort_to_indices(&sort_columns, None)?;
         take_record_batch(&all, &indices)?
     };
-    // Write in slices so the writer can close files at the target size.
+    // One file per `per_file` rows: the inputs' bytes per row estimate the output's (the
+    // writer itself closes a file only when flushed); each file written corrects the
+    // estimate (small inputs carry a footer each, so they overstate a row's size).
+    let mut per_file = if input_bytes > 0 && rows > 0 {
+        ((options.target_file_bytes as f64 * rows as f64 / input_bytes as f64) as usize).max(1024)
+    } else {
+        rows.max(1)
+    };
+    let mut adds = Vec::new();
     let mut at = 0;
     while at < rows {
-        let len = (rows - at).min(8192);
-        writer.write(sorted.slice(at, len)).await?;
-        at += len;
-    }
-    let adds = writer
-        .flush()
-        .await?
-        .into_iter()
-        .map(|mut a| {
+        let end = (at + per_file).min(rows);
+        let mut k = at;
+        while k < end {
+            let len = (end - k).min(8192);
+            writer.write(sorted.slice(k, len)).await?;
+            k += len;
+        }
+        let written = writer.flush().await?;
+        let bytes: i64 = written.iter().map(|a| a.size).sum();
+        if bytes > 0 {
+            let scaled = per_file as f64 * options.target_file_bytes as f64 / bytes as f64;
+            per_file = (scaled as usize).clamp(per_file / 4 + 1, per_file.saturating_mul(8)).max(1024);
+        }
+        adds.extend(written.into_iter().map(|mut a| {
             a.data_change = false;
             a
-        })
-        .collect();
+        }));
+        at = end;
+    }
     let removes = inputs.into_iter().map(|(_, _, r)| r).collect();
     Ok((Round { kind, rt: rt.to_string(), removes, adds, target_size: options.target_file_bytes }, rows))
 }

@@ -12,13 +12,18 @@ use serde_json::json;
 
 use crate::common::TestServer;
 
-/// Active files and bytes of every current and history table.
-async fn files(s: &TestServer) -> Vec<(String, usize, i64)> {
+/// Active files, bytes and the largest file of every current and history table.
+async fn files(s: &TestServer) -> Vec<(String, usize, i64, i64)> {
     let mut out = Vec::new();
     for (kind, rt, t) in s.state.writer.tables().snapshot() {
         if matches!(kind, TableKind::Current | TableKind::History) {
             let f = active_files(&t).await.expect("files");
-            out.push((format!("{}/{rt}", kind.folder()), f.len(), f.iter().map(|x| x.1).sum()));
+            out.push((
+                format!("{}/{rt}", kind.folder()),
+                f.len(),
+                f.iter().map(|x| x.1).sum(),
+                f.iter().map(|x| x.1).max().unwrap_or(0),
+            ));
         }
     }
     out.sort();
@@ -45,7 +50,7 @@ const CLIENTS: usize = 512;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_writes_and_five_thousand_updates_stay_compact() {
     let s = TestServer::start().await;
-    let opts = CompactOptions { target_file_bytes: 1 << 20, min_small_files: 8, ..Default::default() };
+    let opts = CompactOptions { target_file_bytes: 256 << 10, min_small_files: 8, ..Default::default() };
     // 20,000 creates (Patients and Observations) from concurrent clients, with a
     // compaction round after every 2,500 writes running while the next writes arrive.
     let mut ids: Vec<(String, String)> = Vec::new();
@@ -133,7 +138,7 @@ async fn twenty_thousand_writes_and_five_thousand_updates_stay_compact() {
 
     // A compaction round, as the background compactor runs it: the stated bound holds.
     s.state.writer.compact(opts, &mut |_| {}).await.expect("compact");
-    for (table, count, bytes) in files(&s).await {
+    for (table, count, bytes, _) in files(&s).await {
         let bound = (bytes as u64).div_ceil(opts.target_file_bytes) as usize + opts.min_small_files - 1;
         assert!(count <= bound, "{table}: {count} active files, bound {bound} ({bytes} bytes)");
     }
@@ -154,6 +159,10 @@ async fn twenty_thousand_writes_and_five_thousand_updates_stay_compact() {
         "read by id median/p90: {before:?} before, {after:?} after a full compaction; files {:?}",
         files(&s).await
     );
+    // Files are written at about the target size, never one file per round.
+    for (table, count, _, largest) in files(&s).await {
+        assert!(largest as u64 <= 2 * opts.target_file_bytes, "{table}: a {largest}-byte file ({count} files)");
+    }
     let n = s.sql("SELECT count(*) AS n, count(DISTINCT id) AS d FROM observation").await;
     assert_eq!((n[0]["n"].clone(), n[0]["d"].clone()), (json!(10_000), json!(10_000)));
     s.stop().await;
