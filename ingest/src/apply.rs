@@ -278,10 +278,13 @@ impl Applier {
             if batch.num_rows() == 0 {
                 current.delete().with_predicate(predicate).with_commit_properties(txn(seq)).await?.0
             } else {
+                // Rewritten files keep the compacted size (delta-rs' default is ~100 MiB,
+                // which would make the next update of any of those rows rewrite it all).
                 current
                     .write(vec![batch])
                     .with_save_mode(SaveMode::Overwrite)
                     .with_replace_where(predicate)
+                    .with_target_file_size(std::num::NonZeroU64::new(crate::compact::DEFAULT_TARGET_FILE_BYTES))
                     .with_commit_properties(txn(seq))
                     .await?
             }

@@ -46,9 +46,12 @@ pub struct CompactOptions {
     pub round_bytes: u64,
 }
 
+/// The default target size of data files (compaction, and the files an update rewrites).
+pub const DEFAULT_TARGET_FILE_BYTES: u64 = 8 << 20;
+
 impl Default for CompactOptions {
     fn default() -> Self {
-        Self { target_file_bytes: 8 << 20, min_small_files: 16, full: false, round_bytes: 256 << 20 }
+        Self { target_file_bytes: DEFAULT_TARGET_FILE_BYTES, min_small_files: 16, full: false, round_bytes: 256 << 20 }
     }
 }
 
