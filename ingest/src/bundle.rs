@@ -55,8 +55,8 @@ pub struct Resolved {
     pub searches: HashMap<String, Vec<Found>>,
     /// The current version of each resource named by [`needs`] (`None`: absent or deleted).
     pub reads: HashMap<(String, String), Option<Found>>,
-    /// Whether a conditional DELETE may delete several matches (otherwise 412).
-    pub delete_multiple: bool,
+    /// Most matches a conditional DELETE may delete (more: 412). 0 counts as 1.
+    pub delete_max: usize,
 }
 
 /// The searches and reads a Bundle needs before it can be planned.
@@ -503,11 +503,11 @@ fn request_entry(model: &Model, i: usize, e: &Json, new_id: &mut dyn FnMut() -> 
             Some(Target::Id(t, id)) => (Some((t, id.clone())), Ok(Resolution::Delete(vec![id]))),
             Some(Target::Search(t, q)) => match search(&format!("{t}?{q}")) {
                 Err(e) => (None, Err(e)),
-                Ok(found) if found.len() > 1 && !resolved.delete_multiple => (
+                Ok(found) if found.len() > resolved.delete_max.max(1) => (
                     None,
                     Err(EntryError::PreconditionFailed(format!(
-                        "{loc}: conditional delete '{url}' matches {} resources (multiple deletes are off)",
-                        found.len()
+                        "{loc}: conditional delete '{url}' matches more than {} resource(s)",
+                        resolved.delete_max.max(1)
                     ))),
                 ),
                 Ok(found) => {
@@ -752,15 +752,19 @@ mod tests {
         );
         let gp = &p.get("generalPractitioner").unwrap().as_array().unwrap()[0];
         assert_eq!(gp.get("reference").unwrap().as_str(), Some("Practitioner/pr1"));
-        assert!(matches!(&e[2].action, Err(EntryError::PreconditionFailed(m)) if m.contains("matches 2")));
+        assert!(matches!(&e[2].action, Err(EntryError::PreconditionFailed(m)) if m.contains("more than 1")));
         assert!(issues(&e[3])[0].message.contains("urn:uuid:nowhere"));
         assert!(matches!(&e[4].action, Ok(EntryAction::Read(u)) if u == "Patient?name=x"));
         // Allowed multiple deletes, and an unmatched conditional reference.
-        resolved.delete_multiple = true;
+        resolved.delete_max = 2;
         resolved.searches.insert("Practitioner?identifier=npi|9".into(), vec![]);
         let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &resolved).unwrap();
         assert!(matches!(&plan.entries[2].action, Ok(EntryAction::Write(ops)) if ops.len() == 2));
         assert!(matches!(&plan.entries[1].action, Err(EntryError::PreconditionFailed(m)) if m.contains("matches no")));
+        // More matches than the maximum: refused, nothing deleted.
+        resolved.searches.insert("Observation?code=c".into(), vec![found("o1"), found("o2"), found("o3")]);
+        let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &resolved).unwrap();
+        assert!(matches!(&plan.entries[2].action, Err(EntryError::PreconditionFailed(m)) if m.contains("more than 2")));
         // Without a server, conditional entries are refused.
         let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &Resolved::default())
             .unwrap();

@@ -73,15 +73,12 @@ fn served_version(raw: &str) -> ApiResult<i64> {
 /// Looks up what a Bundle [`Needs`]. The caller holds the gate when `needs.searches` is
 /// not empty.
 pub async fn resolve(state: &AppState, needs: &Needs) -> ApiResult<Resolved> {
-    let mut r =
-        Resolved { available: true, delete_multiple: state.config.conditional_delete_max > 1, ..Default::default() };
+    let max = state.config.conditional_delete_max.max(1);
+    let mut r = Resolved { available: true, delete_max: max, ..Default::default() };
     for q in &needs.searches {
         let (rt, query) = q.split_once('?').unwrap_or((q, ""));
-        let mut found = find(state, rt, query, state.config.conditional_delete_max.max(1)).await?;
-        if found.len() > state.config.conditional_delete_max {
-            found.truncate(state.config.conditional_delete_max + 1);
-        }
-        r.searches.insert(q.clone(), found);
+        // At most max + 1 matches: enough to tell "one", "several" and "too many to delete".
+        r.searches.insert(q.clone(), find(state, rt, query, max).await?);
     }
     for (rt, id) in &needs.reads {
         let found = match crud::current(state, rt, id).await {
