@@ -587,22 +587,32 @@ fn resolve_references(
     resolved: &HashMap<String, Result<String, String>>,
     loc: &str,
 ) -> Result<(), EntryError> {
+    map_references(v, &mut |s| match resolved.get(s) {
+        Some(Ok(r)) => Ok(Some(r.clone())),
+        Some(Err(m)) => Err(EntryError::PreconditionFailed(format!("{loc}: {m}"))),
+        None => Ok(None),
+    })
+}
+
+/// Calls `f` on every `reference` string; `Some` replaces it, an error stops the walk.
+fn map_references<E>(v: &mut Json, f: &mut dyn FnMut(&str) -> Result<Option<String>, E>) -> Result<(), E> {
     match v {
         Json::Object(members) => {
             for (k, val) in members.iter_mut() {
                 if k == "reference"
                     && let Json::String(s) = val
-                    && let Some(r) = resolved.get(s.as_str())
                 {
-                    *s = r.clone().map_err(|m| EntryError::PreconditionFailed(format!("{loc}: {m}")))?;
+                    if let Some(r) = f(s)? {
+                        *s = r;
+                    }
                     continue;
                 }
-                resolve_references(val, resolved, loc)?;
+                map_references(val, f)?;
             }
         }
         Json::Array(items) => {
             for i in items {
-                resolve_references(i, resolved, loc)?;
+                map_references(i, f)?;
             }
         }
         _ => {}
@@ -617,22 +627,7 @@ pub fn etag_version(v: &str) -> Option<i64> {
 
 /// Replaces every `reference` whose value is a key of `refs`.
 pub fn rewrite_references(v: &mut Json, refs: &HashMap<String, String>) {
-    match v {
-        Json::Object(members) => {
-            for (k, val) in members.iter_mut() {
-                if k == "reference"
-                    && let Json::String(s) = val
-                    && let Some(target) = refs.get(s.as_str())
-                {
-                    *s = target.clone();
-                    continue;
-                }
-                rewrite_references(val, refs);
-            }
-        }
-        Json::Array(items) => items.iter_mut().for_each(|i| rewrite_references(i, refs)),
-        _ => {}
-    }
+    let _ = map_references::<std::convert::Infallible>(v, &mut |s| Ok(refs.get(s).cloned()));
 }
 
 #[cfg(test)]
