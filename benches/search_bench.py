@@ -74,8 +74,9 @@ def throughput(url, seconds, threads=4):
 
 
 def pct(xs, p):
+    """The p-th percentile of xs (nearest rank; NaN when xs is empty)."""
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
 def main():

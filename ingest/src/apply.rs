@@ -222,9 +222,9 @@ impl Applier {
     /// older, still consistent; start-up rewrites it after the journal replay.
     pub(crate) async fn write_watermark(&self, seq: i64) {
         let mut tables = serde_json::Map::new();
-        for (kind, rt, t) in self.tables.snapshot() {
+        for (kind, rt, version) in self.tables.versions() {
             if matches!(kind, TableKind::Current | TableKind::History)
-                && let Some(v) = t.version()
+                && let Some(v) = version
             {
                 tables.insert(format!("{}/{rt}", kind.folder()), v.into());
             }

@@ -541,14 +541,7 @@ fn checked_put(
     precondition: Precondition,
 ) -> Result<WriteOp, EntryError> {
     r.set("id", Json::String(id.to_string()));
-    // `id` right after `resourceType`, as FHIR JSON has it (set appends a new member).
-    if let Json::Object(m) = &mut r
-        && let Some(pos) = m.iter().position(|(k, _)| k == "id")
-    {
-        let item = m.remove(pos);
-        let at = m.iter().position(|(k, _)| k == "resourceType").map_or(0, |i| i + 1);
-        m.insert(at, item);
-    }
+    move_id_first(&mut r);
     let mut leftovers = Vec::new();
     collect_references(&r, &mut leftovers);
     if let Some(u) = leftovers.iter().find(|r| r.starts_with("urn:uuid:") || r.starts_with("urn:oid:")) {
@@ -620,6 +613,18 @@ fn map_references<E>(v: &mut Json, f: &mut dyn FnMut(&str) -> Result<Option<Stri
     Ok(())
 }
 
+/// Puts `id` right after `resourceType`, as FHIR JSON usually has it (`set` appends a new
+/// member at the end).
+pub fn move_id_first(json: &mut Json) {
+    if let Json::Object(m) = json
+        && let Some(pos) = m.iter().position(|(k, _)| k == "id")
+    {
+        let item = m.remove(pos);
+        let at = m.iter().position(|(k, _)| k == "resourceType").map_or(0, |i| i + 1);
+        m.insert(at, item);
+    }
+}
+
 /// The version in an ETag-style value: `W/"3"`, `"3"` or `3`.
 pub fn etag_version(v: &str) -> Option<i64> {
     v.strip_prefix("W/").unwrap_or(v).trim_matches('"').parse().ok()
@@ -642,6 +647,17 @@ mod tests {
         }
     }
 
+    /// Plans a Bundle's JSON text; server ids are `id1`, `id2`, ...
+    fn planned(bundle: &str, resolved: &Resolved) -> BundlePlan {
+        let json = Json::parse(bundle.as_bytes(), ParseLimits::default()).unwrap();
+        let mut n = 0;
+        let mut new_id = || {
+            n += 1;
+            format!("id{n}")
+        };
+        plan_bundle(Model::r4().unwrap(), &json, &ValidationOptions::default(), &mut new_id, resolved).unwrap()
+    }
+
     fn issues(e: &EntryPlan) -> Vec<Issue> {
         e.action.clone().unwrap_err().issues()
     }
@@ -653,19 +669,7 @@ mod tests {
           {"fullUrl":"urn:uuid:22222222-2222-2222-2222-222222222222","resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},
             "subject":{"reference":"urn:uuid:11111111-1111-1111-1111-111111111111"}},"request":{"method":"POST","url":"Observation"}},
           {"request":{"method":"DELETE","url":"Patient/old"}}]}"#;
-        let json = Json::parse(b.as_bytes(), ParseLimits::default()).unwrap();
-        let mut n = 0;
-        let plan = plan_bundle(
-            Model::r4().unwrap(),
-            &json,
-            &ValidationOptions::default(),
-            &mut || {
-                n += 1;
-                format!("id{n}")
-            },
-            &Resolved::default(),
-        )
-        .unwrap();
+        let plan = planned(b, &Resolved::default());
         assert_eq!(plan.kind, BundleKind::Transaction);
         let ops: Vec<_> = plan.entries.iter().map(write).collect();
         assert_eq!((ops[0].resource_type.as_str(), ops[0].id.as_str()), ("Patient", "id1"));
@@ -680,15 +684,7 @@ mod tests {
           {"request":{"method":"DELETE","url":"Foo/1"}},
           {"request":{"method":"DELETE","url":"Patient/a/b"}},
           {"request":{"method":"DELETE","url":"Patient/ok"}}]}"#;
-        let json = Json::parse(b.as_bytes(), ParseLimits::default()).unwrap();
-        let plan = plan_bundle(
-            Model::r4().unwrap(),
-            &json,
-            &ValidationOptions::default(),
-            &mut || "a".into(),
-            &Resolved::default(),
-        )
-        .unwrap();
+        let plan = planned(b, &Resolved::default());
         for e in &plan.entries[..2] {
             let issues = issues(e);
             assert!(issues[0].location.ends_with("request.url"), "{issues:?}");
@@ -700,15 +696,7 @@ mod tests {
     fn invalid_entries_are_located() {
         let b = r#"{"resourceType":"Bundle","type":"batch","entry":[
           {"resource":{"resourceType":"Patient","gender":"x"},"request":{"method":"POST","url":"Patient"}}]}"#;
-        let json = Json::parse(b.as_bytes(), ParseLimits::default()).unwrap();
-        let plan = plan_bundle(
-            Model::r4().unwrap(),
-            &json,
-            &ValidationOptions::default(),
-            &mut || "a".into(),
-            &Resolved::default(),
-        )
-        .unwrap();
+        let plan = planned(b, &Resolved::default());
         let issues = issues(&plan.entries[0]);
         assert_eq!(issues[0].location, "Bundle.entry[0].resource.Patient.gender");
     }
@@ -737,7 +725,7 @@ mod tests {
         resolved.searches.insert("Organization?identifier=x|1".into(), vec![found("org1")]);
         resolved.searches.insert("Practitioner?identifier=npi|9".into(), vec![found("pr1")]);
         resolved.searches.insert("Observation?code=c".into(), vec![found("o1"), found("o2")]);
-        let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &resolved).unwrap();
+        let plan = planned(b, &resolved);
         let e = &plan.entries;
         assert!(matches!(&e[0].action, Ok(EntryAction::Existing { found, .. }) if found.id == "org1"));
         let Action::Put(p) = &write(&e[1]).action else { panic!() };
@@ -753,16 +741,15 @@ mod tests {
         // Allowed multiple deletes, and an unmatched conditional reference.
         resolved.delete_max = 2;
         resolved.searches.insert("Practitioner?identifier=npi|9".into(), vec![]);
-        let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &resolved).unwrap();
+        let plan = planned(b, &resolved);
         assert!(matches!(&plan.entries[2].action, Ok(EntryAction::Write(ops)) if ops.len() == 2));
         assert!(matches!(&plan.entries[1].action, Err(EntryError::PreconditionFailed(m)) if m.contains("matches no")));
         // More matches than the maximum: refused, nothing deleted.
         resolved.searches.insert("Observation?code=c".into(), vec![found("o1"), found("o2"), found("o3")]);
-        let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &resolved).unwrap();
+        let plan = planned(b, &resolved);
         assert!(matches!(&plan.entries[2].action, Err(EntryError::PreconditionFailed(m)) if m.contains("more than 2")));
         // Without a server, conditional entries are refused.
-        let plan = plan_bundle(model, &json, &ValidationOptions::default(), &mut || "new".into(), &Resolved::default())
-            .unwrap();
+        let plan = planned(b, &Resolved::default());
         assert!(issues(&plan.entries[0])[0].message.contains("POST this Bundle"));
     }
 }

@@ -226,6 +226,12 @@ impl TableSet {
         self.tables.read().expect("table set lock").iter().map(|((k, rt), t)| (*k, rt.clone(), t.clone())).collect()
     }
 
+    /// Every table's latest version, read at one instant (for the watermark; no table is
+    /// cloned).
+    pub(crate) fn versions(&self) -> Vec<(TableKind, String, Option<u64>)> {
+        self.tables.read().expect("table set lock").iter().map(|((k, rt), t)| (*k, rt.clone(), t.version())).collect()
+    }
+
     /// Types that have a current table.
     pub fn current_types(&self) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -72,11 +72,32 @@ enum Answer {
     Failed(StatusCode, Json),
 }
 
-/// Entries' ops in processing order: (entry position, ops), DELETE, POST, PUT/PATCH.
-fn write_order(entries: &[EntryPlan]) -> Vec<usize> {
+/// Which of the submitted ops each entry owns: (entry position, range of ops).
+type Slots = Vec<(usize, std::ops::Range<usize>)>;
+
+/// The entries' writes in FHIR's processing order (DELETE, POST, PUT/PATCH), and the ops
+/// each entry owns.
+fn ordered_writes(entries: &[EntryPlan]) -> (Vec<WriteOp>, Slots) {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| entries[i].processing_rank());
-    order
+    let mut ops = Vec::new();
+    let mut slots = Vec::new();
+    for i in order {
+        if let Ok(EntryAction::Write(entry_ops)) = &entries[i].action {
+            let start = ops.len();
+            ops.extend(entry_ops.iter().cloned());
+            slots.push((i, start..ops.len()));
+        }
+    }
+    (ops, slots)
+}
+
+/// Each writing entry's answer: its ops with their outcomes.
+fn written_answers(answers: &mut [Option<Answer>], ops: &[WriteOp], outcomes: &[OpOutcome], slots: Slots) {
+    for (i, range) in slots {
+        answers[i] =
+            Some(Answer::Written(ops[range.clone()].iter().cloned().zip(outcomes[range].iter().cloned()).collect()));
+    }
 }
 
 async fn transaction(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Response> {
@@ -92,15 +113,7 @@ async fn transaction(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResul
             EntryError::NotFound(_) => ApiError::NotFound(format!("transaction not applied: {}", messages(&issues))),
         });
     }
-    let mut ops = Vec::new();
-    let mut slots: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    for i in write_order(&entries) {
-        if let Ok(EntryAction::Write(entry_ops)) = &entries[i].action {
-            let start = ops.len();
-            ops.extend(entry_ops.iter().cloned());
-            slots.push((i, start..ops.len()));
-        }
-    }
+    let (ops, slots) = ordered_writes(&entries);
     // FHIR: a transaction whose entries name the same resource twice fails.
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = ops.iter().find(|op| !seen.insert((op.resource_type.as_str(), op.id.as_str()))) {
@@ -124,36 +137,23 @@ async fn transaction(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResul
         }
     }
     let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
-    for (i, range) in slots {
-        answers[i] =
-            Some(Answer::Written(ops[range.clone()].iter().cloned().zip(outcomes[range].iter().cloned()).collect()));
-    }
+    written_answers(&mut answers, &ops, &outcomes, slots);
     finish(state, "transaction-response", entries, answers).await
 }
 
 async fn batch(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Response> {
-    let mut ops = Vec::new();
-    let mut slots: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
-    for i in write_order(&entries) {
-        match &entries[i].action {
-            Ok(EntryAction::Write(entry_ops)) => {
-                let start = ops.len();
-                ops.extend(entry_ops.iter().cloned());
-                slots.push((i, start..ops.len()));
-            }
-            Err(e) => {
+    let mut answers: Vec<Option<Answer>> = entries
+        .iter()
+        .map(|e| {
+            e.action.as_ref().err().map(|e| {
                 let err = entry_api_error(e);
-                answers[i] = Some(Answer::Failed(err.status(), err.outcome()));
-            }
-            Ok(_) => {}
-        }
-    }
+                Answer::Failed(err.status(), err.outcome())
+            })
+        })
+        .collect();
+    let (ops, slots) = ordered_writes(&entries);
     let outcomes = if ops.is_empty() { Vec::new() } else { state.writer.submit(ops.clone()).await? };
-    for (i, range) in slots {
-        answers[i] =
-            Some(Answer::Written(ops[range.clone()].iter().cloned().zip(outcomes[range].iter().cloned()).collect()));
-    }
+    written_answers(&mut answers, &ops, &outcomes, slots);
     finish(state, "batch-response", entries, answers).await
 }
 

@@ -24,10 +24,11 @@ use fhirlake_ingest::{Action, OpOutcome, Precondition, WriteOp};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::json::ParseLimits;
 
-use super::crud::{self, move_id_first};
+use super::crud;
 use super::search::{Tables, decode};
 use super::{AppState, fhir_response, info_outcome};
 use crate::error::{ApiError, ApiResult};
+use fhirlake_ingest::bundle::move_id_first;
 
 /// The resources of `rt` matching `query` (a URL query string), at most `limit + 1` of them
 /// (so "more than `limit`" is visible).

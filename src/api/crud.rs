@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use fhirlake_ingest::bundle::move_id_first;
 use fhirlake_ingest::import::new_id;
 use fhirlake_ingest::{Action, OpOutcome, Precondition, TableKind, WriteOp};
 use fhirlake_query::HistoryQuery;
@@ -286,16 +287,5 @@ pub(crate) fn check_id(id: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)")))
-    }
-}
-
-/// Puts `id` right after `resourceType`, as FHIR JSON usually has it.
-pub fn move_id_first(json: &mut Json) {
-    if let Json::Object(m) = json
-        && let Some(pos) = m.iter().position(|(k, _)| k == "id")
-    {
-        let item = m.remove(pos);
-        let at = m.iter().position(|(k, _)| k == "resourceType").map_or(0, |i| i + 1);
-        m.insert(at, item);
     }
 }
