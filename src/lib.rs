@@ -11,4 +11,5 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod flight;
+pub mod generate;
 pub mod materialize;

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `import`, `sql`, `view`, `compact`.
+//! The command line: `serve`, `import`, `sql`, `view`, `compact`, `generate`.
 //!
 //! Every flag can also be set from a `FHIRLAKE_*` environment variable. Exit codes:
 //! 0 success; 1 failure (message on stderr); 2 usage error (clap); 3 `import` finished
@@ -6,6 +6,7 @@
 //! another process (the single-writer lease).
 
 mod compact;
+mod generate;
 mod import;
 mod serve;
 mod sql;
@@ -37,6 +38,8 @@ pub enum Command {
     View(view::ViewArgs),
     /// Compact the tables (merge small files, cluster by patient), checkpoint and vacuum.
     Compact(compact::CompactArgs),
+    /// Write deterministic synthetic FHIR data (NDJSON per type or transaction Bundles).
+    Generate(generate::GenerateArgs),
 }
 
 /// Where the data lives; shared by every command.
@@ -68,6 +71,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sql(a) => sql::run(a).await,
         Command::View(a) => view::run(a).await,
         Command::Compact(a) => compact::run(a).await,
+        Command::Generate(a) => generate::run(a).await,
     };
     match result {
         Ok(code) => code,

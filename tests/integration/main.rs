@@ -7,6 +7,7 @@ mod common;
 mod compaction;
 mod concurrency;
 mod examples;
+mod generate;
 mod search;
 mod slt;
 mod sql;
