@@ -761,12 +761,11 @@ fn check_up(
         }
     }
     // Renewals of chronic medications.
-    for i in 0..chronic.len() {
-        if let Some(m) = chronic[i].2
+    for (cond, _, med) in chronic.iter() {
+        if let Some(m) = *med
             && r.rng.chance(0.5)
         {
-            let cond = chronic[i].0.clone();
-            write_medication(r, b, v, m, Some(&cond));
+            write_medication(r, b, v, m, Some(cond));
         }
     }
 }
