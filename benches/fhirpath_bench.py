@@ -52,7 +52,7 @@ def parse_criterion(text):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="check the script works (debug, tiny); no real numbers")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true", help="check the script works (debug, tiny); no real numbers")
     a = ap.parse_args()
     ensure_node_modules()
     env = dict(os.environ)

@@ -119,7 +119,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/fhirlake-release")) / "release" / "fhirlake"))
     ap.add_argument("--resources", type=int, default=100_000)
-    ap.add_argument("--smoke", action="store_true", help="one replica (~11,000 resources): checks the script, not the speed")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true", help="one replica (~11,000 resources): checks the script, not the speed")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     a = ap.parse_args()
     target = 2_000 if a.smoke else a.resources

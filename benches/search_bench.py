@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--data", help="storage root to use: loaded here when it does not exist, reused (no import) when it does")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         a.resources, a.repeat, a.seconds = 2_000, 2, 0.5

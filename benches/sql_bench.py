@@ -137,7 +137,7 @@ def main():
     ap.add_argument("--data")
     ap.add_argument("--ndjson")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         a.resources, a.repeat = 1, 1

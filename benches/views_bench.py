@@ -150,7 +150,7 @@ def main():
     ap.add_argument("--ndjson", help="a folder of the replicated NDJSON (skips replication)")
     ap.add_argument("--peer-venv", default="/var/tmp/fhirlake-peers")
     ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         a.resources = 1

@@ -194,7 +194,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--tx-rounds", type=int, default=3)
     ap.add_argument("--compact", action="store_true", help="also measure updates/deletes after fhirlake compact --full")
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         a.resources, a.seconds, a.tx_rounds = 1, 1.0, 1

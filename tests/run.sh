@@ -15,13 +15,8 @@ cargo build --locked --workspace --all-targets
 echo "== rust tests"
 cargo test --locked --workspace
 
-echo "== benchmark smoke run (debug binary, small data)"
-python3 benches/import_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
-python3 benches/fhirpath_bench.py --smoke
-python3 benches/search_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
-python3 benches/views_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
-python3 benches/sql_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
-python3 benches/write_bench.py --smoke --bin "$CARGO_TARGET_DIR/debug/fhirlake"
+echo "== benchmark smoke run (debug binaries, tiny data: checks the scripts, not the speed)"
+bash benches/run.sh all --quick
 
 echo "== python tests"
 FHIRLAKE_BIN="$CARGO_TARGET_DIR/debug/fhirlake" python3 -m pytest -q tests/python notebooks
