@@ -117,6 +117,35 @@ async fn searches_match_the_ids_computed_from_the_json() {
     let with_a1c: BTreeSet<String> =
         observations.iter().filter(|o| codings(&o["code"]).iter().any(|(_, c)| *c == "4548-4")).map(subject).collect();
     cases.push(("/fhir/Patient?_has:Observation:patient:code=4548-4&_count=100".into(), with_a1c));
+    // :of-type on identifiers: the type coding and the value of one Identifier.
+    let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+    let of_type = |p: &Value, code: &str, value: &str| {
+        p["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["value"] == value && codings(&i["type"]).iter().any(|(s, c)| *s == v2 && *c == code))
+    };
+    let ssn = patients[5]["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| codings(&i["type"]).iter().any(|(_, c)| *c == "SS"))
+        .expect("an SSN")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cases.push((
+        format!("/fhir/Patient?identifier:of-type={v2}|SS|{ssn}&_count=100"),
+        ids(patients.iter().filter(|p| of_type(p, "SS", &ssn))),
+    ));
+    // The same value under another type matches nothing; ORed triples match either.
+    let other = patients[6]["identifier"][2]["value"].as_str().unwrap().to_string();
+    assert!(all_ids(&server, &format!("/fhir/Patient?identifier:of-type={v2}|DL|{ssn}")).await.is_empty());
+    cases.push((
+        format!("/fhir/Patient?identifier:of-type={v2}|SS|{ssn},{v2}|SS|{other}&_count=100"),
+        ids(patients.iter().filter(|p| of_type(p, "SS", &ssn) || of_type(p, "SS", &other))),
+    ));
     // missing
     cases.push((
         "/fhir/Patient?death-date:missing=false&_count=100".into(),

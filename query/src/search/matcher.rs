@@ -85,9 +85,8 @@ fn value_matcher(p: &Predicate) -> Result<ValueMatcher> {
         Predicate::Token { system, code } => ValueMatcher::Token { system: system.clone(), code: code.clone() },
         Predicate::TokenText(t) => ValueMatcher::TokenText(t.clone()),
         Predicate::OfType { .. } => {
-            return Err(Error::BadSearch(
-                "':of-type' is not supported yet: the identifier type's coding is not in the index".into(),
-            ));
+            // The search plan pairs an index prefilter with `fhir_identifier_of_type`.
+            return Err(Error::BadSearch("':of-type' inside a composite is not supported".into()));
         }
         Predicate::String { value, mode } => ValueMatcher::String { value: value.clone(), mode: *mode },
         Predicate::Date { prefix, range } => ValueMatcher::Date { prefix: *prefix, range: *range },

@@ -89,6 +89,114 @@ fn match_expr(column: &str, label: String, matcher: ClauseMatcher) -> Expr {
     udf.call(vec![ident(column), lit(label)])
 }
 
+/// `identifier:of-type=system|code|value`: the residual check of a clause whose values
+/// the index can only narrow. Evaluates the parameter's expression on the stored resource
+/// and keeps rows with an Identifier whose `type` has the coding and whose `value` is
+/// the value (any of the ORed triples).
+#[derive(Debug)]
+struct OfTypeUdf {
+    label: String,
+    expression: Arc<fhirlake_schemas::fhirpath::Expression>,
+    wanted: Vec<(String, String, String)>,
+    /// The same clause as plain tokens on the values (any system): the index filter.
+    prefilter: Clause,
+    signature: Signature,
+}
+
+impl OfTypeUdf {
+    fn for_clause(resource_type: &str, c: &Clause) -> Result<Option<Self>> {
+        use fhirlake_schemas::search::Predicate;
+        let wanted: Vec<(String, String, String)> = c
+            .values
+            .iter()
+            .filter_map(|v| match v {
+                Predicate::OfType { system, code, value } => Some((system.clone(), code.clone(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        let model = fhirlake_schemas::Model::r4().map_err(|e| Error::BadSearch(e.to_string()))?;
+        let source = model
+            .search_parameter(resource_type, &c.code)
+            .and_then(|p| p.expression.clone())
+            .ok_or_else(|| Error::BadSearch(format!("'{}:of-type': the parameter has no expression", c.code)))?;
+        let expression = fhirlake_schemas::fhirpath::Expression::parse(&source)
+            .map_err(|e| Error::BadSearch(format!("'{}:of-type': {e}", c.code)))?;
+        let mut prefilter = c.clone();
+        prefilter.values =
+            wanted.iter().map(|(_, _, value)| Predicate::Token { system: None, code: Some(value.clone()) }).collect();
+        Ok(Some(OfTypeUdf {
+            label: label(c),
+            expression: Arc::new(expression),
+            wanted,
+            prefilter,
+            signature: Signature::any(1, Volatility::Immutable),
+        }))
+    }
+
+    fn matches(&self, raw: &str) -> bool {
+        use fhirlake_schemas::fhirpath::Value;
+        use fhirlake_schemas::json::{Json, ParseLimits};
+        let (Ok(model), Ok(resource)) =
+            (fhirlake_schemas::Model::r4(), Json::parse(raw.as_bytes(), ParseLimits::STORED))
+        else {
+            return false;
+        };
+        let Ok(found) = self.expression.evaluate(model, &resource) else { return false };
+        let text = |j: Option<&Json>| j.and_then(Json::as_str).map(str::to_string);
+        found.iter().any(|v| {
+            let Value::Node(n) = v else { return false };
+            let Some(identifier) = n.value else { return false };
+            let value = text(identifier.get("value"));
+            let codings = identifier.get("type").and_then(|t| t.get("coding")).and_then(Json::as_array).unwrap_or(&[]);
+            self.wanted.iter().any(|(system, code, wanted_value)| {
+                value.as_deref() == Some(wanted_value.as_str())
+                    && codings.iter().any(|k| {
+                        text(k.get("system")).as_deref() == Some(system.as_str())
+                            && text(k.get("code")).as_deref() == Some(code.as_str())
+                    })
+            })
+        })
+    }
+}
+
+impl PartialEq for OfTypeUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && self.wanted == other.wanted
+    }
+}
+
+impl Eq for OfTypeUdf {}
+
+impl Hash for OfTypeUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.label.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for OfTypeUdf {
+    fn name(&self) -> &str {
+        "fhir_identifier_of_type"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let raw = args.args[0].to_array(args.number_rows)?;
+        let out: arrow::array::BooleanArray =
+            (0..raw.len()).map(|i| Some(string_at(raw.as_ref(), i).is_some_and(|r| self.matches(r)))).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
 /// One page of results.
 #[derive(Debug)]
 pub struct SearchPage {
@@ -122,6 +230,7 @@ fn label(c: &Clause) -> String {
 /// resolved.
 fn clause_filters<'a>(
     tables: &'a dyn SearchTables,
+    resource_type: &'a str,
     clauses: &'a [Clause],
 ) -> futures::future::BoxFuture<'a, Result<Vec<Expr>>> {
     Box::pin(async move {
@@ -137,6 +246,11 @@ fn clause_filters<'a>(
                     format!("{}:{}.{}", c.code, chain.target_type, label(&chain.clause)),
                     ClauseMatcher::references(set),
                 ));
+            } else if let Some(of_type) = OfTypeUdf::for_clause(resource_type, c)? {
+                // The index holds identifier values, not their types: values narrow the
+                // rows, then the identifiers of the stored resource are checked.
+                filters.push(match_expr(&c.column, label(c), ClauseMatcher::new(&of_type.prefilter)?));
+                filters.push(ScalarUDF::new_from_impl(of_type).call(vec![col("_raw")]));
             } else {
                 filters.push(match_expr(&c.column, label(c), ClauseMatcher::new(c)?));
             }
@@ -166,7 +280,7 @@ fn matching_ids<'a>(
     Box::pin(async move {
         let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
         let mut df = scan(&table).await?;
-        for f in clause_filters(tables, clauses).await? {
+        for f in clause_filters(tables, resource_type, clauses).await? {
             df = df.filter(f)?;
         }
         for h in has {
@@ -211,7 +325,7 @@ fn has_filter<'a>(
         let mut df = scan(&table).await?;
         match &h.condition {
             HasCondition::Clause(c) => {
-                for f in clause_filters(tables, std::slice::from_ref(c)).await? {
+                for f in clause_filters(tables, &h.source_type, std::slice::from_ref(c)).await? {
                     df = df.filter(f)?;
                 }
             }
@@ -485,7 +599,7 @@ pub async fn patient_compartment(
 
 /// `df` (a current table) restricted to the matches of `req`'s clauses and `_has`.
 pub async fn filtered(tables: &dyn SearchTables, mut df: DataFrame, req: &SearchRequest) -> Result<DataFrame> {
-    for f in clause_filters(tables, &req.clauses).await? {
+    for f in clause_filters(tables, &req.resource_type, &req.clauses).await? {
         df = df.filter(f)?;
     }
     for h in &req.has {
