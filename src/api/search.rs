@@ -3,10 +3,12 @@
 //!
 //! Owns: decoding the query, `Prefer: handling=strict|lenient`, `_count` (default 20,
 //! maximum 1000), `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry)
-//! and page links. A page sequence reads one snapshot: links carry `_snapshot` (the Delta
-//! version of the searched table) and `_offset`, and the next page searches that version,
-//! so concurrent writes neither repeat nor skip a resource. Chains and `_has` read the
-//! other tables' latest versions. Must not: plan or match (that is `fhirlake-query`).
+//! and page links. A page sequence reads one snapshot: a request reads every table as of
+//! one instant, and links carry `_snapshot` (the Delta version of every table the search
+//! read: the searched one, chain and `_has` targets, included types) and `_offset`, so the
+//! next page searches those versions and concurrent writes neither repeat nor skip a
+//! resource. A cursor lives as long as vacuum keeps the files of its versions
+//! (`--retention-hours`, default 168). Must not: plan or match (that is `fhirlake-query`).
 
 use std::sync::Arc;
 
@@ -26,26 +28,74 @@ const DEFAULT_COUNT: usize = 20;
 const MAX_COUNT: usize = 1000;
 
 /// The latest table of each type, except the searched type, which may be pinned.
-pub(crate) struct Tables<'a> {
-    state: &'a AppState,
-    pinned: Option<(String, DeltaTable)>,
+pub(crate) struct Tables {
+    /// The current tables as of one instant (the request's start), with the ones a page
+    /// cursor names loaded at the cursor's versions.
+    tables: std::collections::HashMap<String, DeltaTable>,
+    /// Every type the search read, with the version read: the next page's cursor.
+    read: std::sync::Mutex<std::collections::BTreeMap<String, Option<u64>>>,
 }
 
-impl<'a> Tables<'a> {
-    /// The latest published tables.
-    pub(crate) fn latest(state: &'a AppState) -> Self {
-        Tables { state, pinned: None }
+impl Tables {
+    /// The latest published tables, all read at one instant.
+    pub(crate) fn latest(state: &AppState) -> Self {
+        let tables = state
+            .writer
+            .tables()
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _, _)| *k == TableKind::Current)
+            .map(|(_, rt, t)| (rt, t))
+            .collect();
+        Tables { tables, read: Default::default() }
+    }
+
+    /// The tables a page cursor (`_snapshot`, as written by [`Tables::cursor`]) pins;
+    /// types it does not name read their latest version. A bare number is the searched
+    /// type's version (cursors of earlier releases).
+    pub(crate) async fn pinned(state: &AppState, rt: &str, cursor: &str) -> ApiResult<Self> {
+        let mut tables = Self::latest(state);
+        let bad = || ApiError::BadRequest(format!("_snapshot='{cursor}' is not a page cursor"));
+        for part in cursor.split(',') {
+            let (ty, version) = match part.split_once(':') {
+                Some((t, v)) => (t.to_string(), v),
+                None => (rt.to_string(), part),
+            };
+            if version == "-" {
+                tables.tables.remove(&ty);
+                continue;
+            }
+            let v: u64 = version.parse().map_err(|_| bad())?;
+            let Some(t) = tables.tables.get_mut(&ty) else {
+                return Err(ApiError::BadRequest(format!("the page cursor names {ty}, which has no table")));
+            };
+            if t.version() != Some(v) {
+                t.load_version(v).await.map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "the page's snapshot of {ty} (version {v}) is no longer readable ({e}): search again"
+                    ))
+                })?;
+            }
+        }
+        Ok(tables)
+    }
+
+    /// The cursor pinning every table read so far: `Type:version,...` (`-`: no table).
+    pub(crate) fn cursor(&self) -> String {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.iter()
+            .map(|(t, v)| format!("{t}:{}", v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
-impl SearchTables for Tables<'_> {
+impl SearchTables for Tables {
     fn current(&self, resource_type: &str) -> Option<DeltaTable> {
-        if let Some((rt, t)) = &self.pinned
-            && rt == resource_type
-        {
-            return Some(t.clone());
-        }
-        self.state.writer.tables().get(TableKind::Current, resource_type)
+        let t = self.tables.get(resource_type).cloned();
+        let version = t.as_ref().and_then(DeltaTable::version);
+        self.read.lock().unwrap_or_else(|p| p.into_inner()).insert(resource_type.to_string(), version);
+        t
     }
 }
 
@@ -143,12 +193,7 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
     let strict = prefers_strict(headers);
     // Paging state is ours, not a search parameter.
     let offset = offset_param(&pairs)?;
-    let snapshot = match param(&pairs, "_snapshot") {
-        Some(v) => {
-            Some(v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("_snapshot='{v}' is not a page cursor")))?)
-        }
-        None => None,
-    };
+    let snapshot = param(&pairs, "_snapshot").map(str::to_string);
     let explain = param(&pairs, "_explain") == Some("true");
     let search_pairs: Vec<(String, String)> =
         pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_offset" | "_snapshot")).cloned().collect();
@@ -163,17 +208,10 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
     }
     let count = req.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
-    let mut pinned = None;
-    if let Some(v) = snapshot {
-        let Some(mut t) = state.writer.tables().get(TableKind::Current, rt) else {
-            return Err(ApiError::BadRequest("the page cursor names a table that does not exist".into()));
-        };
-        t.load_version(v).await.map_err(|e| {
-            ApiError::BadRequest(format!("the page's snapshot {v} is no longer readable ({e}): search again"))
-        })?;
-        pinned = Some((rt.to_string(), t));
-    }
-    let tables = Tables { state, pinned };
+    let tables = match &snapshot {
+        Some(cursor) => Tables::pinned(state, rt, cursor).await?,
+        None => Tables::latest(state),
+    };
     let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
     let bad = |e| match e {
         fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
@@ -185,7 +223,8 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
     } else {
         fhirlake_query::search::included(&tables, state.model, &req, &page).await.map_err(bad)?
     };
-    Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain))
+    let cursor = tables.cursor();
+    Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain, &cursor))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -199,6 +238,7 @@ fn bundle(
     page: &fhirlake_query::search::SearchPage,
     included: &[(String, String, String)],
     explain: bool,
+    cursor: &str,
 ) -> Response {
     let link = |off: usize| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -206,8 +246,8 @@ fn bundle(
             q.append_pair(k, v);
         }
         q.append_pair("_count", &count.to_string());
-        if let Some(v) = page.version {
-            q.append_pair("_snapshot", &v.to_string());
+        if !cursor.is_empty() {
+            q.append_pair("_snapshot", cursor);
         }
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.url(rt), q.finish())
@@ -278,7 +318,7 @@ fn offset_page(
 
 /// `GET [base]/Patient/{id}/$everything`: the patient and every resource in its
 /// compartment, paged by `_count` (default 100, at most 1000) and `_offset`, ordered by
-/// type then id. Pages read the latest tables (not a pinned snapshot).
+/// type then id. Pages read the snapshot of the first page (`_snapshot`).
 pub async fn everything(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -296,10 +336,20 @@ pub async fn everything(
     }
     .clamp(1, MAX_COUNT);
     let offset = offset_param(&pairs)?;
-    let tables = Tables { state: &state, pinned: None };
+    let tables = match param(&pairs, "_snapshot") {
+        Some(cursor) => Tables::pinned(&state, "Patient", cursor).await?,
+        None => Tables::latest(&state),
+    };
     let types = state.writer.tables().current_types();
     let all = fhirlake_query::search::patient_compartment(&tables, &types, &id).await?;
-    let link = |off: usize| format!("{}?_count={count}&_offset={off}", state.url(&format!("Patient/{id}/$everything")));
+    let cursor = tables.cursor();
+    let link = |off: usize| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("_count", &count.to_string());
+        q.append_pair("_snapshot", &cursor);
+        q.append_pair("_offset", &off.to_string());
+        format!("{}?{}", state.url(&format!("Patient/{id}/$everything")), q.finish())
+    };
     let (mut out, _) = offset_page(&state, all.len() as u64, &all, offset, count, link);
     out.push_str("]}");
     Ok(fhir_response(StatusCode::OK, out, None, None))
@@ -307,7 +357,7 @@ pub async fn everything(
 
 /// `GET [base]?_type=A,B&...`: the same search on each listed type (its parameters must
 /// apply to every one of them, e.g. `_id`, `_lastUpdated`, `_tag`), results in `_type`
-/// order, paged by `_offset`. Pages read the latest tables.
+/// order, paged by `_offset` over the snapshot of the first page (`_snapshot`).
 pub async fn system_search(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -324,8 +374,11 @@ pub async fn system_search(
     let strict = prefers_strict(&headers);
     let offset = offset_param(&pairs)?;
     let rest: Vec<(String, String)> =
-        pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset")).cloned().collect();
-    let tables = Tables { state: &state, pinned: None };
+        pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset" | "_snapshot")).cloned().collect();
+    let tables = match param(&pairs, "_snapshot") {
+        Some(cursor) => Tables::pinned(&state, &types[0], cursor).await?,
+        None => Tables::latest(&state),
+    };
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut ignored = Vec::new();
     let mut count = DEFAULT_COUNT;
@@ -348,6 +401,7 @@ pub async fn system_search(
         total += page.total.unwrap_or(0);
         rows.extend(page.rows.into_iter().map(|(id, raw)| (t.clone(), id, raw)));
     }
+    let cursor = tables.cursor();
     let link = |off: usize| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         q.append_pair("_type", &types.join(","));
@@ -355,6 +409,7 @@ pub async fn system_search(
             q.append_pair(k, v);
         }
         q.append_pair("_count", &count.to_string());
+        q.append_pair("_snapshot", &cursor);
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.config.public_base(), q.finish())
     };

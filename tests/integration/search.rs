@@ -365,3 +365,85 @@ async fn a_page_sequence_reads_one_snapshot_while_writes_continue() {
     assert!(all_ids(&server, "/fhir/Patient?_lastUpdated=lt2020-01-01").await.is_empty());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_cursors_pin_every_table_the_search_reads() {
+    let server = TestServer::start().await;
+    let put = |path: String, body: String| {
+        let s = &server;
+        async move {
+            let r = s.put(&path, &body).await;
+            assert!(r.status.is_success(), "{path}: {}", r.body);
+        }
+    };
+    for p in ["pa", "pb"] {
+        put(
+            format!("/fhir/Patient/{p}"),
+            format!(r#"{{"resourceType":"Patient","id":"{p}","name":[{{"family":"Before"}}]}}"#),
+        )
+        .await;
+    }
+    for i in 0..6 {
+        let p = if i < 3 { "pa" } else { "pb" };
+        put(
+            format!("/fhir/Observation/o{i}"),
+            format!(
+                r#"{{"resourceType":"Observation","id":"o{i}","status":"final","code":{{"text":"t"}},"subject":{{"reference":"Patient/{p}"}}}}"#
+            ),
+        )
+        .await;
+    }
+    let entries = |b: &Value, mode: &str| -> Vec<Value> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| e["resource"].clone())
+            .collect()
+    };
+    // A chain (reads Patient) with an include (reads Patient again), 2 matches a page.
+    let first =
+        server.get("/fhir/Observation?subject:Patient.family=Before&_include=Observation:subject&_count=2").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let b: Value = serde_json::from_str(&first.body).unwrap();
+    let mut seen: BTreeSet<String> =
+        entries(&b, "match").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let mut next = next_link(&b);
+    assert!(next.as_deref().is_some_and(|u| u.contains("Patient%3A") && u.contains("Observation%3A")), "{next:?}");
+    // Between pages: both patients renamed (the chain would no longer match), a new match.
+    for p in ["pa", "pb"] {
+        put(
+            format!("/fhir/Patient/{p}"),
+            format!(r#"{{"resourceType":"Patient","id":"{p}","name":[{{"family":"After"}}]}}"#),
+        )
+        .await;
+    }
+    put(
+        "/fhir/Observation/o9".into(),
+        r#"{"resourceType":"Observation","id":"o9","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/pa"}}"#.into(),
+    )
+    .await;
+    while let Some(u) = next.take() {
+        let r = server.get(&u.replace("http://fhirlake.test", "")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let b: Value = serde_json::from_str(&r.body).unwrap();
+        for m in entries(&b, "match") {
+            assert!(seen.insert(m["id"].as_str().unwrap().to_string()), "{m} twice");
+        }
+        for p in entries(&b, "include") {
+            assert_eq!(p["name"][0]["family"], "Before", "an included Patient of a later snapshot: {p}");
+        }
+        next = next_link(&b);
+    }
+    let expected: BTreeSet<String> = (0..6).map(|i| format!("o{i}")).collect();
+    assert_eq!(seen, expected, "the pages of the first page's snapshot");
+    // A new search sees the renames.
+    assert!(all_ids(&server, "/fhir/Observation?subject:Patient.family=Before").await.is_empty());
+    // A cursor naming an unknown table, or not a cursor, is a 400.
+    let r = server.get("/fhir/Observation?code=t&_snapshot=Nope:3&_offset=2").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = server.get("/fhir/Observation?code=t&_snapshot=Observation:x&_offset=2").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    server.stop().await;
+}
