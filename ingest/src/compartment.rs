@@ -23,23 +23,7 @@ pub struct PatientCompartment {
 impl PatientCompartment {
     /// Builds the element paths of every type from the R4 definitions.
     pub fn new(model: &Model) -> Self {
-        let mut paths = HashMap::new();
-        for rt in model.resource_types() {
-            let mut type_paths = Vec::new();
-            for code in model.patient_compartment_params(rt) {
-                let Some(expr) = model.search_parameter(rt, code).and_then(|p| p.expression.as_deref()) else {
-                    continue;
-                };
-                for part in expr.split('|') {
-                    if let Some(p) = simple_path(rt, part)
-                        && !type_paths.contains(&p)
-                    {
-                        type_paths.push(p);
-                    }
-                }
-            }
-            paths.insert(rt.clone(), type_paths);
-        }
+        let paths = model.resource_types().iter().map(|rt| (rt.clone(), model.patient_compartment_paths(rt))).collect();
         Self { paths }
     }
 
@@ -71,23 +55,6 @@ impl PatientCompartment {
         }
         (members.first().cloned(), members)
     }
-}
-
-/// `Type.a.b.where(...)` -> `[a, b]` when the expression part is a plain path on `rt`.
-fn simple_path(rt: &str, part: &str) -> Option<Vec<String>> {
-    let part = part.trim().trim_start_matches('(').trim_end_matches(')').trim();
-    let rest = part.strip_prefix(rt)?.strip_prefix('.')?;
-    let mut segs = Vec::new();
-    for seg in rest.split('.') {
-        if seg.starts_with("where(") || seg.starts_with("resolve(") || seg.contains(' ') || seg.contains('(') {
-            break;
-        }
-        if !seg.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return None;
-        }
-        segs.push(seg.to_string());
-    }
-    (!segs.is_empty()).then_some(segs)
 }
 
 #[cfg(test)]

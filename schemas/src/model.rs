@@ -173,6 +173,51 @@ impl Model {
         self.compartment_params.get(resource_type).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The element paths that place a resource of `resource_type` in the Patient
+    /// compartment, in the CompartmentDefinition's parameter order (the first member found
+    /// along them is the resource's owner, `_patient`).
+    pub fn patient_compartment_paths(&self, resource_type: &str) -> Vec<Vec<String>> {
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        for code in self.patient_compartment_params(resource_type) {
+            let Some(expr) = self.search_parameter(resource_type, code).and_then(|p| p.expression.as_deref()) else {
+                continue;
+            };
+            for part in expr.split('|') {
+                if let Some(p) = simple_path(resource_type, part)
+                    && !paths.contains(&p)
+                {
+                    paths.push(p);
+                }
+            }
+        }
+        paths
+    }
+
+    /// Whether every resource of `resource_type` matching `code=Patient/X` has owner `X`:
+    /// the parameter selects exactly the type's first compartment path, and that is one
+    /// top-level, non-repeating element (`Observation.subject`, `Condition.subject`), so
+    /// its Patient reference is the first compartment member found. Search then adds
+    /// `_patient = X`, which file and row-group statistics can prune.
+    pub fn is_owner_param(&self, resource_type: &str, code: &str) -> bool {
+        let Some(first) = self.patient_compartment_paths(resource_type).into_iter().next() else { return false };
+        let Some(expr) = self.search_parameter(resource_type, code).and_then(|p| p.expression.as_deref()) else {
+            return false;
+        };
+        let mine: Vec<Vec<String>> = expr
+            .split('|')
+            .filter(|part| part.trim().trim_start_matches('(').starts_with(&format!("{resource_type}.")))
+            .map(|part| simple_path(resource_type, part))
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        let [path] = mine.as_slice() else { return false };
+        let [element] = path.as_slice() else { return false };
+        *path == first
+            && self
+                .structure(resource_type)
+                .and_then(|s| s.elements.iter().find(|e| e.name == *element))
+                .is_some_and(|e| !e.many)
+    }
+
     /// All SearchParameters in the official R4 registry.
     pub fn search_parameters(&self) -> &[SearchParameter] {
         &self.search_parameters
@@ -412,6 +457,24 @@ fn expand_value_sets(defs: &Definitions) -> HashMap<String, Option<Arc<HashSet<S
     out
 }
 
+/// `Type.a.b.where(...)` -> `[a, b]` when the expression part is a plain element path on
+/// `rt` (a trailing `where(...)`/`resolve()` is dropped); `None` otherwise.
+pub fn simple_path(rt: &str, part: &str) -> Option<Vec<String>> {
+    let part = part.trim().trim_start_matches('(').trim_end_matches(')').trim();
+    let rest = part.strip_prefix(rt)?.strip_prefix('.')?;
+    let mut segs = Vec::new();
+    for seg in rest.split('.') {
+        if seg.starts_with("where(") || seg.starts_with("resolve(") || seg.contains(' ') || seg.contains('(') {
+            break;
+        }
+        if !seg.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
+        segs.push(seg.to_string());
+    }
+    (!segs.is_empty()).then_some(segs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +506,10 @@ mod tests {
         let p = m.structure("Patient").unwrap();
         assert_eq!(p.elements[p.by_json_name["id"].0].variants[0].1, TypeRef::Primitive(Primitive::Id));
         assert_eq!(m.patient_compartment_params("Observation"), ["subject", "performer"]);
+        assert!(m.is_owner_param("Observation", "patient") && m.is_owner_param("Observation", "subject"));
+        assert!(m.is_owner_param("Condition", "patient") && m.is_owner_param("Encounter", "subject"));
+        assert!(!m.is_owner_param("Observation", "performer"), "performer repeats and is not first");
+        assert!(!m.is_owner_param("Observation", "code") && !m.is_owner_param("Patient", "general-practitioner"));
         assert!(m.is_subtype("Patient", "DomainResource") && m.is_subtype("Patient", "Resource"));
         assert!(m.is_subtype("code", "string") && !m.is_subtype("id", "code"));
         assert!(m.is_subtype("Age", "Quantity") && m.structure_of_type("Age").is_some());

@@ -252,11 +252,44 @@ fn clause_filters<'a>(
                 filters.push(match_expr(&c.column, label(c), ClauseMatcher::new(&of_type.prefilter)?));
                 filters.push(ScalarUDF::new_from_impl(of_type).call(vec![col("_raw")]));
             } else {
+                if let Some(owners) = owner_filter(resource_type, c) {
+                    filters.push(owners);
+                }
                 filters.push(match_expr(&c.column, label(c), ClauseMatcher::new(c)?));
             }
         }
         Ok(filters)
     })
+}
+
+/// `_patient IN (ids)` for a clause like `patient=X` / `subject=Patient/X` whose matches
+/// all have owner `X` ([`fhirlake_schemas::Model::is_owner_param`]). Implied by the
+/// clause, so it changes no result; as a plain column predicate it lets Delta file
+/// statistics and Parquet row-group statistics skip data (compaction clusters the current
+/// tables by `_patient`), which `fhir_match` over the list column cannot.
+fn owner_filter(resource_type: &str, c: &Clause) -> Option<Expr> {
+    use fhirlake_schemas::search::Predicate;
+    use fhirlake_schemas::search_index::ParamKind;
+    if c.kind != ParamKind::Reference || c.negated || c.missing.is_some() || c.chain.is_some() {
+        return None;
+    }
+    let model = fhirlake_schemas::Model::r4().ok()?;
+    if !model.is_owner_param(resource_type, &c.code) {
+        return None;
+    }
+    let only_patients = model.search_parameter(resource_type, &c.code).is_some_and(|p| p.target == ["Patient"]);
+    let mut ids = Vec::new();
+    for v in &c.values {
+        match v {
+            Predicate::Reference { target_type, id: Some(id), url: None }
+                if target_type.as_deref() == Some("Patient") || (target_type.is_none() && only_patients) =>
+            {
+                ids.push(lit(id.clone()));
+            }
+            _ => return None,
+        }
+    }
+    (!ids.is_empty()).then(|| col("_patient").in_list(ids, false))
 }
 
 /// A DataFrame over `table` in a fresh search session.
