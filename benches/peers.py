@@ -33,22 +33,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-def http(method, url, body=None, headers=None, timeout=600):
-    """(status, parsed JSON or text) of one request."""
+def http_with_headers(method, url, body=None, headers=None, timeout=600):
+    """(status, parsed JSON or text, response headers) of one request."""
     data = body.encode() if isinstance(body, str) else body
     req = urllib.request.Request(url, data=data, method=method, headers={"Accept": "application/fhir+json", **(headers or {})})
     if data is not None:
         req.add_header("Content-Type", "application/fhir+json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            status = r.status
+            raw, status, hdrs = r.read(), r.status, dict(r.headers)
     except urllib.error.HTTPError as e:
-        raw, status = e.read(), e.code
+        raw, status, hdrs = e.read(), e.code, dict(e.headers)
     try:
-        return status, json.loads(raw)
+        return status, json.loads(raw), hdrs
     except ValueError:
-        return status, raw.decode(errors="replace")
+        return status, raw.decode(errors="replace"), hdrs
+
+
+def http(method, url, body=None, headers=None, timeout=600):
+    """(status, parsed JSON or text) of one request."""
+    status, parsed, _ = http_with_headers(method, url, body, headers, timeout)
+    return status, parsed
 
 
 def peak_rss_mib(pid):
@@ -122,7 +127,7 @@ class Fhirlake(Server):
 class Helios(Server):
     name = "helios"
 
-    def __init__(self, binary, workdir):
+    def __init__(self, binary, workdir, extra_env=None):
         super().__init__()
         workdir = Path(workdir)
         data = workdir / "data"
@@ -133,7 +138,7 @@ class Helios(Server):
         self.base = f"http://127.0.0.1:{port}"
         env = dict(os.environ, HFS_DATA_DIR=str(data), HFS_DATABASE_URL=str(workdir / "hfs.db"),
                    DATABASE_URL=str(workdir / "hfs.db"), HFS_UI_ENABLED="false", HFS_BASE_URL=self.base,
-                   HFS_LOG_LEVEL="warn", HFS_REQUEST_TIMEOUT="600")
+                   HFS_LOG_LEVEL="warn", HFS_REQUEST_TIMEOUT="600", **(extra_env or {}))
         self.proc = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port)],
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env, cwd=workdir)
         self.wait_ready()

@@ -11,6 +11,8 @@ entries, shared Organizations/Practitioners as PUT). Each server starts empty an
               Observations pointing at a Patient the server holds).
   read        read by id: `GET /Observation/{id}` over 1,000 ids the server returned,
               for --seconds.
+  search      the searches of the search issue, (a) to (d), one client, --search-seconds
+              each: latency, and for (b) resources counted per second.
 
 Peak RSS of each server process is read from /proc at the end (VmHWM). --quick (CI) uses
 a few patients, the debug binaries and Helios only if it is already built; its numbers
@@ -67,6 +69,8 @@ def run_server(server, a, lg, bundles_file, entries, bundles, work):
         print(f"{server.name}: transactions {r['ok']}/{bundles} in {r['seconds']:.1f} s = "
               f"{entries * done / r['seconds']:,.0f} resources/s", flush=True)
     patients = ids_of(server, "Patient", 200)
+    if "search" in a.phases:  # before the creates add Observations
+        out["search"] = run_searches(server, a, lg, patients, work)
     if "create" in a.phases:
         if not patients:
             sys.exit(f"{server.name}: no Patient stored to point creates at")
@@ -91,12 +95,52 @@ def run_server(server, a, lg, bundles_file, entries, bundles, work):
     return out
 
 
+HEIGHT = "http://loinc.org|8302-2"
+# The searches of the search issue: (a) a patient's observations of one code, (b) counting
+# one code, (c) name prefix and birth date, (d) a first page with _include.
+SEARCHES = {
+    "a": "/Observation?patient={patient}&code=" + HEIGHT,
+    "b": "/Observation?code=" + HEIGHT + "&_summary=count",
+    "c": "/Patient?name={prefix}&birthdate=ge1950-01-01",
+    "d": "/Observation?code=" + HEIGHT + "&_include=Observation:patient",
+}
+
+
+def run_searches(server, a, lg, patients, work):
+    """Each search for --search-seconds at concurrency 1 (latency) after one warm-up."""
+    import urllib.parse
+    family = []
+    for pid in patients[:50]:
+        status, p = peers.http("GET", f"{server.base}/Patient/{pid}")
+        if status == 200:
+            family += [n.get("family", "") for n in p.get("name", []) if n.get("family")]
+    prefixes = sorted({f[:3] for f in family if len(f) >= 3})[:20] or ["Smi"]
+    out = {}
+    for key, template in SEARCHES.items():
+        paths = [template.format(patient=pid, prefix=urllib.parse.quote(pre))
+                 for pid, pre in zip(patients * 2, prefixes * (len(patients) * 2 // len(prefixes) + 1))][:200]
+        status, first = peers.http("GET", server.base + paths[0])
+        if status != 200:
+            print(f"{server.name}: search ({key}) failed: {status} {str(first)[:300]}")
+            continue
+        f = work / f"search-{key}-{server.name}.txt"
+        f.write_text("\n".join(dict.fromkeys(paths)) + "\n")
+        r = peers.loadgen(lg, server.base, paths_file=f, concurrency=1, duration=a.search_seconds)
+        r["total"] = first.get("total") if isinstance(first, dict) else None
+        r["entries"] = len(first.get("entry", [])) if isinstance(first, dict) else None
+        out[key] = r
+        print(f"{server.name}: search ({key}) p50 {r['latency_ms']['p50']:.1f} ms, {r['rps']:.1f} req/s, "
+              f"total {r['total']}, first page {r['entries']} entries", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", "--smoke", action="store_true", dest="quick", help="tiny data, debug binaries (CI)")
     ap.add_argument("--bin", help="fhirlake binary (default: release build, or debug with --quick)")
     ap.add_argument("--patients", type=int, help="patients generated (default 3,700 = ~1M resources; --quick 3)")
-    ap.add_argument("--phases", default="tx,create,read", help="comma list of tx, create, read")
+    ap.add_argument("--phases", default="tx,create,read,search", help="comma list of tx, create, read, search")
+    ap.add_argument("--search-seconds", type=float, help="duration of each search run (default 15; --quick 1)")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight for creates and reads")
     ap.add_argument("--tx-concurrency", type=int, default=4, help="transactions in flight")
     ap.add_argument("--seconds", type=float, help="duration of the create and read runs (default 20; --quick 2)")
@@ -107,6 +151,7 @@ def main():
     a.phases = set(a.phases.split(","))
     a.patients = a.patients or (3 if a.quick else 3700)
     a.seconds = a.seconds or (2.0 if a.quick else 20.0)
+    a.search_seconds = a.search_seconds or (1.0 if a.quick else 15.0)
     if a.quick:
         a.concurrency, a.tx_concurrency = min(a.concurrency, 2), min(a.tx_concurrency, 2)
     target = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/fhirlake-target"))
@@ -166,6 +211,18 @@ def report(a, results):
         for q in ("p50", "p99"):
             fv, hv = dig(f, phase, "latency_ms", q), dig(h, phase, "latency_ms", q)
             rows.append([f"{label} {q} ms", fmt(fv, ".2f"), fmt(hv, ".2f"), peers.ratio(hv, fv)])
+    if "search" in a.phases:
+        names = {"a": "(a) Observation?patient=X&code=Y", "b": "(b) Observation?code=Y&_summary=count",
+                 "c": "(c) Patient?name=..&birthdate=ge..", "d": "(d) Observation?code=Y&_include (first page)"}
+        for key, label in names.items():
+            fv, hv = dig(f, "search", key, "latency_ms", "p50"), dig(h, "search", key, "latency_ms", "p50")
+            rows.append([f"search {label} p50 ms", fmt(fv, ".1f"), fmt(hv, ".1f"), peers.ratio(hv, fv)])
+        ft, ht = dig(f, "search", "b", "total"), dig(h, "search", "b", "total")
+        fr, hr = dig(f, "search", "b", "rps"), dig(h, "search", "b", "rps")
+        fc = ft * fr if ft is not None and fr else None
+        hc = ht * hr if ht is not None and hr else None
+        rows.append(["search (b) resources counted/s", fmt(fc, ",.0f"), fmt(hc, ",.0f"), peers.ratio(fc, hc)])
+        rows.append(["search (b) total (same data: should agree)", fmt(ft, ","), fmt(ht, ","), ""])
     rows.append(["peak RSS MiB", fmt(f.get("rss_mib"), ".0f"), fmt(h.get("rss_mib"), ".0f"), peers.ratio(h.get("rss_mib"), f.get("rss_mib"))])
     peers.table("REST: fhirlake vs Helios (ratio = how many times better fhirlake is)", rows,
                 ["measure", "fhirlake", "Helios", "ratio"])

@@ -5,13 +5,15 @@
 #   import      bulk NDJSON load: fhirlake import vs DuckDB read_json -> Parquet    (import_bench.py)
 #   rest-write  transactions + single creates over HTTP vs Helios                    (rest_bench.py)
 #   read        read by id over HTTP vs Helios                                       (rest_bench.py)
-#   search      the searches of the search issue                                     (search_bench.py)
+#   search      the searches of the search issue on >= 1M Observations               (search_bench.py)
+#   search-peer the same searches vs Helios, both loaded with the same Bundles       (rest_bench.py)
+#   rest        rest-write + read + search-peer over one load of both servers        (rest_bench.py)
 #   sql         the SQL queries vs DuckDB on the same Parquet and on NDJSON          (sql_bench.py)
 #   views       ViewDefinitions vs fhir4ds / pysof                                   (views_bench.py)
 #   writes      updates, deletes and group commits on a large root                   (write_bench.py)
 #   fhirpath    the FHIRPath engine vs fhirpath.js                                   (fhirpath_bench.py)
 #   generate    fhirlake generate speed (to disk and discarded)
-#   all         every scenario above in turn
+#   all         every scenario above in turn (rest covers rest-write, read, search-peer)
 #
 # --quick: tiny data and the debug binaries CI already built (checks the scripts work;
 # the numbers mean nothing); never builds release or the peer server.
@@ -32,12 +34,12 @@ done
 if [ -n "$quick" ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/fhirlake-target}"
   bin="$CARGO_TARGET_DIR/debug/fhirlake"
-  [ -x "$bin" ] || cargo build --locked --bin fhirlake -p fhirlake-loadgen
+  [ -x "$bin" ] || cargo build --locked -p fhirlake -p fhirlake-loadgen --bins
   mode=(--quick --bin "$bin")
 else
   release="${FHIRLAKE_RELEASE_TARGET_DIR:-/var/tmp/fhirlake-release}"
   echo "== release build (into $release)"
-  CARGO_TARGET_DIR="$release" cargo build --release --locked --bin fhirlake -p fhirlake-loadgen
+  CARGO_TARGET_DIR="$release" cargo build --release --locked -p fhirlake -p fhirlake-loadgen --bins
   bin="$release/release/fhirlake"
   mode=(--bin "$bin")
 fi
@@ -50,6 +52,8 @@ run() {
     import)     python3 benches/import_bench.py "${mode[@]}" "$@" ;;
     rest-write) python3 benches/rest_bench.py --phases tx,create "${mode[@]}" "$@" ;;
     read)       python3 benches/rest_bench.py --phases tx,read "${mode[@]}" "$@" ;;
+    search-peer) python3 benches/rest_bench.py --phases tx,search "${mode[@]}" "$@" ;;
+    rest)       python3 benches/rest_bench.py --phases tx,create,read,search "${mode[@]}" "$@" ;;
     search)     python3 benches/search_bench.py "${mode[@]}" "$@" ;;
     sql)        python3 benches/sql_bench.py "${mode[@]}" "$@" ;;
     views)      python3 benches/views_bench.py "${mode[@]}" "$@" ;;
@@ -61,7 +65,7 @@ run() {
 }
 
 if [ "$scenario" = all ]; then
-  for s in generate import rest-write read search sql views writes fhirpath; do run "$s" "${args[@]+"${args[@]}"}"; done
+  for s in generate import rest search sql views writes fhirpath; do run "$s" "${args[@]+"${args[@]}"}"; done
 else
   run "$scenario" "${args[@]+"${args[@]}"}"
 fi
