@@ -149,8 +149,10 @@ impl ClauseMatcher {
             return Ok((0..n).map(|i| Some((list.is_null(i) || list.value_length(i) == 0) == want)).collect());
         }
         let values = list.values();
-        let elem: Vec<bool> =
-            (0..values.len()).map(|j| self.values.iter().any(|m| m.matches(values.as_ref(), j))).collect();
+        let elem: Vec<bool> = match self.token_elements(values.as_ref()) {
+            Some(elem) => elem,
+            None => (0..values.len()).map(|j| self.values.iter().any(|m| m.matches(values.as_ref(), j))).collect(),
+        };
         let offsets = list.value_offsets();
         Ok((0..n)
             .map(|i| {
@@ -158,6 +160,71 @@ impl ClauseMatcher {
                 Some(any != self.negated)
             })
             .collect())
+    }
+}
+
+impl ClauseMatcher {
+    /// The common case, every value a token: the `system` and `code` child arrays are
+    /// resolved once and compared element by element (no per-element field lookup).
+    fn token_elements(&self, values: &dyn Array) -> Option<Vec<bool>> {
+        let tokens: Vec<(&Option<Option<String>>, &Option<String>)> = self
+            .values
+            .iter()
+            .map(|m| match m {
+                ValueMatcher::Token { system, code } => Some((system, code)),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        let s = values.as_struct_opt()?;
+        let system = StrColumn::of(field(s, "system")?.as_ref())?;
+        let code = StrColumn::of(field(s, "code")?.as_ref())?;
+        Some(
+            (0..values.len())
+                .map(|j| {
+                    !s.is_null(j)
+                        && tokens.iter().any(|(want_system, want_code)| {
+                            let c = code.get(j);
+                            let code_ok = match want_code {
+                                None => c.is_some(),
+                                Some(w) => c == Some(w.as_str()),
+                            };
+                            code_ok
+                                && match want_system {
+                                    None => true,
+                                    Some(None) => system.get(j).is_none(),
+                                    Some(Some(w)) => system.get(j) == Some(w.as_str()),
+                                }
+                        })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A string column of any Arrow string layout, downcast once.
+enum StrColumn<'a> {
+    View(&'a arrow::array::StringViewArray),
+    Utf8(&'a arrow::array::StringArray),
+    Large(&'a arrow::array::LargeStringArray),
+}
+
+impl<'a> StrColumn<'a> {
+    fn of(a: &'a dyn Array) -> Option<Self> {
+        if let Some(v) = a.as_string_view_opt() {
+            return Some(StrColumn::View(v));
+        }
+        if let Some(v) = a.as_string_opt::<i32>() {
+            return Some(StrColumn::Utf8(v));
+        }
+        a.as_string_opt::<i64>().map(StrColumn::Large)
+    }
+
+    fn get(&self, j: usize) -> Option<&'a str> {
+        match self {
+            StrColumn::View(a) => (!a.is_null(j)).then(|| a.value(j)),
+            StrColumn::Utf8(a) => (!a.is_null(j)).then(|| a.value(j)),
+            StrColumn::Large(a) => (!a.is_null(j)).then(|| a.value(j)),
+        }
     }
 }
 
