@@ -58,7 +58,9 @@ pub const EXIT_LEASE_HELD: u8 = 4;
 /// Sets up logging (`RUST_LOG`, default `info`) to stderr.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,fhirlake=info,fhirlake_ingest=info,fhirlake_query=info")
+        tracing_subscriber::EnvFilter::new(
+            "warn,fhirlake=info,fhirlake_ingest=info,fhirlake_query=info,deltalake_core::datafile::writer=error",
+        )
     });
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

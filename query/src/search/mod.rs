@@ -277,7 +277,16 @@ fn owner_filter(resource_type: &str, c: &Clause) -> Option<Expr> {
     if !model.is_owner_param(resource_type, &c.code) {
         return None;
     }
-    let only_patients = model.search_parameter(resource_type, &c.code).is_some_and(|p| p.target == ["Patient"]);
+    // A bare id names a Patient when the parameter can only point at one on this type
+    // (its targets, or its expression for the type ends in `where(resolve() is Patient)`).
+    let only_patients = model.search_parameter(resource_type, &c.code).is_some_and(|p| {
+        p.target == ["Patient"]
+            || p.expression.as_deref().is_some_and(|e| {
+                e.split('|').map(str::trim).any(|part| {
+                    part.starts_with(&format!("{resource_type}.")) && part.ends_with("where(resolve() is Patient)")
+                })
+            })
+    });
     let mut ids = Vec::new();
     for v in &c.values {
         match v {
@@ -714,6 +723,11 @@ mod tests {
     async fn plans_of_representative_searches() {
         let cases = [
             ("Observation", "code=http://loinc.org|8302-2&patient=Patient/123"),
+            // The owner filter: a bare id names a Patient for `patient`, not for `subject`
+            // (which may point at a Group); never for `performer` (repeats, not first).
+            ("Observation", "patient=123,456"),
+            ("Observation", "subject=123"),
+            ("Observation", "performer=Patient/123"),
             ("Patient", "family=chal&birthdate=ge1970-01&_sort=-birthdate&_count=10"),
             ("Observation", "value-quantity=gt5.4|http://unitsofmeasure.org|mg/dL"),
             ("Observation", "component-code-value-quantity=http://loinc.org|8480-6$lt60"),
