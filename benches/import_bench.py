@@ -139,7 +139,7 @@ def helios_bulk_load(binary, src, work):
     (src / "manifest.json").write_text(json.dumps(manifest))
     submitter = {"name": "submitter", "valueIdentifier": {"system": "https://fhirlake.test/bench", "value": "bench"}}
     sub_id = {"name": "submissionId", "valueString": "import-bench"}
-    env = {"HFS_BULK_SUBMIT_ENABLED": "true", "HFS_BULK_SUBMIT_REQUIRES_ACCESS_TOKEN": "false",
+    env = {"HFS_BULK_SUBMIT_ENABLED": "true",
            "HFS_BULK_SUBMIT_DEFER_INDEXING": "false", "HFS_BULK_SUBMIT_OUTPUT_DIR": str(work / "helios-out")}
     try:
         with peers.Helios(binary, work / "helios", env) as h:
@@ -153,7 +153,7 @@ def helios_bulk_load(binary, src, work):
                 return None, None
             status, _, headers = peers.http_with_headers("POST", f"{h.base}/$bulk-submit-status", json.dumps(
                 {"resourceType": "Parameters", "parameter": [submitter, sub_id]}))
-            poll = headers.get("Content-Location")
+            poll = headers.get("content-location")
             if status != 202 or not poll:
                 print(f"Helios $bulk-submit-status: {status}, no Content-Location")
                 return None, None

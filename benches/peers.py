@@ -34,16 +34,16 @@ def free_port():
 
 
 def http_with_headers(method, url, body=None, headers=None, timeout=600):
-    """(status, parsed JSON or text, response headers) of one request."""
+    """(status, parsed JSON or text, response headers with lower-case names) of one request."""
     data = body.encode() if isinstance(body, str) else body
     req = urllib.request.Request(url, data=data, method=method, headers={"Accept": "application/fhir+json", **(headers or {})})
     if data is not None:
         req.add_header("Content-Type", "application/fhir+json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw, status, hdrs = r.read(), r.status, dict(r.headers)
+            raw, status, hdrs = r.read(), r.status, {k.lower(): v for k, v in r.headers.items()}
     except urllib.error.HTTPError as e:
-        raw, status, hdrs = e.read(), e.code, dict(e.headers)
+        raw, status, hdrs = e.read(), e.code, {k.lower(): v for k, v in e.headers.items()}
     try:
         return status, json.loads(raw), hdrs
     except ValueError:
