@@ -39,9 +39,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bin", default=str(Path("/var/tmp/fhirlake-release/release/fhirlake")))
     ap.add_argument("--quick", "--smoke", dest="quick", action="store_true")
-    ap.add_argument("--patients", type=int, help="default 3,700 (~1M resources); --quick 20")
+    ap.add_argument("--patients", type=int, help="default 3,900 (~1.02M resources); --quick 20")
     a = ap.parse_args()
-    patients = a.patients or (20 if a.quick else 3700)
+    patients = a.patients or (20 if a.quick else 3900)
     n, mb, secs = run(a.bin, patients, "--discard")
     print(f"generate (discarded): {n:,} resources, {mb:,.0f} MB in {secs:.2f} s = {n / secs:,.0f} resources/s "
           f"({os.cpu_count()} threads)")

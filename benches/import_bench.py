@@ -195,7 +195,7 @@ def main():
         if a.synthea:
             n = replicate(FIXTURES / "synthea" / "ndjson", src, target)
         else:
-            n = peers.generate(a.bin, max(1, target // 270), src)
+            n = peers.generate(a.bin, max(1, target // 240), src)  # ~250 resources per patient
         size = sum(f.stat().st_size for f in src.glob("*.ndjson")) / 2**20
         print(f"data: {n} resources, {size:.1f} MiB NDJSON, {len(list(src.glob('*.ndjson')))} types")
         env = dict(os.environ, RUST_LOG="warn")

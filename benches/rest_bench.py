@@ -138,7 +138,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", "--smoke", action="store_true", dest="quick", help="tiny data, debug binaries (CI)")
     ap.add_argument("--bin", help="fhirlake binary (default: release build, or debug with --quick)")
-    ap.add_argument("--patients", type=int, help="patients generated (default 3,700 = ~1M resources; --quick 3)")
+    ap.add_argument("--patients", type=int, help="patients generated (default 3,900 = ~1.02M resources; --quick 3)")
     ap.add_argument("--phases", default="tx,create,read,search", help="comma list of tx, create, read, search")
     ap.add_argument("--search-seconds", type=float, help="duration of each search run (default 15; --quick 1)")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight for creates and reads")
@@ -149,7 +149,7 @@ def main():
     ap.add_argument("--work", help="working folder (default: a temporary one, removed)")
     a = ap.parse_args()
     a.phases = set(a.phases.split(","))
-    a.patients = a.patients or (3 if a.quick else 3700)
+    a.patients = a.patients or (3 if a.quick else 3900)
     a.seconds = a.seconds or (2.0 if a.quick else 20.0)
     a.search_seconds = a.search_seconds or (1.0 if a.quick else 15.0)
     if a.quick:

@@ -3,7 +3,9 @@
 
 The Synthea NDJSON fixtures are replicated with fresh ids (as in import_bench.py) to at
 least --resources resources and imported with `fhirlake import` (or --data reuses a
-loaded storage root). Then `fhirlake serve` runs on it and, in this one invocation:
+loaded storage root), then `fhirlake compact --full` clusters the tables by patient (as a
+running server's background compaction does over time; --no-compact skips it). Then
+`fhirlake serve` runs on it and, in this one invocation:
 
   (a) Observation?patient=X&code=Y            p50/p99 latency, requests/s
   (b) Observation?code=Y&_summary=count       latency, matching resources counted per second;
@@ -12,8 +14,9 @@ loaded storage root). Then `fhirlake serve` runs on it and, in this one invocati
   (c) Patient?name=...&birthdate=ge...        p50/p99 latency, requests/s
   (d) Observation?code=Y&_include=Observation:patient   first page, p50/p99
 
-No peer FHIR server is installed here (HAPI/Aidbox need downloads this machine cannot
-make), so the FHIR-server ratio is not printed; the DuckDB ratio for (b) is. --smoke uses
+The FHIR-server peer (Helios) runs the same four searches in `benches/run.sh search-peer`
+(rest_bench.py), where both servers are loaded with the same transaction Bundles; loading
+2 M resources into Helios over HTTP would take most of an hour here. --smoke uses
 one replica and few repetitions (CI runs it with the debug binary; the numbers mean
 nothing).
 """
@@ -159,7 +162,7 @@ def main():
             print(f"(b) DuckDB delta_scan: p50 {d50 * 1000:.1f} ms, {total / d50:,.0f} matches/s; fhirlake/DuckDB time ratio {p50 / d50:.2f}")
         except ImportError as e:
             print(f"(b) DuckDB peer not available: {e}")
-        print("peer FHIR server: not available on this machine (no ratio)")
+        print("peer FHIR server: see `benches/run.sh search-peer` (both servers, same Bundles)")
     finally:
         if server:
             server.terminate()
