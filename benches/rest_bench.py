@@ -142,7 +142,7 @@ def main():
     ap.add_argument("--phases", default="tx,create,read,search", help="comma list of tx, create, read, search")
     ap.add_argument("--search-seconds", type=float, help="duration of each search run (default 15; --quick 1)")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight for creates and reads")
-    ap.add_argument("--tx-concurrency", type=int, default=4, help="transactions in flight")
+    ap.add_argument("--tx-concurrency", type=int, default=16, help="transactions in flight")
     ap.add_argument("--seconds", type=float, help="duration of the create and read runs (default 20; --quick 2)")
     ap.add_argument("--tx-max-seconds", type=float, default=3600, help="time limit of the transaction load")
     ap.add_argument("--no-peer", action="store_true", help="skip Helios")

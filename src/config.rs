@@ -25,6 +25,10 @@ pub struct ApiConfig {
     pub sql_default_rows: usize,
     /// The largest row limit a `$sql` request may ask for.
     pub sql_max_rows: usize,
+    /// Matches per search page when the request has no `_count`.
+    pub search_default_count: usize,
+    /// The largest `_count` a search may ask for (larger values are lowered to it).
+    pub search_max_count: usize,
 }
 
 impl ApiConfig {
@@ -47,6 +51,8 @@ impl Default for ApiConfig {
             sql: fhirlake_query::catalog::SqlLimits::default(),
             sql_default_rows: 10_000,
             sql_max_rows: 10_000_000,
+            search_default_count: 20,
+            search_max_count: 1000,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! search: `GET [base]/{type}?...` and `POST [base]/{type}/_search` (form-encoded) as
 //! `searchset` Bundles.
 //!
-//! Owns: decoding the query, `Prefer: handling=strict|lenient`, `_count` (default 20,
-//! maximum 1000), `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry)
+//! Owns: decoding the query, `Prefer: handling=strict|lenient`, `_count` (default and
+//! maximum from `ApiConfig`: `serve --search-default-count 20 --search-max-count 1000`), `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry)
 //! and page links. A page sequence reads one snapshot: a request reads every table as of
 //! one instant, and links carry `_snapshot` (the Delta version of every table the search
 //! read: the searched one, chain and `_has` targets, included types) and `_offset`, so the
@@ -23,9 +23,6 @@ use fhirlake_schemas::search::{SearchRequest, Summary, Total};
 
 use super::{AppState, fhir_response};
 use crate::error::{ApiError, ApiResult};
-
-const DEFAULT_COUNT: usize = 20;
-const MAX_COUNT: usize = 1000;
 
 /// The latest table of each type, except the searched type, which may be pinned.
 pub(crate) struct Tables {
@@ -206,7 +203,7 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
             list.join("; ")
         )));
     }
-    let count = req.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
+    let count = req.count.unwrap_or(state.config.search_default_count).min(state.config.search_max_count);
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
     let tables = match &snapshot {
         Some(cursor) => Tables::pinned(state, rt, cursor).await?,
@@ -334,7 +331,7 @@ pub async fn everything(
             .map_err(|_| ApiError::BadRequest(format!("_count='{c}' is not a non-negative integer")))?,
         None => 100,
     }
-    .clamp(1, MAX_COUNT);
+    .clamp(1, state.config.search_max_count);
     let offset = offset_param(&pairs)?;
     let tables = match param(&pairs, "_snapshot") {
         Some(cursor) => Tables::pinned(&state, "Patient", cursor).await?,
@@ -381,7 +378,7 @@ pub async fn system_search(
     };
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut ignored = Vec::new();
-    let mut count = DEFAULT_COUNT;
+    let mut count = state.config.search_default_count;
     let mut total = 0u64;
     for t in &types {
         let req =
@@ -393,7 +390,7 @@ pub async fn system_search(
             )));
         }
         ignored.extend(req.ignored.iter().map(ToString::to_string));
-        count = req.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
+        count = req.count.unwrap_or(state.config.search_default_count).min(state.config.search_max_count);
         let page = search(&tables, &req, 0, offset + count + 1, true).await.map_err(|e| match e {
             fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
             other => ApiError::from(other),

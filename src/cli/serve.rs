@@ -39,6 +39,12 @@ pub struct ServeArgs {
     /// search that matches several (412).
     #[arg(long, env = "FHIRLAKE_CONDITIONAL_DELETE_MAX", default_value_t = 1)]
     conditional_delete_max: usize,
+    /// Matches per search page when a search has no `_count`.
+    #[arg(long, env = "FHIRLAKE_SEARCH_DEFAULT_COUNT", default_value_t = 20)]
+    search_default_count: usize,
+    /// The largest `_count` a search may ask for (larger values are lowered to it).
+    #[arg(long, env = "FHIRLAKE_SEARCH_MAX_COUNT", default_value_t = 1000)]
+    search_max_count: usize,
     /// Background compaction: check the tables every this many seconds (0: off).
     #[arg(long, env = "FHIRLAKE_COMPACT_EVERY_SECS", default_value_t = 60)]
     compact_every_secs: u64,
@@ -86,6 +92,8 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         },
         sql_default_rows: a.sql_default_rows,
         sql_max_rows: a.sql_max_rows,
+        search_max_count: a.search_max_count.max(1),
+        search_default_count: a.search_default_count.clamp(1, a.search_max_count.max(1)),
         ..Default::default()
     };
     let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4()?));

@@ -38,10 +38,11 @@ pub const SMOKING: Concept = ("72166-2", "Tobacco smoking status NHIS");
 pub const SMOKING_ANSWERS: &[Concept] =
     &[("266919005", "Never smoker"), ("8517006", "Former smoker"), ("449868002", "Current every day smoker")];
 
-/// A laboratory panel: the DiagnosticReport code and the observations it reports.
+/// A laboratory panel: the DiagnosticReport code and the observations it reports (in
+/// groups, so panels can share them).
 pub struct Panel {
     pub code: Concept,
-    pub results: &'static [Measure],
+    pub results: &'static [&'static [Measure]],
 }
 
 const BMP: &[Measure] = &[
@@ -55,15 +56,8 @@ const BMP: &[Measure] = &[
     ("20565-8", "Carbon Dioxide", "laboratory", "mmol/L", 20.0, 29.0),
 ];
 
-const CMP: &[Measure] = &[
-    ("2339-0", "Glucose", "laboratory", "mg/dL", 64.4, 130.0),
-    ("6299-2", "Urea Nitrogen", "laboratory", "mg/dL", 7.1, 19.8),
-    ("38483-4", "Creatinine", "laboratory", "mg/dL", 0.45, 3.5),
-    ("49765-1", "Calcium", "laboratory", "mg/dL", 8.5, 10.2),
-    ("2947-0", "Sodium", "laboratory", "mmol/L", 136.0, 144.0),
-    ("6298-4", "Potassium", "laboratory", "mmol/L", 3.7, 5.2),
-    ("2069-3", "Chloride", "laboratory", "mmol/L", 101.0, 111.0),
-    ("20565-8", "Carbon Dioxide", "laboratory", "mmol/L", 20.0, 29.0),
+/// The comprehensive panel: the basic panel's results, then these.
+const CMP_EXTRA: &[Measure] = &[
     ("33914-3", "Glomerular filtration rate/1.73 sq M.predicted", "laboratory", "mL/min/{1.73_m2}", 9.3, 159.0),
     ("2885-2", "Protein [Mass/volume] in Serum or Plasma", "laboratory", "g/dL", 61.0, 79.7),
     ("1751-7", "Albumin [Mass/volume] in Serum or Plasma", "laboratory", "g/dL", 3.5, 5.5),
@@ -119,13 +113,19 @@ const CBC: &[Measure] = &[
 /// The panels, with the chance that a check-up orders each (from the fixtures' ratios
 /// of DiagnosticReports to check-up encounters).
 pub const PANELS: &[(f64, Panel)] = &[
-    (0.4, Panel { code: ("51990-0", "Basic Metabolic Panel"), results: BMP }),
-    (0.4, Panel { code: ("57698-3", "Lipid Panel"), results: LIPIDS }),
+    (0.4, Panel { code: ("51990-0", "Basic Metabolic Panel"), results: &[BMP] }),
+    (0.4, Panel { code: ("57698-3", "Lipid Panel"), results: &[LIPIDS] }),
     (
         0.2,
-        Panel { code: ("58410-2", "Complete blood count (hemogram) panel - Blood by Automated count"), results: CBC },
+        Panel {
+            code: ("58410-2", "Complete blood count (hemogram) panel - Blood by Automated count"),
+            results: &[CBC],
+        },
     ),
-    (0.15, Panel { code: ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma"), results: CMP }),
+    (
+        0.15,
+        Panel { code: ("24323-8", "Comprehensive metabolic 2000 panel - Serum or Plasma"), results: &[BMP, CMP_EXTRA] },
+    ),
 ];
 
 /// Hemoglobin A1c, measured alone at some check-ups.

@@ -579,7 +579,8 @@ fn write_smoking(r: &mut Record, b: &mut Buffers, v: &Visit) {
 }
 
 fn write_panel(r: &mut Record, b: &mut Buffers, v: &Visit, panel: &catalog::Panel) {
-    let ids: Vec<String> = panel.results.iter().map(|m| write_measure(r, b, v, m)).collect();
+    let results: Vec<&Measure> = panel.results.iter().flat_map(|group| group.iter()).collect();
+    let ids: Vec<String> = results.iter().map(|m| write_measure(r, b, v, m)).collect();
     let id = r.new_id();
     let mut s = std::mem::take(&mut b.scratch);
     r.begin(&mut s, Ty::DiagnosticReport, &id);
@@ -593,7 +594,7 @@ fn write_panel(r: &mut Record, b: &mut Buffers, v: &Visit, panel: &catalog::Pane
     s.push_str(r#"","issued":""#);
     push_instant(&mut s, v.start + 600);
     s.push_str(r#"","result":["#);
-    for (i, (oid, m)) in ids.iter().zip(panel.results).enumerate() {
+    for (i, (oid, m)) in ids.iter().zip(results).enumerate() {
         if i > 0 {
             s.push(',');
         }
@@ -690,17 +691,23 @@ fn claim_head(r: &Record, s: &mut String, kind: &str, v: &Visit) {
         r#","status":"active","type":{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/claim-type","code":"{kind}"}}]}},"use":"claim""#
     );
     r.subject(s, "patient", None);
+    billing_period(s, v);
+    let _ = write!(
+        s,
+        r#","provider":{{"reference":"Organization/{}"}},"priority":{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/processpriority","code":"normal"}}]}},"insurance":[{{"sequence":1,"focal":true,"coverage":{{"display":"private"}}}}]"#,
+        r.org
+    );
+}
+
+/// `,"billablePeriod":{..the encounter..},"created":"<its end>"` of a Claim or EOB.
+fn billing_period(s: &mut String, v: &Visit) {
     s.push_str(r#","billablePeriod":{"start":""#);
     push_instant(s, v.start);
     s.push_str(r#"","end":""#);
     push_instant(s, v.end);
     s.push_str(r#""},"created":""#);
     push_instant(s, v.end);
-    let _ = write!(
-        s,
-        r#"","provider":{{"reference":"Organization/{}"}},"priority":{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/processpriority","code":"normal"}}]}},"insurance":[{{"sequence":1,"focal":true,"coverage":{{"display":"private"}}}}]"#,
-        r.org
-    );
+    s.push('"');
 }
 
 fn write_immunization(r: &mut Record, b: &mut Buffers, v: &Visit, c: Concept) {
@@ -812,15 +819,10 @@ fn write_claim_and_eob(r: &mut Record, b: &mut Buffers, v: &Visit) {
         r#","status":"active","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/claim-type","code":"institutional"}]},"use":"claim""#,
     );
     r.subject(&mut s, "patient", None);
-    s.push_str(r#","billablePeriod":{"start":""#);
-    push_instant(&mut s, v.start);
-    s.push_str(r#"","end":""#);
-    push_instant(&mut s, v.end);
-    s.push_str(r#""},"created":""#);
-    push_instant(&mut s, v.end);
+    billing_period(&mut s, v);
     let _ = write!(
         s,
-        r#"","insurer":{{"display":"private"}},"provider":{{"reference":"Practitioner/{}"}},"claim":"#,
+        r#","insurer":{{"display":"private"}},"provider":{{"reference":"Practitioner/{}"}},"claim":"#,
         r.practitioner
     );
     r.reference(&mut s, Ty::Claim, &claim);

@@ -221,6 +221,13 @@ async fn searches_match_the_ids_computed_from_the_json() {
         "/fhir/Observation?subject.name=x",
         "/fhir/Patient?_sort=nope",
         "/fhir/Patient?_count=-1",
+        "/fhir/Observation?code:in=http://hl7.org/fhir/ValueSet/x",
+        "/fhir/Patient?name:fuzzy=x",
+        "/fhir/Observation?subject:Nope.name=x",
+        "/fhir/Observation?_include=Nope:patient",
+        "/fhir/Patient?_has:Nope:patient:code=x",
+        "/fhir/Observation?date=2020-13",
+        "/fhir/Observation?date=xx2020",
     ] {
         let r = server.get(bad).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
@@ -445,5 +452,36 @@ async fn page_cursors_pin_every_table_the_search_reads() {
     assert_eq!(r.status, 400, "{}", r.body);
     let r = server.get("/fhir/Observation?code=t&_snapshot=Observation:x&_offset=2").await;
     assert_eq!(r.status, 400, "{}", r.body);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_size_default_and_maximum_are_configurable() {
+    let config = fhirlake::config::ApiConfig { search_default_count: 3, search_max_count: 5, ..Default::default() };
+    let server = TestServer::start_with(config).await;
+    for i in 0..8 {
+        let r = server
+            .put(
+                &format!("/fhir/Patient/c{i}"),
+                &format!(r#"{{"resourceType":"Patient","id":"c{i}","gender":"other"}}"#),
+            )
+            .await;
+        assert!(r.status.is_success(), "{}", r.body);
+    }
+    let page = |uri: &'static str| {
+        let s = &server;
+        async move {
+            let b: Value = serde_json::from_str(&s.get(uri).await.body).unwrap();
+            b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "match").count()
+        }
+    };
+    assert_eq!(page("/fhir/Patient?gender=other").await, 3, "the configured default");
+    assert_eq!(page("/fhir/Patient?gender=other&_count=100").await, 5, "lowered to the configured maximum");
+    assert_eq!(page("/fhir/Patient?gender=other&_count=2").await, 2);
+    assert_eq!(
+        all_ids(&server, "/fhir/Patient?gender=other&_count=100").await.len(),
+        8,
+        "paging still reaches every match"
+    );
     server.stop().await;
 }

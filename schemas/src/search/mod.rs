@@ -338,9 +338,10 @@ pub fn parse(
 }
 
 enum ClauseError {
-    /// Not a parameter of this type, or an unsupported modifier: ignorable.
+    /// Not a parameter of this type: ignorable (reported in an `outcome` entry).
     Unknown(SearchError),
-    /// A known parameter with a bad value: always a 400.
+    /// A known parameter with a bad value or a modifier fhirlake does not support: always
+    /// a 400 (ignoring `code:in=...` would answer with a superset, silently).
     Invalid(SearchError),
 }
 
@@ -432,7 +433,7 @@ fn parse_clause(
                 Some("text") => Ok(Predicate::TokenText(crate::search_index::normalize_string(&unescape(&v)))),
                 Some("of-type") => token::parse_of_type(&v),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(name, format!("modifier ':{m}' is not supported on tokens"))));
+                    return Err(ClauseError::Invalid(err(name, format!("modifier ':{m}' is not supported on tokens"))));
                 }
             },
             ParamKind::String => match modifier {
@@ -440,7 +441,7 @@ fn parse_clause(
                 Some("exact") => Ok(string::parse(&v, StringMatch::Exact)),
                 Some("contains") => Ok(string::parse(&v, StringMatch::Contains)),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(
+                    return Err(ClauseError::Invalid(err(
                         name,
                         format!("modifier ':{m}' is not supported on strings"),
                     )));
@@ -449,13 +450,13 @@ fn parse_clause(
             ParamKind::Date => match modifier {
                 None => date::parse(&v),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(name, format!("modifier ':{m}' is not supported on dates"))));
+                    return Err(ClauseError::Invalid(err(name, format!("modifier ':{m}' is not supported on dates"))));
                 }
             },
             ParamKind::Number => match modifier {
                 None => number::parse(&v),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(
+                    return Err(ClauseError::Invalid(err(
                         name,
                         format!("modifier ':{m}' is not supported on numbers"),
                     )));
@@ -464,7 +465,7 @@ fn parse_clause(
             ParamKind::Quantity => match modifier {
                 None => number::parse_quantity(&v),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(
+                    return Err(ClauseError::Invalid(err(
                         name,
                         format!("modifier ':{m}' is not supported on quantities"),
                     )));
@@ -478,7 +479,7 @@ fn parse_clause(
                 }),
                 Some(t) if model.is_resource_type(t) => reference::parse(model, &v, Some(t)),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(
+                    return Err(ClauseError::Invalid(err(
                         name,
                         format!("modifier ':{m}' is not supported on references"),
                     )));
@@ -489,13 +490,13 @@ fn parse_clause(
                 Some("above") => Ok(Predicate::Uri { value: unescape(&v), mode: UriMatch::Above }),
                 Some("below") => Ok(Predicate::Uri { value: unescape(&v), mode: UriMatch::Below }),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(name, format!("modifier ':{m}' is not supported on uris"))));
+                    return Err(ClauseError::Invalid(err(name, format!("modifier ':{m}' is not supported on uris"))));
                 }
             },
             ParamKind::Composite(components) => match modifier {
                 None => composite::parse(model, components, &v),
                 Some(m) => {
-                    return Err(ClauseError::Unknown(err(
+                    return Err(ClauseError::Invalid(err(
                         name,
                         format!("modifier ':{m}' is not supported on composites"),
                     )));

@@ -128,10 +128,14 @@ fn composite_values_split_on_dollar() {
 }
 
 #[test]
-fn unknown_parameters_are_ignorable_bad_values_are_not() {
-    let r = q(&[("nonsense", "1"), ("name:fuzzy", "x"), ("family", "chalmers")]).unwrap();
+fn unknown_parameters_are_ignorable_bad_values_and_modifiers_are_not() {
+    let r = q(&[("nonsense", "1"), ("nonsense:exact", "x"), ("family", "chalmers")]).unwrap();
     assert_eq!(r.ignored.len(), 2);
     assert_eq!(r.clauses.len(), 1);
+    // An unsupported modifier on a known parameter would widen the answer if ignored.
+    let e = q(&[("name:fuzzy", "x")]).unwrap_err();
+    assert!(e.to_string().contains("':fuzzy' is not supported"), "{e}");
+    assert!(q_type("Observation", &[("code:in", "http://hl7.org/fhir/ValueSet/x")]).is_err());
     assert!(q(&[("gender:missing", "maybe")]).is_err());
     assert!(q(&[("family", "")]).is_err());
     assert!(parse(Model::r4().unwrap(), "NotAType", &[]).is_err());
