@@ -128,8 +128,17 @@ def helios_bulk_load(binary, src, work):
     import functools
     import http.server
     import threading
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src))
-    handler.log_message = lambda *args: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def handle(self):
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped reading a file (it says why in its status)
+
+    handler = functools.partial(Quiet, directory=str(src))
     files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=files.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{files.server_address[1]}"
@@ -159,16 +168,21 @@ def helios_bulk_load(binary, src, work):
                 return None, None
             last = time.time()
             while True:
-                status, body = peers.http("GET", poll)
+                # Helios allows 10 status polls a minute and says when to come back.
+                status, body, hdrs = peers.http_with_headers("GET", poll)
                 if status == 200:
                     break
-                if status >= 400:
+                if status >= 400 and status != 429:
                     print(f"Helios bulk submit failed: {status} {str(body)[:500]}")
                     return None, None
                 if time.time() - last > 30:
                     print(f"  Helios bulk submit running ({time.perf_counter() - t0:.0f} s)", flush=True)
                     last = time.time()
-                time.sleep(0.5)
+                try:
+                    wait = float(hdrs.get("retry-after", "6"))
+                except ValueError:
+                    wait = 6.0
+                time.sleep(min(max(wait, 1.0), 10.0))
             seconds = time.perf_counter() - t0
             st, b = peers.http("GET", f"{h.base}/Observation?_summary=count")
             got = b.get("total") if isinstance(b, dict) else None
