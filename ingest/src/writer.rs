@@ -226,6 +226,17 @@ impl TableSet {
         self.tables.read().expect("table set lock").iter().map(|((k, rt), t)| (*k, rt.clone(), t.clone())).collect()
     }
 
+    /// The latest version of every table of one kind, by type, read at one instant.
+    pub fn snapshot_of(&self, kind: TableKind) -> HashMap<String, DeltaTable> {
+        self.tables
+            .read()
+            .expect("table set lock")
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|((_, rt), t)| (rt.clone(), t.clone()))
+            .collect()
+    }
+
     /// Every table's latest version, read at one instant (for the watermark; no table is
     /// cloned).
     pub(crate) fn versions(&self) -> Vec<(TableKind, String, Option<u64>)> {

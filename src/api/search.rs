@@ -2,8 +2,9 @@
 //! `searchset` Bundles.
 //!
 //! Owns: decoding the query, `Prefer: handling=strict|lenient`, `_count` (default and
-//! maximum from `ApiConfig`: `serve --search-default-count 20 --search-max-count 1000`), `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry)
-//! and page links. A page sequence reads one snapshot: a request reads every table as of
+//! maximum from `ApiConfig`: `serve --search-default-count 20 --search-max-count 1000`),
+//! `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry) and page
+//! links. A page sequence reads one snapshot: a request reads every table as of
 //! one instant, and links carry `_snapshot` (the Delta version of every table the search
 //! read: the searched one, chain and `_has` targets, included types) and `_offset`, so the
 //! next page searches those versions and concurrent writes neither repeat nor skip a
@@ -24,7 +25,8 @@ use fhirlake_schemas::search::{SearchRequest, Summary, Total};
 use super::{AppState, fhir_response};
 use crate::error::{ApiError, ApiResult};
 
-/// The latest table of each type, except the searched type, which may be pinned.
+/// The current tables one search request reads: all as of one instant, some pinned at
+/// the versions of a page cursor.
 pub(crate) struct Tables {
     /// The current tables as of one instant (the request's start), with the ones a page
     /// cursor names loaded at the cursor's versions.
@@ -36,15 +38,7 @@ pub(crate) struct Tables {
 impl Tables {
     /// The latest published tables, all read at one instant.
     pub(crate) fn latest(state: &AppState) -> Self {
-        let tables = state
-            .writer
-            .tables()
-            .snapshot()
-            .into_iter()
-            .filter(|(k, _, _)| *k == TableKind::Current)
-            .map(|(_, rt, t)| (rt, t))
-            .collect();
-        Tables { tables, read: Default::default() }
+        Tables { tables: state.writer.tables().snapshot_of(TableKind::Current), read: Default::default() }
     }
 
     /// The tables a page cursor (`_snapshot`, as written by [`Tables::cursor`]) pins;
