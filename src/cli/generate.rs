@@ -4,20 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliResult;
 use crate::generate::{Discard, FileOutput, Format, GenerateOptions, Output, TYPES, generate};
-
-/// Output layout of `generate`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum FormatArg {
-    /// `DIR/<Type>.ndjson`, references as `Type/id`.
-    Ndjson,
-    /// `DIR/transactions.ndjson`: one transaction Bundle per patient per line.
-    Bundles,
-}
 
 /// Options of `generate`.
 #[derive(Debug, Args)]
@@ -33,7 +24,7 @@ pub struct GenerateArgs {
     out: Option<PathBuf>,
     /// Output layout.
     #[arg(long, value_enum, default_value = "ndjson")]
-    format: FormatArg,
+    format: Format,
     /// Generate and throw the bytes away: measures generation without the disk.
     #[arg(long)]
     discard: bool,
@@ -51,14 +42,7 @@ pub async fn run(a: GenerateArgs) -> CliResult<ExitCode> {
 }
 
 fn run_blocking(a: GenerateArgs) -> CliResult<ExitCode> {
-    let options = GenerateOptions {
-        patients: a.patients,
-        seed: a.seed,
-        format: match a.format {
-            FormatArg::Ndjson => Format::Ndjson,
-            FormatArg::Bundles => Format::Bundles,
-        },
-    };
+    let options = GenerateOptions { patients: a.patients, seed: a.seed, format: a.format };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.threads.unwrap_or(0)).build()?;
     let bar = if a.no_progress { ProgressBar::hidden() } else { ProgressBar::new(a.patients) };
     bar.set_style(

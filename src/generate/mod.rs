@@ -22,8 +22,6 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-pub use record::{Rng, days_to_date};
-
 /// The resource types written, in file order.
 pub const TYPES: [&str; 12] = [
     "Organization",
@@ -59,6 +57,22 @@ pub enum Ty {
 }
 
 impl Ty {
+    /// Every type, in [`TYPES`] order.
+    pub const ALL: [Ty; TYPES.len()] = [
+        Ty::Organization,
+        Ty::Practitioner,
+        Ty::Patient,
+        Ty::Encounter,
+        Ty::Observation,
+        Ty::Condition,
+        Ty::Procedure,
+        Ty::MedicationRequest,
+        Ty::Immunization,
+        Ty::DiagnosticReport,
+        Ty::Claim,
+        Ty::ExplanationOfBenefit,
+    ];
+
     /// The resource type name.
     pub fn name(self) -> &'static str {
         TYPES[self as usize]
@@ -66,7 +80,7 @@ impl Ty {
 }
 
 /// Output layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// `DIR/<Type>.ndjson`, references as `Type/id`.
     Ndjson,
@@ -181,7 +195,7 @@ pub fn generate(
     let mut totals = Totals::default();
     let shared = record::Shared::new(options);
     if options.format == Format::Ndjson {
-        let mut buffers = record::Buffers::new(options.format);
+        let mut buffers = record::Buffers::new();
         shared.write_all(&mut buffers);
         buffers.drain_into(out, &mut totals)?;
     }
@@ -194,7 +208,7 @@ pub fn generate(
         let batch: Vec<record::Buffers> = (next..end)
             .into_par_iter()
             .map(|c| {
-                let mut buffers = record::Buffers::new(options.format);
+                let mut buffers = record::Buffers::new();
                 let first = c * CHUNK;
                 for p in first..(first + CHUNK).min(options.patients) {
                     record::patient(options, &shared, p, &mut buffers);

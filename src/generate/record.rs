@@ -68,7 +68,7 @@ fn uuid(seed: u64, owner: u64, serial: u64) -> String {
 }
 
 /// `(year, month, day)` of a day count from 1970-01-01 (Hinnant's civil-from-days).
-pub fn days_to_date(days: i64) -> (i64, u32, u32) {
+fn days_to_date(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -98,23 +98,22 @@ fn push_instant(s: &mut String, secs: i64) {
     let _ = write!(s, "T{:02}:{:02}:{:02}+00:00", t / 3600, t / 60 % 60, t % 60);
 }
 
-/// Per-type byte buffers of one chunk of patients.
+/// Per-type byte buffers of one chunk of patients (Bundles go to the Patient buffer).
 pub struct Buffers {
-    format: Format,
     bufs: Vec<String>,
     counts: [u64; TYPES.len()],
     scratch: String,
 }
 
 impl Buffers {
-    pub fn new(format: Format) -> Self {
-        Buffers { format, bufs: vec![String::new(); TYPES.len()], counts: [0; TYPES.len()], scratch: String::new() }
+    pub fn new() -> Self {
+        Buffers { bufs: vec![String::new(); TYPES.len()], counts: [0; TYPES.len()], scratch: String::new() }
     }
 
     pub fn drain_into(&mut self, out: &mut dyn Output, totals: &mut Totals) -> std::io::Result<()> {
         for (i, b) in self.bufs.iter_mut().enumerate() {
             if !b.is_empty() {
-                out.write(bundle_or(self.format, i), b.as_bytes())?;
+                out.write(Ty::ALL[i], b.as_bytes())?;
                 totals.bytes += b.len() as u64;
                 b.clear();
             }
@@ -124,28 +123,6 @@ impl Buffers {
         Ok(())
     }
 }
-
-fn bundle_or(format: Format, i: usize) -> Ty {
-    match format {
-        Format::Bundles => Ty::Patient,
-        Format::Ndjson => ALL_TYS[i],
-    }
-}
-
-const ALL_TYS: [Ty; TYPES.len()] = [
-    Ty::Organization,
-    Ty::Practitioner,
-    Ty::Patient,
-    Ty::Encounter,
-    Ty::Observation,
-    Ty::Condition,
-    Ty::Procedure,
-    Ty::MedicationRequest,
-    Ty::Immunization,
-    Ty::DiagnosticReport,
-    Ty::Claim,
-    Ty::ExplanationOfBenefit,
-];
 
 /// The shared Organizations and their Practitioners.
 pub struct Shared {
@@ -190,7 +167,7 @@ impl Shared {
             1 + rng.below(900),
             rng.pick(catalog::STREETS),
         );
-        emit_shared(b, Ty::Organization, id, bundle);
+        emit(b, Ty::Organization, id, bundle, true);
     }
 
     fn write_practitioner(&self, k: usize, b: &mut Buffers, bundle: Option<&mut String>) {
@@ -207,25 +184,27 @@ impl Shared {
             rng.pick(catalog::FAMILY_NAMES),
             if female { "female" } else { "male" },
         );
-        emit_shared(b, Ty::Practitioner, id, bundle);
+        emit(b, Ty::Practitioner, id, bundle, true);
     }
 }
 
-/// Adds the resource in `b.scratch` to the NDJSON stream, or as a PUT entry to `bundle`.
-fn emit_shared(b: &mut Buffers, ty: Ty, id: &str, bundle: Option<&mut String>) {
+/// Adds the resource in `b.scratch`: a line of its type's NDJSON stream, or an entry of
+/// the Bundle being written (`entries`): `PUT Type/id` for a shared resource (`put`),
+/// else `POST Type`.
+fn emit(b: &mut Buffers, ty: Ty, id: &str, entries: Option<&mut String>, put: bool) {
     b.counts[ty as usize] += 1;
-    match bundle {
+    match entries {
         None => {
             let buf = &mut b.bufs[ty as usize];
             buf.push_str(&b.scratch);
             buf.push('\n');
         }
         Some(entries) => {
+            let (method, url) = if put { ("PUT", format!("{}/{id}", ty.name())) } else { ("POST", ty.name().into()) };
             let _ = write!(
                 entries,
-                r#"{{"fullUrl":"urn:uuid:{id}","resource":{},"request":{{"method":"PUT","url":"{}/{id}"}}}},"#,
-                b.scratch,
-                ty.name()
+                r#"{{"fullUrl":"urn:uuid:{id}","resource":{},"request":{{"method":"{method}","url":"{url}"}}}},"#,
+                b.scratch
             );
         }
     }
@@ -285,19 +264,8 @@ impl Record<'_> {
     /// Ends the resource in `s` and adds it.
     fn finish(&mut self, b: &mut Buffers, ty: Ty, id: &str) {
         b.scratch.push('}');
-        b.counts[ty as usize] += 1;
-        if self.bundles() {
-            let _ = write!(
-                self.entries,
-                r#"{{"fullUrl":"urn:uuid:{id}","resource":{},"request":{{"method":"POST","url":"{}"}}}},"#,
-                b.scratch,
-                ty.name()
-            );
-        } else {
-            let buf = &mut b.bufs[ty as usize];
-            buf.push_str(&b.scratch);
-            buf.push('\n');
-        }
+        let entries = if self.bundles() { Some(&mut self.entries) } else { None };
+        emit(b, ty, id, entries, false);
     }
 }
 
@@ -331,7 +299,8 @@ pub fn patient(options: &GenerateOptions, shared: &Shared, index: u64, b: &mut B
     let k = rng.below(shared.orgs.len() as u64) as usize;
     let mut r = Record {
         options,
-        rng: rng.clone(),
+        // The record's own stream; `rng` above keeps the patient's demographics.
+        rng: Rng::new(options.seed ^ 0xA5A5, index),
         index,
         serial: 0,
         patient: String::new(),
@@ -339,7 +308,6 @@ pub fn patient(options: &GenerateOptions, shared: &Shared, index: u64, b: &mut B
         practitioner: &shared.practitioners[k],
         entries: String::new(),
     };
-    r.rng = Rng::new(options.seed ^ 0xA5A5, index);
     r.patient = r.new_id();
     if r.bundles() {
         shared.write_org(k, b, Some(&mut r.entries));
