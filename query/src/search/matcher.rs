@@ -183,22 +183,33 @@ impl ClauseMatcher {
                 .map(|j| {
                     !s.is_null(j)
                         && tokens.iter().any(|(want_system, want_code)| {
-                            let c = code.get(j);
-                            let code_ok = match want_code {
-                                None => c.is_some(),
-                                Some(w) => c == Some(w.as_str()),
-                            };
-                            code_ok
-                                && match want_system {
-                                    None => true,
-                                    Some(None) => system.get(j).is_none(),
-                                    Some(Some(w)) => system.get(j) == Some(w.as_str()),
-                                }
+                            token_matches(want_system, want_code, system.get(j), code.get(j))
                         })
                 })
                 .collect(),
         )
     }
+}
+
+/// One token value (`system`, `code` of an index element) against a search token:
+/// `system` `None` is any system, `Some(None)` no system (`|code`); `code` `None` is any
+/// code (`system|`).
+fn token_matches(
+    want_system: &Option<Option<String>>,
+    want_code: &Option<String>,
+    system: Option<&str>,
+    code: Option<&str>,
+) -> bool {
+    let code_ok = match want_code {
+        None => code.is_some(),
+        Some(w) => code == Some(w.as_str()),
+    };
+    code_ok
+        && match want_system {
+            None => true,
+            Some(None) => system.is_none(),
+            Some(Some(w)) => system == Some(w.as_str()),
+        }
 }
 
 /// A string column of any Arrow string layout, downcast once.
@@ -327,16 +338,7 @@ impl ValueMatcher {
     fn matches_struct(&self, s: &StructArray, j: usize) -> bool {
         match self {
             ValueMatcher::Token { system, code } => {
-                let sys_ok = match system {
-                    None => true,
-                    Some(None) => str_at(s, "system", j).is_none(),
-                    Some(Some(want)) => str_at(s, "system", j) == Some(want.as_str()),
-                };
-                let code_ok = match code {
-                    None => str_at(s, "code", j).is_some(),
-                    Some(want) => str_at(s, "code", j) == Some(want.as_str()),
-                };
-                sys_ok && code_ok
+                token_matches(system, code, str_at(s, "system", j), str_at(s, "code", j))
             }
             ValueMatcher::TokenText(t) => {
                 str_at(s, "text", j).is_some_and(|x| normalize_string(x).starts_with(t.as_str()))
