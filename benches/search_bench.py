@@ -131,18 +131,22 @@ def main():
             "(c) Patient?name&birthdate=ge": q("Patient", name=family, birthdate="ge1950-01-01"),
             "(d) Observation?code&_include": q("Observation", code=code, _include="Observation:patient", _count="20"),
         }
-        print(f"{'':40}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}  result")
+        # "first": the first request of its kind after the server started (a count then
+        # reads the code column of every file once to build the token postings).
+        print(f"{'':40}{'first ms':>10}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}  result")
         counted = None
         for name, url in searches.items():
+            first, _ = timed(url, 1)
             lat, body = timed(url, a.repeat)
             rps = throughput(url, a.seconds)
             result = f"total={body.get('total')}" if "total" in body else f"{len(body.get('entry', []))} entries"
-            print(f"{name:40}{pct(lat, 50) * 1000:10.1f}{pct(lat, 99) * 1000:10.1f}{rps:10.1f}  {result}")
+            print(f"{name:40}{first[0] * 1000:10.1f}{pct(lat, 50) * 1000:10.1f}{pct(lat, 99) * 1000:10.1f}{rps:10.1f}  {result}")
             if name.startswith("(b)"):
-                counted = (body["total"], pct(lat, 50))
-        total, p50 = counted
+                counted = (body["total"], pct(lat, 50), first[0])
+        total, p50, first = counted
         obs_rows = get(q("Observation", _summary="count"))["total"]
-        print(f"(b) fhirlake scans {obs_rows / p50:,.0f} Observations/s and counts {total / p50:,.0f} matches/s (p50)")
+        print(f"(b) fhirlake counts {total / p50:,.0f} matches/s (p50; {total / first:,.0f}/s on the first request) "
+              f"among {obs_rows:,} Observations")
 
         # Peer for (b): DuckDB over the same Delta table.
         try:

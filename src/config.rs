@@ -29,6 +29,8 @@ pub struct ApiConfig {
     pub search_default_count: usize,
     /// The largest `_count` a search may ask for (larger values are lowered to it).
     pub search_max_count: usize,
+    /// Memory for token postings (counts of token searches without reading rows), in bytes.
+    pub search_postings_bytes: usize,
 }
 
 impl ApiConfig {
@@ -53,6 +55,7 @@ impl Default for ApiConfig {
             sql_max_rows: 10_000_000,
             search_default_count: 20,
             search_max_count: 1000,
+            search_postings_bytes: 512 * 1024 * 1024,
         }
     }
 }

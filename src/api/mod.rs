@@ -53,13 +53,16 @@ pub struct AppState {
     /// Striped locks that serialise read-modify-write interactions (PATCH) on one resource,
     /// so concurrent patches queue instead of retrying against each other.
     pub(crate) resource_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Token postings of the data files searches have counted (`search::postings`).
+    pub(crate) postings: Arc<fhirlake_query::search::postings::PostingsCache>,
 }
 
 impl AppState {
     /// The state of one API over `writer`.
     pub fn new(writer: Writer, config: ApiConfig, model: &'static Model) -> Self {
         let resource_locks = (0..64).map(|_| tokio::sync::Mutex::new(())).collect();
-        Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks }
+        let postings = Arc::new(fhirlake_query::search::postings::PostingsCache::new(config.search_postings_bytes));
+        Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks, postings }
     }
 
     /// The lock stripe of `rt/id`.

@@ -33,12 +33,18 @@ pub(crate) struct Tables {
     tables: std::collections::HashMap<String, DeltaTable>,
     /// Every type the search read, with the version read: the next page's cursor.
     read: std::sync::Mutex<std::collections::BTreeMap<String, Option<u64>>>,
+    /// Token postings for counts.
+    postings: Arc<fhirlake_query::search::postings::PostingsCache>,
 }
 
 impl Tables {
     /// The latest published tables, all read at one instant.
     pub(crate) fn latest(state: &AppState) -> Self {
-        Tables { tables: state.writer.tables().snapshot_of(TableKind::Current), read: Default::default() }
+        Tables {
+            tables: state.writer.tables().snapshot_of(TableKind::Current),
+            read: Default::default(),
+            postings: state.postings.clone(),
+        }
     }
 
     /// The tables a page cursor (`_snapshot`, as written by [`Tables::cursor`]) pins;
@@ -87,6 +93,10 @@ impl SearchTables for Tables {
         let version = t.as_ref().and_then(DeltaTable::version);
         self.read.lock().unwrap_or_else(|p| p.into_inner()).insert(resource_type.to_string(), version);
         t
+    }
+
+    fn postings(&self) -> Option<&fhirlake_query::search::postings::PostingsCache> {
+        (self.postings.capacity() > 0).then_some(&*self.postings)
     }
 }
 

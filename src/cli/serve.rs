@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// The largest `_count` a search may ask for (larger values are lowered to it).
     #[arg(long, env = "FHIRLAKE_SEARCH_MAX_COUNT", default_value_t = 1000)]
     search_max_count: usize,
+    /// Memory for token postings, in MiB: counts (`_summary=count`, `_total`) of token
+    /// searches read each data file's postings instead of its rows once built (0: off).
+    #[arg(long, env = "FHIRLAKE_SEARCH_POSTINGS_MIB", default_value_t = 512)]
+    search_postings_mib: usize,
     /// Background compaction: check the tables every this many seconds (0: off).
     #[arg(long, env = "FHIRLAKE_COMPACT_EVERY_SECS", default_value_t = 60)]
     compact_every_secs: u64,
@@ -94,6 +98,7 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         sql_max_rows: a.sql_max_rows,
         search_max_count: a.search_max_count.max(1),
         search_default_count: a.search_default_count.clamp(1, a.search_max_count.max(1)),
+        search_postings_bytes: a.search_postings_mib * 1024 * 1024,
         ..Default::default()
     };
     let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4()?));

@@ -621,3 +621,21 @@ def test_search_table_matches_the_reference_evaluator(world):
         elif includes is not None and got_includes != includes:
             failures.append(f"{query}: includes {sorted(got_includes)[:5]} != expected {sorted(includes)[:5]}")
     assert not failures, f"{len(failures)} of {len(cases)} searches differ:\n" + "\n".join(failures)
+
+
+def test_counts_match_the_reference_evaluator(world):
+    """`_summary=count` of every search equals the evaluator's number of matches, whether
+    the server counts from token postings (no rows read; `_explain` says so) or scans."""
+    import urllib.request
+    base, resources = world
+    cases = build_cases(Evaluator(resources))
+    failures, from_postings = [], 0
+    for query, expected, _ in cases:
+        with urllib.request.urlopen(f"{base}/{query}&_summary=count&_explain=true", timeout=300) as r:
+            b = json.loads(r.read())
+        if b.get("total") != len(expected):
+            failures.append(f"{query}: total {b.get('total')} != {len(expected)}")
+        from_postings += "token postings" in json.dumps(b)
+    assert not failures, f"{len(failures)} of {len(cases)} counts differ:\n" + "\n".join(failures)
+    # The token cases (all four forms, :not, :missing, lists, _id, _tag) took the postings path.
+    assert from_postings >= 40, from_postings

@@ -194,7 +194,7 @@ impl ClauseMatcher {
 /// One token value (`system`, `code` of an index element) against a search token:
 /// `system` `None` is any system, `Some(None)` no system (`|code`); `code` `None` is any
 /// code (`system|`).
-fn token_matches(
+pub(crate) fn token_matches(
     want_system: &Option<Option<String>>,
     want_code: &Option<String>,
     system: Option<&str>,
@@ -213,14 +213,14 @@ fn token_matches(
 }
 
 /// A string column of any Arrow string layout, downcast once.
-enum StrColumn<'a> {
+pub(crate) enum StrColumn<'a> {
     View(&'a arrow::array::StringViewArray),
     Utf8(&'a arrow::array::StringArray),
     Large(&'a arrow::array::LargeStringArray),
 }
 
 impl<'a> StrColumn<'a> {
-    fn of(a: &'a dyn Array) -> Option<Self> {
+    pub(crate) fn of(a: &'a dyn Array) -> Option<Self> {
         if let Some(v) = a.as_string_view_opt() {
             return Some(StrColumn::View(v));
         }
@@ -230,7 +230,7 @@ impl<'a> StrColumn<'a> {
         a.as_string_opt::<i64>().map(StrColumn::Large)
     }
 
-    fn get(&self, j: usize) -> Option<&'a str> {
+    pub(crate) fn get(&self, j: usize) -> Option<&'a str> {
         match self {
             StrColumn::View(a) => (!a.is_null(j)).then(|| a.value(j)),
             StrColumn::Utf8(a) => (!a.is_null(j)).then(|| a.value(j)),

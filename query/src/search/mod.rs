@@ -8,6 +8,7 @@
 //! version. Must not: write, or know HTTP.
 
 pub mod matcher;
+pub mod postings;
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -34,6 +35,11 @@ use matcher::{ClauseMatcher, string_at};
 pub trait SearchTables: Send + Sync {
     /// The current table of `resource_type`, or `None` when nothing of that type exists.
     fn current(&self, resource_type: &str) -> Option<DeltaTable>;
+
+    /// The token postings cache, when counts may use one ([`postings`]).
+    fn postings(&self) -> Option<&postings::PostingsCache> {
+        None
+    }
 }
 
 /// The `fhir_match` UDF of one clause. Its second argument is the clause as written, so
@@ -413,10 +419,28 @@ pub async fn search(
         });
     };
     let df = filtered(tables, scan(&table).await?, req).await?;
-    let total = if want_total || count == 0 { Some(df.clone().count().await? as u64) } else { None };
+    let mut counted = None;
+    let total = if want_total || count == 0 {
+        counted = match tables.postings() {
+            Some(cache) if req.has.is_empty() => postings::count(cache, &table, &req.clauses).await?,
+            _ => None,
+        };
+        match counted {
+            Some(c) => Some(c.total),
+            None => Some(df.clone().count().await? as u64),
+        }
+    } else {
+        None
+    };
     let columns = include_columns(req);
     let df = page_of(df, req, offset, count, &columns)?;
-    let plan = df.logical_plan().display_indent().to_string();
+    let mut plan = df.logical_plan().display_indent().to_string();
+    if let Some(c) = counted {
+        plan.push_str(&format!(
+            "\nTotal: {} counted from token postings and file row counts ({} files, {} read now to build postings); no rows scanned",
+            c.total, c.files, c.built
+        ));
+    }
     let mut references: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
     if count == 0 {
         return Ok(SearchPage { rows: vec![], more: false, total, version: table.version(), plan, references });

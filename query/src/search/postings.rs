@@ -1,0 +1,515 @@
+//! Token postings: counting token searches without reading their rows.
+//!
+//! For one data file and one token index column (`_sp_code`), the postings are the
+//! distinct `(system, code)` values of the file and, for each, the rows of the file that
+//! hold it (a Roaring bitmap of row positions), plus the rows with any value at all. Data
+//! files are immutable, so a file's postings never change: they are built once, by the
+//! first count that needs them (one column of the file is read), and kept in a bounded
+//! in-memory cache keyed by table, file and column. A count (`_summary=count`, `_total`)
+//! whose clauses are all plain token clauses is then, per active file of the snapshot
+//! searched, the size of the intersection (over clauses) of unions (over the clause's
+//! values) of bitmaps — no row is read. Files a count meets for the first time (a group
+//! commit's, compaction output) are read then; a restart starts with an empty cache.
+//!
+//! Exactness: an entry matches a search token by the same [`token_matches`] the row
+//! matcher uses, `:not` is the complement within the file (rows without values included,
+//! as in the scan), `:missing` uses the same "no list or an empty list" rule. A column with
+//! about as many distinct values as rows (identifiers) gets no postings (a marker is
+//! cached) and is counted by scanning.
+//!
+//! Owns: building, caching and evaluating postings. Must not: change what a search
+//! matches; a count it cannot answer exactly is `None`, and the caller scans.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use deltalake::DeltaTable;
+use fhirlake_schemas::search::{Clause, Predicate};
+use fhirlake_schemas::search_index::ParamKind;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use parquet::errors::ParquetError;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use roaring::RoaringBitmap;
+
+use super::matcher::{StrColumn, token_matches};
+use crate::{Error, Result};
+
+/// Files whose postings are built at once by one count.
+const BUILD_CONCURRENCY: usize = 4;
+
+/// The postings of one token column of one data file.
+#[derive(Debug)]
+pub struct FilePostings {
+    /// Rows in the file.
+    rows: u32,
+    /// Rows whose list is present and non-empty (`:missing=false`).
+    present: RoaringBitmap,
+    /// Distinct values: `(system, rows)` per code.
+    by_code: HashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>,
+    /// Approximate heap size, for the cache's budget.
+    bytes: usize,
+}
+
+/// What the cache holds for a (table, file, column).
+#[derive(Debug)]
+enum Cached {
+    Postings(Arc<FilePostings>),
+    /// The column is not a token list in this file, or too diverse to be worth postings.
+    Unsuitable,
+}
+
+type Key = (String, String, String);
+
+/// The cache of file postings, bounded in bytes (oldest entries leave first).
+#[derive(Debug)]
+pub struct PostingsCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<Key, Arc<Cached>>,
+    order: VecDeque<(Key, usize)>,
+    bytes: usize,
+}
+
+impl PostingsCache {
+    /// A cache holding at most about `capacity` bytes of postings.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// The budget, in bytes (0: postings are off).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().expect("postings cache").bytes
+    }
+
+    fn get(&self, key: &Key) -> Option<Arc<Cached>> {
+        self.inner.lock().expect("postings cache").map.get(key).cloned()
+    }
+
+    fn put(&self, key: Key, value: Arc<Cached>) {
+        let size = match value.as_ref() {
+            Cached::Postings(p) => p.bytes,
+            Cached::Unsuitable => 64,
+        };
+        if size > self.capacity {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("postings cache");
+        if inner.map.contains_key(&key) {
+            return;
+        }
+        while inner.bytes + size > self.capacity {
+            let Some((old, old_size)) = inner.order.pop_front() else { break };
+            inner.map.remove(&old);
+            inner.bytes -= old_size;
+        }
+        inner.bytes += size;
+        inner.order.push_back((key.clone(), size));
+        inner.map.insert(key, value);
+    }
+}
+
+/// One clause as postings evaluate it.
+struct TokenClause<'a> {
+    column: &'a str,
+    /// `(system, code)` of each ORed value (see [`token_matches`]).
+    values: Vec<(&'a Option<Option<String>>, &'a Option<String>)>,
+    negated: bool,
+    missing: Option<bool>,
+}
+
+impl<'a> TokenClause<'a> {
+    /// The clause, when postings answer it exactly: a token parameter (or `:missing` on
+    /// one), no chain, every value a plain token.
+    fn of(c: &'a Clause) -> Option<Self> {
+        if c.chain.is_some() || c.kind != ParamKind::Token {
+            return None;
+        }
+        let values = if c.missing.is_some() {
+            Vec::new()
+        } else {
+            c.values
+                .iter()
+                .map(|v| match v {
+                    Predicate::Token { system, code } => Some((system, code)),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?
+        };
+        Some(TokenClause { column: &c.column, values, negated: c.negated, missing: c.missing })
+    }
+
+    /// The rows of the file the clause matches.
+    fn rows(&self, p: &FilePostings) -> RoaringBitmap {
+        let all = || {
+            let mut b = RoaringBitmap::new();
+            b.insert_range(0..p.rows);
+            b
+        };
+        match self.missing {
+            Some(true) => return all() - &p.present,
+            Some(false) => return p.present.clone(),
+            None => {}
+        }
+        let mut found = RoaringBitmap::new();
+        for (want_system, want_code) in &self.values {
+            let mut take = |code: &str, entries: &Vec<(Option<Box<str>>, RoaringBitmap)>| {
+                for (system, rows) in entries {
+                    if token_matches(want_system, want_code, system.as_deref(), Some(code)) {
+                        found |= rows;
+                    }
+                }
+            };
+            match want_code {
+                Some(code) => {
+                    if let Some((code, entries)) = p.by_code.get_key_value(code.as_str()) {
+                        take(code, entries);
+                    }
+                }
+                None => p.by_code.iter().for_each(|(code, entries)| take(code, entries)),
+            }
+        }
+        if self.negated { all() - found } else { found }
+    }
+}
+
+/// The number of rows of `table` (the snapshot searched) matching every clause, from
+/// postings (or, with no clauses, the files' row counts); `None` when a clause is not one postings answer exactly, or a file has a
+/// deletion vector (the caller then scans).
+pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) -> Result<Option<Counted>> {
+    let Some(wanted) = clauses.iter().map(TokenClause::of).collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let snapshot = table.snapshot()?;
+    let mut files = Vec::new();
+    for f in snapshot.log_data().iter() {
+        if f.deletion_vector_descriptor().is_some() {
+            return Ok(None);
+        }
+        files.push((f.object_store_path(), f.size() as u64, f.num_records()));
+    }
+    if wanted.is_empty() {
+        let total: Option<u64> = files.iter().map(|f| f.2.map(|n| n as u64)).sum();
+        return Ok(total.map(|total| Counted { total, files: files.len(), built: 0 }));
+    }
+    let mut columns: Vec<&str> = wanted.iter().map(|w| w.column).collect();
+    columns.sort_unstable();
+    columns.dedup();
+    let table_key = table.table_url().to_string();
+    let key = |path: &object_store::path::Path, column: &str| (table_key.clone(), path.to_string(), column.to_string());
+    // Build what the cache lacks, a few files at a time.
+    let missing: Vec<(object_store::path::Path, u64, String)> = files
+        .iter()
+        .flat_map(|(path, size, _)| columns.iter().map(move |c| (path.clone(), *size, c.to_string())))
+        .filter(|(path, _, c)| cache.get(&key(path, c)).is_none())
+        .collect();
+    let store = table.object_store();
+    let built: Vec<(object_store::path::Path, String, Option<FilePostings>)> = futures::stream::iter(missing)
+        .map(|(path, size, column)| {
+            let store = store.clone();
+            async move {
+                let p = build(store, &path, size, &column).await?;
+                Ok::<_, Error>((path, column, p))
+            }
+        })
+        .buffer_unordered(BUILD_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let built_files = built.len();
+    let mut fresh: HashMap<Key, Arc<Cached>> = HashMap::new();
+    for (path, column, p) in built {
+        let value = Arc::new(match p {
+            Some(p) => Cached::Postings(Arc::new(p)),
+            None => Cached::Unsuitable,
+        });
+        cache.put(key(&path, &column), value.clone());
+        fresh.insert(key(&path, &column), value);
+    }
+    let mut total = 0u64;
+    for (path, _, _) in &files {
+        let mut rows: Option<RoaringBitmap> = None;
+        for w in &wanted {
+            let k = key(path, w.column);
+            let Some(cached) = fresh.get(&k).cloned().or_else(|| cache.get(&k)) else {
+                return Ok(None); // evicted between building and counting: let the scan answer
+            };
+            let Cached::Postings(p) = cached.as_ref() else { return Ok(None) };
+            let matched = w.rows(p);
+            rows = Some(match rows {
+                None => matched,
+                Some(r) => r & matched,
+            });
+            if rows.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                break;
+            }
+        }
+        total += rows.map_or(0, |r| r.len());
+    }
+    Ok(Some(Counted { total, files: files.len(), built: built_files }))
+}
+
+/// A count answered from postings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Matching rows.
+    pub total: u64,
+    /// Active files of the snapshot.
+    pub files: usize,
+    /// Postings built by this count (files read), the others came from the cache.
+    pub built: usize,
+}
+
+/// Reads `column` of one data file and builds its postings; `None` when the file has no
+/// such token list column, or too many distinct values for postings to pay.
+async fn build(
+    store: deltalake::logstore::ObjectStoreRef,
+    path: &object_store::path::Path,
+    size: u64,
+    column: &str,
+) -> Result<Option<FilePostings>> {
+    let bad = |e: parquet::errors::ParquetError| Error::BadSearch(format!("reading {path}: {e}"));
+    let reader = FileReader { store, path: path.clone(), size };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(bad)?;
+    let Some(index) = builder.schema().fields().iter().position(|f| f.name() == column) else {
+        return Ok(None);
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let mut stream = builder.with_projection(mask).with_batch_size(64 * 1024).build().map_err(bad)?;
+    let mut acc = Builder::default();
+    while let Some(batch) = stream.next().await {
+        if !acc.add(&batch.map_err(bad)?) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(acc.finish()))
+}
+
+/// One data file read through the table's object store (column chunks only).
+struct FileReader {
+    store: deltalake::logstore::ObjectStoreRef,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+impl AsyncFileReader for FileReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        async move { self.store.get_range(&self.path, range).await.map_err(|e| ParquetError::External(Box::new(e))) }
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        async move {
+            self.store.get_ranges(&self.path, &ranges).await.map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata =
+                ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(self, size).await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Postings under construction.
+#[derive(Default)]
+struct Builder {
+    rows: u32,
+    present: RoaringBitmap,
+    by_code: HashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>,
+    distinct: usize,
+}
+
+impl Builder {
+    /// Adds the next rows (a batch of the one column); false when the column is not a token
+    /// list or has grown too diverse.
+    fn add(&mut self, batch: &RecordBatch) -> bool {
+        let Some(list) = batch.column(0).as_list_opt::<i32>() else { return false };
+        let Some(s) = list.values().as_struct_opt() else { return false };
+        let (Some(system), Some(code)) = (
+            s.column_by_name("system").and_then(|a| StrColumn::of(a.as_ref())),
+            s.column_by_name("code").and_then(|a| StrColumn::of(a.as_ref())),
+        ) else {
+            return false;
+        };
+        let offsets = list.value_offsets();
+        for i in 0..list.len() {
+            let row = self.rows + i as u32;
+            if list.is_null(i) || list.value_length(i) == 0 {
+                continue;
+            }
+            let _ = self.present.try_push(row);
+            for j in offsets[i] as usize..offsets[i + 1] as usize {
+                if s.is_null(j) {
+                    continue;
+                }
+                let Some(c) = code.get(j) else { continue };
+                let sys = system.get(j);
+                if !self.by_code.contains_key(c) {
+                    self.by_code.insert(c.into(), Vec::new());
+                }
+                let entries = self.by_code.get_mut(c).expect("inserted");
+                match entries.iter_mut().find(|(s, _)| s.as_deref() == sys) {
+                    Some((_, rows)) => {
+                        let _ = rows.try_push(row); // rows only grow; a repeat in one row is a no-op
+                    }
+                    None => {
+                        entries.push((sys.map(Into::into), RoaringBitmap::from_sorted_iter([row]).expect("one")));
+                        self.distinct += 1;
+                    }
+                }
+            }
+        }
+        self.rows += list.len() as u32;
+        // About one value per row (identifiers): postings would be as big as the column.
+        self.distinct <= 4096 || self.distinct <= self.rows as usize / 8
+    }
+
+    fn finish(self) -> FilePostings {
+        let bytes = 128
+            + self.present.serialized_size()
+            + self
+                .by_code
+                .iter()
+                .map(|(c, e)| {
+                    64 + c.len()
+                        + e.iter().map(|(s, r)| 48 + s.as_ref().map_or(0, |s| s.len()) + r.serialized_size()).sum::<usize>()
+                })
+                .sum::<usize>();
+        FilePostings { rows: self.rows, present: self.present, by_code: self.by_code, bytes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ListBuilder, StringBuilder, StructBuilder};
+    use arrow::datatypes::{DataType, Field, Fields, Schema};
+
+    type Row<'a> = Option<Vec<(Option<&'a str>, Option<&'a str>)>>;
+
+    fn token_column(rows: &[Row]) -> RecordBatch {
+        let fields = Fields::from(vec![
+            Field::new("system", DataType::Utf8, true),
+            Field::new("code", DataType::Utf8, true),
+        ]);
+        let mut b = ListBuilder::new(StructBuilder::from_fields(fields.clone(), 0));
+        for r in rows {
+            match r {
+                None => b.append(false),
+                Some(values) => {
+                    for (s, c) in values {
+                        let st = b.values();
+                        st.field_builder::<StringBuilder>(0).unwrap().append_option(*s);
+                        st.field_builder::<StringBuilder>(1).unwrap().append_option(*c);
+                        st.append(true);
+                    }
+                    b.append(true);
+                }
+            }
+        }
+        let array = b.finish();
+        let schema = Schema::new(vec![Field::new("_sp_code", array.data_type().clone(), true)]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(array)]).unwrap()
+    }
+
+    fn clause(text: &str) -> Clause {
+        let model = fhirlake_schemas::Model::r4().unwrap();
+        let (k, v) = text.split_once('=').unwrap();
+        let req = fhirlake_schemas::search::parse(model, "Observation", &[(k.into(), v.into())]).unwrap();
+        req.clauses.into_iter().next().unwrap()
+    }
+
+    /// Postings give the rows the row matcher gives, for every token form.
+    #[test]
+    fn postings_match_the_row_matcher() {
+        let l = Some("http://loinc.org");
+        let s = Some("http://snomed.info/sct");
+        let rows: Vec<Row> = vec![
+            Some(vec![(l, Some("1")), (s, Some("1"))]),
+            Some(vec![(l, Some("2"))]),
+            None,
+            Some(vec![]),
+            Some(vec![(None, Some("1"))]),
+            Some(vec![(l, None)]),
+            Some(vec![(s, Some("2")), (l, Some("2")), (l, Some("2"))]),
+        ];
+        let batch = token_column(&rows);
+        // Two batches: row positions continue across them.
+        let mut acc = Builder::default();
+        assert!(acc.add(&batch.slice(0, 3)));
+        assert!(acc.add(&batch.slice(3, 4)));
+        let p = acc.finish();
+        assert_eq!(p.rows, 7);
+        for q in [
+            "code=1",
+            "code=http://loinc.org|1",
+            "code=|1",
+            "code=http://loinc.org|",
+            "code=http://snomed.info/sct|2,http://loinc.org|1",
+            "code:not=http://loinc.org|2",
+            "code:missing=true",
+            "code:missing=false",
+            "code=3",
+        ] {
+            let c = clause(q);
+            let want = super::super::matcher::ClauseMatcher::new(&c).unwrap().evaluate(batch.column(0)).unwrap();
+            let want: Vec<u32> = (0..7).filter(|&i| want.value(i as usize)).collect();
+            let got: Vec<u32> = TokenClause::of(&c).unwrap().rows(&p).iter().collect();
+            assert_eq!(got, want, "{q}");
+        }
+    }
+
+    #[test]
+    fn only_plain_token_clauses_qualify() {
+        assert!(TokenClause::of(&clause("code=1")).is_some());
+        assert!(TokenClause::of(&clause("code:text=x")).is_none());
+        assert!(TokenClause::of(&clause("date=2020")).is_none());
+        assert!(TokenClause::of(&clause("subject:Patient.name=x")).is_none());
+    }
+
+    #[test]
+    fn diverse_columns_get_no_postings() {
+        let codes: Vec<String> = (0..20_000).map(|i| format!("v{i}")).collect();
+        let rows: Vec<Row> = codes.iter().map(|c| Some(vec![(None, Some(c.as_str()))])).collect();
+        assert!(!Builder::default().add(&token_column(&rows)));
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_budget() {
+        let cache = PostingsCache::new(200);
+        let p = |bytes| Arc::new(Cached::Postings(Arc::new(FilePostings { rows: 0, present: RoaringBitmap::new(), by_code: HashMap::new(), bytes })));
+        let k = |i: u32| ("t".to_string(), format!("f{i}"), "c".to_string());
+        cache.put(k(1), p(100));
+        cache.put(k(2), p(90));
+        assert_eq!(cache.bytes(), 190);
+        cache.put(k(3), p(50));
+        assert!(cache.get(&k(1)).is_none() && cache.get(&k(2)).is_some() && cache.get(&k(3)).is_some());
+        assert_eq!(cache.bytes(), 140);
+        cache.put(k(4), p(500)); // larger than the whole budget: not kept
+        assert!(cache.get(&k(4)).is_none());
+    }
+}
