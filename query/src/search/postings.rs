@@ -30,9 +30,9 @@ use fhirlake_schemas::search_index::ParamKind;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use parquet::errors::ParquetError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use roaring::RoaringBitmap;
 
@@ -42,6 +42,9 @@ use crate::{Error, Result};
 /// Files whose postings are built at once by one count.
 const BUILD_CONCURRENCY: usize = 4;
 
+/// Distinct values of a file's column: per code, `(system, rows holding it)`.
+type Codes = HashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>;
+
 /// The postings of one token column of one data file.
 #[derive(Debug)]
 pub struct FilePostings {
@@ -49,8 +52,8 @@ pub struct FilePostings {
     rows: u32,
     /// Rows whose list is present and non-empty (`:missing=false`).
     present: RoaringBitmap,
-    /// Distinct values: `(system, rows)` per code.
-    by_code: HashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>,
+    /// Distinct values.
+    by_code: Codes,
     /// Approximate heap size, for the cache's budget.
     bytes: usize,
 }
@@ -314,10 +317,8 @@ impl AsyncFileReader for FileReader {
         &mut self,
         ranges: Vec<std::ops::Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
-        async move {
-            self.store.get_ranges(&self.path, &ranges).await.map_err(|e| ParquetError::External(Box::new(e)))
-        }
-        .boxed()
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(|e| ParquetError::External(Box::new(e))) }
+            .boxed()
     }
 
     fn get_metadata<'a>(
@@ -339,7 +340,7 @@ impl AsyncFileReader for FileReader {
 struct Builder {
     rows: u32,
     present: RoaringBitmap,
-    by_code: HashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>,
+    by_code: Codes,
     distinct: usize,
 }
 
@@ -396,7 +397,9 @@ impl Builder {
                 .iter()
                 .map(|(c, e)| {
                     64 + c.len()
-                        + e.iter().map(|(s, r)| 48 + s.as_ref().map_or(0, |s| s.len()) + r.serialized_size()).sum::<usize>()
+                        + e.iter()
+                            .map(|(s, r)| 48 + s.as_ref().map_or(0, |s| s.len()) + r.serialized_size())
+                            .sum::<usize>()
                 })
                 .sum::<usize>();
         FilePostings { rows: self.rows, present: self.present, by_code: self.by_code, bytes }
@@ -412,10 +415,8 @@ mod tests {
     type Row<'a> = Option<Vec<(Option<&'a str>, Option<&'a str>)>>;
 
     fn token_column(rows: &[Row]) -> RecordBatch {
-        let fields = Fields::from(vec![
-            Field::new("system", DataType::Utf8, true),
-            Field::new("code", DataType::Utf8, true),
-        ]);
+        let fields =
+            Fields::from(vec![Field::new("system", DataType::Utf8, true), Field::new("code", DataType::Utf8, true)]);
         let mut b = ListBuilder::new(StructBuilder::from_fields(fields.clone(), 0));
         for r in rows {
             match r {
@@ -501,7 +502,14 @@ mod tests {
     #[test]
     fn the_cache_keeps_to_its_budget() {
         let cache = PostingsCache::new(200);
-        let p = |bytes| Arc::new(Cached::Postings(Arc::new(FilePostings { rows: 0, present: RoaringBitmap::new(), by_code: HashMap::new(), bytes })));
+        let p = |bytes| {
+            Arc::new(Cached::Postings(Arc::new(FilePostings {
+                rows: 0,
+                present: RoaringBitmap::new(),
+                by_code: HashMap::new(),
+                bytes,
+            })))
+        };
         let k = |i: u32| ("t".to_string(), format!("f{i}"), "c".to_string());
         cache.put(k(1), p(100));
         cache.put(k(2), p(90));
