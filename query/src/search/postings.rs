@@ -43,7 +43,7 @@ use crate::{Error, Result};
 const BUILD_CONCURRENCY: usize = 4;
 
 /// Distinct values of a file's column: per code, `(system, rows holding it)`.
-type Codes = HashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>;
+type Codes = rustc_hash::FxHashMap<Box<str>, Vec<(Option<Box<str>>, RoaringBitmap)>>;
 
 /// The postings of one token column of one data file.
 #[derive(Debug)]
@@ -223,9 +223,13 @@ pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]
     let built: Vec<(object_store::path::Path, String, Option<FilePostings>)> = futures::stream::iter(missing)
         .map(|(path, size, column)| {
             let store = store.clone();
-            async move {
+            // A task each, so the builds decode on every worker thread, not one.
+            let task = tokio::spawn(async move {
                 let p = build(store, &path, size, &column).await?;
                 Ok::<_, Error>((path, column, p))
+            });
+            async move {
+                task.await.map_err(|e| Error::DataFusion(datafusion::error::DataFusionError::External(Box::new(e))))?
             }
         })
         .buffer_unordered(BUILD_CONCURRENCY)
@@ -283,7 +287,7 @@ async fn build(
     size: u64,
     column: &str,
 ) -> Result<Option<FilePostings>> {
-    let bad = |e: parquet::errors::ParquetError| Error::BadSearch(format!("reading {path}: {e}"));
+    let bad = |e: ParquetError| Error::Parquet(ParquetError::General(format!("reading {path}: {e}")));
     let reader = FileReader { store, path: path.clone(), size };
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(bad)?;
     let Some(index) = builder.schema().fields().iter().position(|f| f.name() == column) else {
@@ -506,7 +510,7 @@ mod tests {
             Arc::new(Cached::Postings(Arc::new(FilePostings {
                 rows: 0,
                 present: RoaringBitmap::new(),
-                by_code: HashMap::new(),
+                by_code: Codes::default(),
                 bytes,
             })))
         };
