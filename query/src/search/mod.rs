@@ -311,12 +311,32 @@ fn owner_filter(resource_type: &str, c: &Clause) -> Option<Expr> {
 fn scan(table: &DeltaTable) -> futures::future::BoxFuture<'static, Result<DataFrame>> {
     let table = table.clone();
     Box::pin(async move {
-        let ctx = SessionContext::new_with_config(session_config());
+        let ctx = SessionContext::new_with_config_rt(session_config(), search_runtime());
         table.update_datafusion_session(&ctx.state())?;
         let provider = table.table_provider().await?;
         Ok(ctx.read_table(provider)?)
     })
 }
+
+/// The runtime every search session shares. Its Parquet metadata cache keeps the decoded
+/// footers of the data files searched (a current table's files are immutable and wide: a
+/// footer of Observation describes ~700 columns), so a search does not read and decode
+/// them again; the cache is bounded and drops the least recently used footers.
+fn search_runtime() -> Arc<datafusion::execution::runtime_env::RuntimeEnv> {
+    static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let built = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_metadata_cache_limit(SEARCH_METADATA_CACHE_BYTES)
+                .build();
+            Arc::new(built.unwrap_or_default())
+        })
+        .clone()
+}
+
+/// The bound of the searches' Parquet footer cache.
+const SEARCH_METADATA_CACHE_BYTES: usize = 256 << 20;
 
 /// Ids of `resource_type` matching all `clauses` and `has` conditions.
 fn matching_ids<'a>(
