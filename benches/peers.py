@@ -119,7 +119,8 @@ class Fhirlake(Server):
         self.log = str(Path(data).parent / f"fhirlake-{port}.log")
         self.proc = subprocess.Popen(
             [binary, "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra],
-            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=dict(os.environ, RUST_LOG="warn"))
+            stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+            env=dict(os.environ, RUST_LOG=os.environ.get("FHIRLAKE_BENCH_LOG", "warn")))
         self.base = f"http://127.0.0.1:{port}/fhir"
         self.wait_ready()
 
