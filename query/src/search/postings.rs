@@ -190,24 +190,54 @@ impl<'a> TokenClause<'a> {
 }
 
 /// The number of rows of `table` (the snapshot searched) matching every clause, from
-/// postings (or, with no clauses, the files' row counts); `None` when a clause is not one postings answer exactly, or a file has a
-/// deletion vector (the caller then scans).
+/// postings (or, with no clauses, the files' row counts); `None` when a clause is not one
+/// postings answer exactly, or a file has a deletion vector (the caller then scans).
 pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) -> Result<Option<Counted>> {
-    let Some(wanted) = clauses.iter().map(TokenClause::of).collect::<Option<Vec<_>>>() else {
-        return Ok(None);
-    };
-    let snapshot = table.snapshot()?;
+    if clauses.is_empty() {
+        let Some(files) = active_files(table)? else { return Ok(None) };
+        let total: Option<u64> = files.iter().map(|f| f.rows.map(|n| n as u64)).sum();
+        return Ok(total.map(|total| Counted { total, files: files.len(), built: 0 }));
+    }
+    let Some(m) = matches(cache, table, clauses).await? else { return Ok(None) };
+    let total = m.files.iter().map(|(_, rows)| rows.len()).sum();
+    Ok(Some(Counted { total, files: m.files.len(), built: m.built }))
+}
+
+/// An active data file of a snapshot.
+struct ActiveFile {
+    path: object_store::path::Path,
+    size: u64,
+    rows: Option<usize>,
+}
+
+/// The active files of `table`; `None` when one has a deletion vector (its rows are not
+/// all live, and postings describe the file as written).
+fn active_files(table: &DeltaTable) -> Result<Option<Vec<ActiveFile>>> {
     let mut files = Vec::new();
-    for f in snapshot.log_data().iter() {
+    for f in table.snapshot()?.log_data().iter() {
         if f.deletion_vector_descriptor().is_some() {
             return Ok(None);
         }
-        files.push((f.object_store_path(), f.size() as u64, f.num_records()));
+        files.push(ActiveFile { path: f.object_store_path(), size: f.size() as u64, rows: f.num_records() });
     }
-    if wanted.is_empty() {
-        let total: Option<u64> = files.iter().map(|f| f.2.map(|n| n as u64)).sum();
-        return Ok(total.map(|total| Counted { total, files: files.len(), built: 0 }));
-    }
+    Ok(Some(files))
+}
+
+/// The rows each active file of a snapshot has matching every clause.
+struct Matches {
+    /// Every active file with its matching rows (possibly none).
+    files: Vec<(ActiveFile, RoaringBitmap)>,
+    /// Postings built (files read) to answer.
+    built: usize,
+}
+
+/// The matching rows of every active file of `table`, from postings (built where the cache
+/// lacks them); `None` when postings cannot answer `clauses` (at least one) exactly.
+async fn matches(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) -> Result<Option<Matches>> {
+    let Some(wanted) = clauses.iter().map(TokenClause::of).collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let Some(files) = active_files(table)? else { return Ok(None) };
     let mut columns: Vec<&str> = wanted.iter().map(|w| w.column).collect();
     columns.sort_unstable();
     columns.dedup();
@@ -216,7 +246,7 @@ pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]
     // Build what the cache lacks, a few files at a time.
     let missing: Vec<(object_store::path::Path, u64, String)> = files
         .iter()
-        .flat_map(|(path, size, _)| columns.iter().map(move |c| (path.clone(), *size, c.to_string())))
+        .flat_map(|f| columns.iter().map(move |c| (f.path.clone(), f.size, c.to_string())))
         .filter(|(path, _, c)| cache.get(&key(path, c)).is_none())
         .collect();
     let store = table.object_store();
@@ -224,13 +254,10 @@ pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]
         .map(|(path, size, column)| {
             let store = store.clone();
             // A task each, so the builds decode on every worker thread, not one.
-            let task = tokio::spawn(async move {
+            spawned(async move {
                 let p = build(store, &path, size, &column).await?;
-                Ok::<_, Error>((path, column, p))
-            });
-            async move {
-                task.await.map_err(|e| Error::DataFusion(datafusion::error::DataFusionError::External(Box::new(e))))?
-            }
+                Ok((path, column, p))
+            })
         })
         .buffer_unordered(BUILD_CONCURRENCY)
         .try_collect()
@@ -245,13 +272,13 @@ pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]
         cache.put(key(&path, &column), value.clone());
         fresh.insert(key(&path, &column), value);
     }
-    let mut total = 0u64;
-    for (path, _, _) in &files {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
         let mut rows: Option<RoaringBitmap> = None;
         for w in &wanted {
-            let k = key(path, w.column);
+            let k = key(&f.path, w.column);
             let Some(cached) = fresh.get(&k).cloned().or_else(|| cache.get(&k)) else {
-                return Ok(None); // evicted between building and counting: let the scan answer
+                return Ok(None); // evicted between building and using: let the scan answer
             };
             let Cached::Postings(p) = cached.as_ref() else { return Ok(None) };
             let matched = w.rows(p);
@@ -263,9 +290,185 @@ pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]
                 break;
             }
         }
-        total += rows.map_or(0, |r| r.len());
+        out.push((f, rows.unwrap_or_default()));
     }
-    Ok(Some(Counted { total, files: files.len(), built: built_files }))
+    Ok(Some(Matches { files: out, built: built_files }))
+}
+
+/// Runs `work` as its own task (so CPU-bound decoding spreads over the worker threads).
+fn spawned<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
+    let task = tokio::spawn(work);
+    async move { task.await.map_err(|e| Error::DataFusion(datafusion::error::DataFusionError::External(Box::new(e))))? }
+}
+
+/// One page of a search answered from postings.
+#[derive(Debug)]
+pub struct PostingsPage {
+    /// `(id, served JSON)` of the page, in id order.
+    pub rows: Vec<(String, String)>,
+    /// Whether more matches follow.
+    pub more: bool,
+    /// Per requested extra column, the values of the page's rows (reference columns for
+    /// `_include`), in page order.
+    pub extra: Vec<(String, Vec<arrow::array::ArrayRef>)>,
+    /// Matches in the snapshot (the ids read to order them).
+    pub matches: u64,
+    /// Active files of the snapshot.
+    pub files: usize,
+}
+
+/// The page `[offset, offset + count)` of a search in its default order (by id) from
+/// postings: the matching rows' `id`s are read (that column only, those rows only), the
+/// page is cut, and `_raw` plus `extra` columns are read for the page's rows only — the
+/// scan would decode `_raw` of every match to sort them. `None` when postings cannot
+/// answer the clauses exactly, or the search sorts by something else.
+pub async fn page(
+    cache: &PostingsCache,
+    table: &DeltaTable,
+    req: &fhirlake_schemas::search::SearchRequest,
+    offset: usize,
+    count: usize,
+    extra: &[String],
+) -> Result<Option<PostingsPage>> {
+    if req.clauses.is_empty() || !req.sort.is_empty() || !req.has.is_empty() || count == 0 {
+        return Ok(None);
+    }
+    let Some(m) = matches(cache, table, &req.clauses).await? else { return Ok(None) };
+    let store = table.object_store();
+    let files: Vec<(ActiveFile, RoaringBitmap)> = m.files.into_iter().filter(|(_, r)| !r.is_empty()).collect();
+    let file_count = files.len();
+    // Phase one: the ids of every match.
+    let reads: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (f, rows))| {
+            let (store, path, size, rows) = (store.clone(), f.path.clone(), f.size, rows.clone());
+            spawned(async move {
+                let batches = read_rows(store, &path, size, &["id".to_string()], &rows).await?;
+                let mut ids = Vec::with_capacity(rows.len() as usize);
+                let mut positions = rows.iter();
+                for b in &batches {
+                    for j in 0..b.num_rows() {
+                        let row = positions.next().expect("one id per selected row");
+                        if let Some(id) = super::matcher::string_at(b.column(0).as_ref(), j) {
+                            ids.push((id.to_string(), i as u32, row));
+                        }
+                    }
+                }
+                Ok(ids)
+            })
+        })
+        .collect();
+    let mut all: Vec<(String, u32, u32)> =
+        futures::stream::iter(reads).buffer_unordered(BUILD_CONCURRENCY).try_concat().await?;
+    let matches = all.len() as u64;
+    let end = (offset + count + 1).min(all.len());
+    if offset >= all.len() {
+        return Ok(Some(PostingsPage { rows: vec![], more: false, extra: vec![], matches, files: file_count }));
+    }
+    if end < all.len() {
+        all.select_nth_unstable(end);
+        all.truncate(end);
+    }
+    all.sort_unstable();
+    let more = all.len() > offset + count;
+    let page: Vec<(String, u32, u32)> = all.into_iter().skip(offset).take(count).collect();
+    // Phase two: `_raw` and the extra columns of the page's rows, file by file.
+    let mut columns = vec!["id".to_string(), "_raw".to_string()];
+    columns.extend(extra.iter().cloned());
+    let mut by_file: std::collections::BTreeMap<u32, RoaringBitmap> = Default::default();
+    for (_, file, row) in &page {
+        by_file.entry(*file).or_default().insert(*row);
+    }
+    let reads: Vec<_> = by_file
+        .into_iter()
+        .map(|(file, rows)| {
+            let (f, _) = &files[file as usize];
+            let (store, path, size, columns) = (store.clone(), f.path.clone(), f.size, columns.clone());
+            spawned(async move {
+                let batches = read_rows(store, &path, size, &columns, &rows).await?;
+                Ok::<_, Error>((file, rows, batches))
+            })
+        })
+        .collect();
+    let read: Vec<(u32, RoaringBitmap, Vec<RecordBatch>)> =
+        futures::stream::iter(reads).buffer_unordered(BUILD_CONCURRENCY).try_collect().await?;
+    // (file, row) -> (batch, index) of the row read.
+    let mut at: HashMap<(u32, u32), (usize, usize, usize)> = HashMap::new();
+    for (k, (file, rows, batches)) in read.iter().enumerate() {
+        let mut positions = rows.iter();
+        for (b, batch) in batches.iter().enumerate() {
+            for j in 0..batch.num_rows() {
+                at.insert((*file, positions.next().expect("one row per selected row")), (k, b, j));
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(page.len());
+    let mut extra_out: Vec<(String, Vec<arrow::array::ArrayRef>)> =
+        extra.iter().map(|c| (c.clone(), Vec::new())).collect();
+    for (id, file, row) in &page {
+        let Some(&(k, b, j)) = at.get(&(*file, *row)) else {
+            return Err(Error::Parquet(ParquetError::General(format!("row {row} of a data file was not read"))));
+        };
+        let batch = &read[k].2[b];
+        let read_id = super::matcher::string_at(batch.column(0).as_ref(), j);
+        let raw = super::matcher::string_at(batch.column(1).as_ref(), j);
+        let (Some(read_id), Some(raw)) = (read_id, raw) else { continue };
+        if read_id != id {
+            return Err(Error::Parquet(ParquetError::General(format!("row {row} of a data file changed ({id})"))));
+        }
+        rows.push((id.clone(), raw.to_string()));
+        for (c, (_, values)) in extra_out.iter_mut().enumerate() {
+            values.push(batch.column(2 + c).slice(j, 1));
+        }
+    }
+    Ok(Some(PostingsPage { rows, more, extra: extra_out, matches, files: file_count }))
+}
+
+/// Reads `columns` of the rows `rows` (positions) of one data file, in row order.
+async fn read_rows(
+    store: deltalake::logstore::ObjectStoreRef,
+    path: &object_store::path::Path,
+    size: u64,
+    columns: &[String],
+    rows: &RoaringBitmap,
+) -> Result<Vec<RecordBatch>> {
+    use parquet::arrow::arrow_reader::RowSelection;
+    let bad = |e: ParquetError| Error::Parquet(ParquetError::General(format!("reading {path}: {e}")));
+    let reader = FileReader { store, path: path.clone(), size };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(bad)?;
+    let total = builder.metadata().file_metadata().num_rows() as usize;
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            builder
+                .schema()
+                .fields()
+                .iter()
+                .position(|f| f.name() == c)
+                .ok_or_else(|| Error::Parquet(ParquetError::General(format!("{path} has no column {c}"))))
+        })
+        .collect::<Result<_>>()?;
+    // Columns come back in file order: read them all, then pick in the order asked.
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for r in rows.iter() {
+        let r = r as usize;
+        match ranges.last_mut() {
+            Some(last) if last.end == r => last.end = r + 1,
+            _ => ranges.push(r..r + 1),
+        }
+    }
+    let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
+    let stream =
+        builder.with_projection(mask).with_row_selection(selection).with_batch_size(8192).build().map_err(bad)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(bad)?;
+    let mut sorted: Vec<usize> = indices.clone();
+    sorted.sort_unstable();
+    let order: Vec<usize> = indices.iter().map(|i| sorted.iter().position(|s| s == i).expect("asked")).collect();
+    Ok(batches.into_iter().map(|b| b.project(&order)).collect::<std::result::Result<_, _>>()?)
 }
 
 /// A count answered from postings.
