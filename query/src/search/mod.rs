@@ -453,29 +453,31 @@ pub async fn search(
         None
     };
     let columns = include_columns(req);
-    if let Some(cache) = tables.postings() {
-        if let Some(p) = postings::page(cache, &table, req, offset, count, &columns).await? {
-            let mut references: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
-            for (c, values) in &p.extra {
-                let found = references.entry(c.clone()).or_default();
-                for pair in values.iter().flat_map(|a| reference_targets(a.as_ref(), 0)) {
-                    if !found.contains(&pair) {
-                        found.push(pair);
-                    }
+    let from_postings = match tables.postings() {
+        Some(cache) => postings::page(cache, &table, req, offset, count, &columns).await?,
+        None => None,
+    };
+    if let Some(p) = from_postings {
+        let mut references: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+        for (c, values) in &p.extra {
+            let found = references.entry(c.clone()).or_default();
+            for pair in values.iter().flat_map(|a| reference_targets(a.as_ref(), 0)) {
+                if !found.contains(&pair) {
+                    found.push(pair);
                 }
             }
-            let mut plan = format!(
-                "Page: from token postings of {} files: `id` read for the {} matches, `_raw`{} for the {} rows of the page; no other rows read",
-                p.files,
-                p.matches,
-                if columns.is_empty() { String::new() } else { format!(" and {}", columns.join(", ")) },
-                p.rows.len()
-            );
-            if let Some(c) = counted {
-                plan.push_str(&format!("\nTotal: {} counted from token postings", c.total));
-            }
-            return Ok(SearchPage { rows: p.rows, more: p.more, total, version: table.version(), plan, references });
         }
+        let mut plan = format!(
+            "Page: from token postings of {} files: `id` read for the {} matches, `_raw`{} for the {} rows of the page; no other rows read",
+            p.files,
+            p.matches,
+            if columns.is_empty() { String::new() } else { format!(" and {}", columns.join(", ")) },
+            p.rows.len()
+        );
+        if let Some(c) = counted {
+            plan.push_str(&format!("\nTotal: {} counted from token postings", c.total));
+        }
+        return Ok(SearchPage { rows: p.rows, more: p.more, total, version: table.version(), plan, references });
     }
     let df = page_of(df, req, offset, count, &columns)?;
     let mut plan = df.logical_plan().display_indent().to_string();
