@@ -68,24 +68,57 @@ enum Cached {
 
 type Key = (String, String, String);
 
-/// The cache of file postings, bounded in bytes (oldest entries leave first).
+/// The cache of file postings, bounded in bytes (oldest entries leave first), and of the
+/// decoded footers of the files the postings paths read (a footer of a wide table is
+/// hundreds of kilobytes to decode; the files never change).
 #[derive(Debug)]
 pub struct PostingsCache {
     capacity: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Bounded<Key, Arc<Cached>>>,
+    footers: Arc<Mutex<Bounded<String, Arc<ParquetMetaData>>>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    map: HashMap<Key, Arc<Cached>>,
-    order: VecDeque<(Key, usize)>,
+/// A map bounded in bytes; the oldest entries leave first.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<(K, usize)>,
     bytes: usize,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Bounded<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self { map: HashMap::new(), order: VecDeque::new(), bytes: 0, capacity }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.map.get(key).cloned()
+    }
+
+    fn put(&mut self, key: K, value: V, size: usize) {
+        if size > self.capacity || self.map.contains_key(&key) {
+            return;
+        }
+        while self.bytes + size > self.capacity {
+            let Some((old, old_size)) = self.order.pop_front() else { break };
+            self.map.remove(&old);
+            self.bytes -= old_size;
+        }
+        self.bytes += size;
+        self.order.push_back((key.clone(), size));
+        self.map.insert(key, value);
+    }
 }
 
 impl PostingsCache {
-    /// A cache holding at most about `capacity` bytes of postings.
+    /// A cache holding at most about `capacity` bytes of postings, and as many of footers.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, inner: Mutex::new(Inner::default()) }
+        Self {
+            capacity,
+            inner: Mutex::new(Bounded::new(capacity)),
+            footers: Arc::new(Mutex::new(Bounded::new(capacity))),
+        }
     }
 
     /// The budget, in bytes (0: postings are off).
@@ -93,13 +126,13 @@ impl PostingsCache {
         self.capacity
     }
 
-    /// Bytes held now.
+    /// Bytes of postings held now.
     pub fn bytes(&self) -> usize {
         self.inner.lock().expect("postings cache").bytes
     }
 
     fn get(&self, key: &Key) -> Option<Arc<Cached>> {
-        self.inner.lock().expect("postings cache").map.get(key).cloned()
+        self.inner.lock().expect("postings cache").get(key)
     }
 
     fn put(&self, key: Key, value: Arc<Cached>) {
@@ -107,21 +140,7 @@ impl PostingsCache {
             Cached::Postings(p) => p.bytes,
             Cached::Unsuitable => 64,
         };
-        if size > self.capacity {
-            return;
-        }
-        let mut inner = self.inner.lock().expect("postings cache");
-        if inner.map.contains_key(&key) {
-            return;
-        }
-        while inner.bytes + size > self.capacity {
-            let Some((old, old_size)) = inner.order.pop_front() else { break };
-            inner.map.remove(&old);
-            inner.bytes -= old_size;
-        }
-        inner.bytes += size;
-        inner.order.push_back((key.clone(), size));
-        inner.map.insert(key, value);
+        self.inner.lock().expect("postings cache").put(key, value, size);
     }
 }
 
@@ -249,13 +268,13 @@ async fn matches(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) 
         .flat_map(|f| columns.iter().map(move |c| (f.path.clone(), f.size, c.to_string())))
         .filter(|(path, _, c)| cache.get(&key(path, c)).is_none())
         .collect();
-    let store = table.object_store();
+    let source = FileSource::of(cache, table);
     let built: Vec<(object_store::path::Path, String, Option<FilePostings>)> = futures::stream::iter(missing)
         .map(|(path, size, column)| {
-            let store = store.clone();
+            let reader = source.open(&path, size);
             // A task each, so the builds decode on every worker thread, not one.
             spawned(async move {
-                let p = build(store, &path, size, &column).await?;
+                let p = build(reader, &column).await?;
                 Ok((path, column, p))
             })
         })
@@ -336,7 +355,7 @@ pub async fn page(
         return Ok(None);
     }
     let Some(m) = matches(cache, table, &req.clauses).await? else { return Ok(None) };
-    let store = table.object_store();
+    let source = FileSource::of(cache, table);
     let files: Vec<(ActiveFile, RoaringBitmap)> = m.files.into_iter().filter(|(_, r)| !r.is_empty()).collect();
     let file_count = files.len();
     // Phase one: the ids of every match.
@@ -344,9 +363,9 @@ pub async fn page(
         .iter()
         .enumerate()
         .map(|(i, (f, rows))| {
-            let (store, path, size, rows) = (store.clone(), f.path.clone(), f.size, rows.clone());
+            let (reader, rows) = (source.open(&f.path, f.size), rows.clone());
             spawned(async move {
-                let batches = read_rows(store, &path, size, &["id".to_string()], &rows).await?;
+                let batches = read_rows(reader, &["id".to_string()], &rows).await?;
                 let mut ids = Vec::with_capacity(rows.len() as usize);
                 let mut positions = rows.iter();
                 for b in &batches {
@@ -386,9 +405,9 @@ pub async fn page(
         .into_iter()
         .map(|(file, rows)| {
             let (f, _) = &files[file as usize];
-            let (store, path, size, columns) = (store.clone(), f.path.clone(), f.size, columns.clone());
+            let (reader, columns) = (source.open(&f.path, f.size), columns.clone());
             spawned(async move {
-                let batches = read_rows(store, &path, size, &columns, &rows).await?;
+                let batches = read_rows(reader, &columns, &rows).await?;
                 Ok::<_, Error>((file, rows, batches))
             })
         })
@@ -428,16 +447,10 @@ pub async fn page(
 }
 
 /// Reads `columns` of the rows `rows` (positions) of one data file, in row order.
-async fn read_rows(
-    store: deltalake::logstore::ObjectStoreRef,
-    path: &object_store::path::Path,
-    size: u64,
-    columns: &[String],
-    rows: &RoaringBitmap,
-) -> Result<Vec<RecordBatch>> {
+async fn read_rows(reader: FileReader, columns: &[String], rows: &RoaringBitmap) -> Result<Vec<RecordBatch>> {
     use parquet::arrow::arrow_reader::RowSelection;
+    let path = reader.path.clone();
     let bad = |e: ParquetError| Error::Parquet(ParquetError::General(format!("reading {path}: {e}")));
-    let reader = FileReader { store, path: path.clone(), size };
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(bad)?;
     let total = builder.metadata().file_metadata().num_rows() as usize;
     let indices: Vec<usize> = columns
@@ -484,14 +497,9 @@ pub struct Counted {
 
 /// Reads `column` of one data file and builds its postings; `None` when the file has no
 /// such token list column, or too many distinct values for postings to pay.
-async fn build(
-    store: deltalake::logstore::ObjectStoreRef,
-    path: &object_store::path::Path,
-    size: u64,
-    column: &str,
-) -> Result<Option<FilePostings>> {
+async fn build(reader: FileReader, column: &str) -> Result<Option<FilePostings>> {
+    let path = reader.path.clone();
     let bad = |e: ParquetError| Error::Parquet(ParquetError::General(format!("reading {path}: {e}")));
-    let reader = FileReader { store, path: path.clone(), size };
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(bad)?;
     let Some(index) = builder.schema().fields().iter().position(|f| f.name() == column) else {
         return Ok(None);
@@ -507,11 +515,42 @@ async fn build(
     Ok(Some(acc.finish()))
 }
 
+/// Opens the data files of one table, sharing the footer cache.
+#[derive(Clone)]
+struct FileSource {
+    store: deltalake::logstore::ObjectStoreRef,
+    table_key: String,
+    footers: Arc<Mutex<Bounded<String, Arc<ParquetMetaData>>>>,
+}
+
+impl FileSource {
+    fn of(cache: &PostingsCache, table: &DeltaTable) -> Self {
+        FileSource {
+            store: table.object_store(),
+            table_key: table.table_url().to_string(),
+            footers: cache.footers.clone(),
+        }
+    }
+
+    fn open(&self, path: &object_store::path::Path, size: u64) -> FileReader {
+        FileReader {
+            store: self.store.clone(),
+            path: path.clone(),
+            size,
+            footers: self.footers.clone(),
+            footer_key: format!("{}/{path}", self.table_key),
+        }
+    }
+}
+
 /// One data file read through the table's object store (column chunks only).
 struct FileReader {
     store: deltalake::logstore::ObjectStoreRef,
     path: object_store::path::Path,
     size: u64,
+    /// Decoded footers, keyed by `footer_key`.
+    footers: Arc<Mutex<Bounded<String, Arc<ParquetMetaData>>>>,
+    footer_key: String,
 }
 
 impl AsyncFileReader for FileReader {
@@ -533,10 +572,19 @@ impl AsyncFileReader for FileReader {
         options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
+            if let Some(m) = self.footers.lock().expect("footer cache").get(&self.footer_key) {
+                return Ok(m);
+            }
             let size = self.size;
-            let metadata =
-                ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(self, size).await?;
-            Ok(Arc::new(metadata))
+            let metadata = Arc::new(
+                ParquetMetaDataReader::new()
+                    .with_arrow_reader_options(options)
+                    .load_and_finish(&mut *self, size)
+                    .await?,
+            );
+            let bytes = metadata.memory_size();
+            self.footers.lock().expect("footer cache").put(self.footer_key.clone(), metadata.clone(), bytes);
+            Ok(metadata)
         }
         .boxed()
     }
