@@ -358,7 +358,9 @@ pub async fn page(
     let source = FileSource::of(cache, table);
     let files: Vec<(ActiveFile, RoaringBitmap)> = m.files.into_iter().filter(|(_, r)| !r.is_empty()).collect();
     let file_count = files.len();
-    // Phase one: the ids of every match.
+    let matches: u64 = files.iter().map(|(_, rows)| rows.len()).sum();
+    let keep = offset + count + 1;
+    // Phase one: the ids of every match; each file keeps its first `keep`.
     let reads: Vec<_> = files
         .iter()
         .enumerate()
@@ -376,14 +378,18 @@ pub async fn page(
                         }
                     }
                 }
+                // Only a file's first `keep` ids (in id order) can be on the page.
+                if ids.len() > keep {
+                    ids.select_nth_unstable(keep);
+                    ids.truncate(keep);
+                }
                 Ok(ids)
             })
         })
         .collect();
     let mut all: Vec<(String, u32, u32)> =
         futures::stream::iter(reads).buffer_unordered(BUILD_CONCURRENCY).try_concat().await?;
-    let matches = all.len() as u64;
-    let end = (offset + count + 1).min(all.len());
+    let end = keep.min(all.len());
     if offset >= all.len() {
         return Ok(Some(PostingsPage { rows: vec![], more: false, extra: vec![], matches, files: file_count }));
     }
