@@ -1,4 +1,4 @@
-//! Token postings: counting token searches without reading their rows.
+//! Token postings: counting and paging token searches without reading their rows.
 //!
 //! For one data file and one token index column (`_sp_code`), the postings are the
 //! distinct `(system, code)` values of the file and, for each, the rows of the file that
@@ -8,8 +8,10 @@
 //! in-memory cache keyed by table, file and column. A count (`_summary=count`, `_total`)
 //! whose clauses are all plain token clauses is then, per active file of the snapshot
 //! searched, the size of the intersection (over clauses) of unions (over the clause's
-//! values) of bitmaps — no row is read. Files a count meets for the first time (a group
-//! commit's, compaction output) are read then; a restart starts with an empty cache.
+//! values) of bitmaps — no row is read. A page of such a search in the default order (by
+//! id) reads the `id`s of the matching rows only, cuts the page, and reads `_raw` for the
+//! page's rows only ([`page`]). Files met for the first time (a group commit's,
+//! compaction output) are read then; a restart starts with an empty cache.
 //!
 //! Exactness: an entry matches a search token by the same [`token_matches`] the row
 //! matcher uses, `:not` is the complement within the file (rows without values included,
@@ -17,8 +19,9 @@
 //! about as many distinct values as rows (identifiers) gets no postings (a marker is
 //! cached) and is counted by scanning.
 //!
-//! Owns: building, caching and evaluating postings. Must not: change what a search
-//! matches; a count it cannot answer exactly is `None`, and the caller scans.
+//! Owns: building, caching and evaluating postings, and the decoded footers of the files
+//! it reads. Must not: change what a search matches or its order; a count or page it
+//! cannot answer exactly is `None`, and the caller scans.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -361,34 +364,30 @@ pub async fn page(
     let matches: u64 = files.iter().map(|(_, rows)| rows.len()).sum();
     let keep = offset + count + 1;
     // Phase one: the ids of every match; each file keeps its first `keep`.
-    let reads: Vec<_> = files
-        .iter()
-        .enumerate()
-        .map(|(i, (f, rows))| {
-            let (reader, rows) = (source.open(&f.path, f.size), rows.clone());
-            spawned(async move {
-                let batches = read_rows(reader, &["id".to_string()], &rows).await?;
-                let mut ids = Vec::with_capacity(rows.len() as usize);
-                let mut positions = rows.iter();
-                for b in &batches {
-                    for j in 0..b.num_rows() {
-                        let row = positions.next().expect("one id per selected row");
-                        if let Some(id) = super::matcher::string_at(b.column(0).as_ref(), j) {
-                            ids.push((id.to_string(), i as u32, row));
-                        }
+    let inputs: Vec<(usize, FileReader, RoaringBitmap)> =
+        files.iter().enumerate().map(|(i, (f, rows))| (i, source.open(&f.path, f.size), rows.clone())).collect();
+    let reads = futures::stream::iter(inputs).map(move |(i, reader, rows)| {
+        spawned(async move {
+            let batches = read_rows(reader, &["id".to_string()], &rows).await?;
+            let mut ids = Vec::with_capacity(rows.len() as usize);
+            let mut positions = rows.iter();
+            for b in &batches {
+                for j in 0..b.num_rows() {
+                    let row = positions.next().expect("one id per selected row");
+                    if let Some(id) = super::matcher::string_at(b.column(0).as_ref(), j) {
+                        ids.push((id.to_string(), i as u32, row));
                     }
                 }
-                // Only a file's first `keep` ids (in id order) can be on the page.
-                if ids.len() > keep {
-                    ids.select_nth_unstable(keep);
-                    ids.truncate(keep);
-                }
-                Ok(ids)
-            })
+            }
+            // Only a file's first `keep` ids (in id order) can be on the page.
+            if ids.len() > keep {
+                ids.select_nth_unstable(keep);
+                ids.truncate(keep);
+            }
+            Ok(ids)
         })
-        .collect();
-    let mut all: Vec<(String, u32, u32)> =
-        futures::stream::iter(reads).buffer_unordered(BUILD_CONCURRENCY).try_concat().await?;
+    });
+    let mut all: Vec<(String, u32, u32)> = reads.buffer_unordered(BUILD_CONCURRENCY).try_concat().await?;
     let end = keep.min(all.len());
     if offset >= all.len() {
         return Ok(Some(PostingsPage { rows: vec![], more: false, extra: vec![], matches, files: file_count }));
@@ -407,19 +406,22 @@ pub async fn page(
     for (_, file, row) in &page {
         by_file.entry(*file).or_default().insert(*row);
     }
-    let reads: Vec<_> = by_file
+    let inputs: Vec<(u32, FileReader, RoaringBitmap)> = by_file
         .into_iter()
         .map(|(file, rows)| {
             let (f, _) = &files[file as usize];
-            let (reader, columns) = (source.open(&f.path, f.size), columns.clone());
-            spawned(async move {
-                let batches = read_rows(reader, &columns, &rows).await?;
-                Ok::<_, Error>((file, rows, batches))
-            })
+            (file, source.open(&f.path, f.size), rows)
         })
         .collect();
+    let reads = futures::stream::iter(inputs).map(|(file, reader, rows)| {
+        let columns = columns.clone();
+        spawned(async move {
+            let batches = read_rows(reader, &columns, &rows).await?;
+            Ok((file, rows, batches))
+        })
+    });
     let read: Vec<(u32, RoaringBitmap, Vec<RecordBatch>)> =
-        futures::stream::iter(reads).buffer_unordered(BUILD_CONCURRENCY).try_collect().await?;
+        reads.buffer_unordered(BUILD_CONCURRENCY).try_collect().await?;
     // (file, row) -> (batch, index) of the row read.
     let mut at: HashMap<(u32, u32), (usize, usize, usize)> = HashMap::new();
     for (k, (file, rows, batches)) in read.iter().enumerate() {
