@@ -53,7 +53,7 @@ pub struct AppState {
     /// Striped locks that serialise read-modify-write interactions (PATCH) on one resource,
     /// so concurrent patches queue instead of retrying against each other.
     pub(crate) resource_locks: Vec<tokio::sync::Mutex<()>>,
-    /// Token postings of the data files searches have counted (`search::postings`).
+    /// Token postings of the data files searches have read (`search::postings`).
     pub(crate) postings: Arc<fhirlake_query::search::postings::PostingsCache>,
 }
 

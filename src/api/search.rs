@@ -33,7 +33,7 @@ pub(crate) struct Tables {
     tables: std::collections::HashMap<String, DeltaTable>,
     /// Every type the search read, with the version read: the next page's cursor.
     read: std::sync::Mutex<std::collections::BTreeMap<String, Option<u64>>>,
-    /// Token postings for counts.
+    /// Token postings for counts and pages.
     postings: Arc<fhirlake_query::search::postings::PostingsCache>,
 }
 

@@ -36,7 +36,7 @@ pub trait SearchTables: Send + Sync {
     /// The current table of `resource_type`, or `None` when nothing of that type exists.
     fn current(&self, resource_type: &str) -> Option<DeltaTable>;
 
-    /// The token postings cache, when counts may use one ([`postings`]).
+    /// The token postings cache, when counts and pages may use one ([`postings`]).
     fn postings(&self) -> Option<&postings::PostingsCache> {
         None
     }
@@ -218,7 +218,7 @@ pub struct SearchPage {
     pub plan: String,
     /// For the reference columns `_include` reads on this type: the `(type, id)` targets
     /// found on this page, per column (read with the page, saving a second scan).
-    pub references: std::collections::HashMap<String, Vec<(String, String)>>,
+    pub references: References,
 }
 
 /// Renders a clause for plan display: `code:modifier=values` as parsed.
@@ -458,13 +458,10 @@ pub async fn search(
         None => None,
     };
     if let Some(p) = from_postings {
-        let mut references: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+        let mut references: References = Default::default();
         for (c, values) in &p.extra {
-            let found = references.entry(c.clone()).or_default();
-            for pair in values.iter().flat_map(|a| reference_targets(a.as_ref(), 0)) {
-                if !found.contains(&pair) {
-                    found.push(pair);
-                }
+            for a in values {
+                add_references(&mut references, c, a.as_ref(), 0);
             }
         }
         let mut plan = format!(
@@ -475,19 +472,16 @@ pub async fn search(
             p.rows.len()
         );
         if let Some(c) = counted {
-            plan.push_str(&format!("\nTotal: {} counted from token postings", c.total));
+            plan.push_str(&total_note(c));
         }
         return Ok(SearchPage { rows: p.rows, more: p.more, total, version: table.version(), plan, references });
     }
     let df = page_of(df, req, offset, count, &columns)?;
     let mut plan = df.logical_plan().display_indent().to_string();
     if let Some(c) = counted {
-        plan.push_str(&format!(
-            "\nTotal: {} counted from token postings and file row counts ({} files, {} read now to build postings); no rows scanned",
-            c.total, c.files, c.built
-        ));
+        plan.push_str(&total_note(c));
     }
-    let mut references: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+    let mut references: References = Default::default();
     if count == 0 {
         return Ok(SearchPage { rows: vec![], more: false, total, version: table.version(), plan, references });
     }
@@ -502,12 +496,7 @@ pub async fn search(
                 rows.push((id.to_string(), raw.to_string()));
                 for c in &columns {
                     if let Some(a) = b.column_by_name(c) {
-                        let found = references.entry(c.clone()).or_default();
-                        for pair in reference_targets(a.as_ref(), i) {
-                            if !found.contains(&pair) {
-                                found.push(pair);
-                            }
-                        }
+                        add_references(&mut references, c, a.as_ref(), i);
                     }
                 }
             }
@@ -548,6 +537,27 @@ fn include_columns(req: &SearchRequest) -> Vec<String> {
         }
     }
     out
+}
+
+/// Per reference column, the `(type, id)` targets found on a page (no repeats).
+pub type References = std::collections::HashMap<String, Vec<(String, String)>>;
+
+/// Adds the targets of row `i` of the reference column `column` (values `a`).
+fn add_references(references: &mut References, column: &str, a: &dyn Array, i: usize) {
+    let found = references.entry(column.to_string()).or_default();
+    for pair in reference_targets(a, i) {
+        if !found.contains(&pair) {
+            found.push(pair);
+        }
+    }
+}
+
+/// The `_explain` line of a total counted from postings.
+fn total_note(c: postings::Counted) -> String {
+    format!(
+        "\nTotal: {} counted from token postings and file row counts ({} files, {} read now to build postings); no rows scanned",
+        c.total, c.files, c.built
+    )
 }
 
 /// `(type, id)` of the literal references in row `i` of a reference index column.
