@@ -438,26 +438,19 @@ pub async fn search(
             references: Default::default(),
         });
     };
-    let df = filtered(tables, scan(&table).await?, req).await?;
-    let mut counted = None;
-    let total = if want_total || count == 0 {
-        counted = match tables.postings() {
-            Some(cache) if req.has.is_empty() => postings::count(cache, &table, &req.clauses).await?,
-            _ => None,
-        };
-        match counted {
-            Some(c) => Some(c.total),
-            None => Some(df.clone().count().await? as u64),
+    // Postings first: when they answer both the total and the page, no scan is planned.
+    let wants_total = want_total || count == 0;
+    let pageable = postings::pageable(req, count);
+    let matched = match tables.postings() {
+        Some(cache) if req.has.is_empty() && (wants_total || pageable) => {
+            postings::matches(cache, &table, &req.clauses).await?
         }
-    } else {
-        None
+        _ => None,
     };
+    let counted = if wants_total { matched.as_ref().map(postings::Matches::counted) } else { None };
     let columns = include_columns(req);
-    let from_postings = match tables.postings() {
-        Some(cache) => postings::page(cache, &table, req, offset, count, &columns).await?,
-        None => None,
-    };
-    if let Some(p) = from_postings {
+    if let (Some(cache), Some(m), true) = (tables.postings(), matched, pageable) {
+        let p = postings::page(cache, &table, m, offset, count, &columns).await?;
         let mut references: References = Default::default();
         for (c, values) in &p.extra {
             for a in values {
@@ -474,8 +467,18 @@ pub async fn search(
         if let Some(c) = counted {
             plan.push_str(&total_note(c));
         }
+        let total = counted.map(|c| c.total);
         return Ok(SearchPage { rows: p.rows, more: p.more, total, version: table.version(), plan, references });
     }
+    let df = filtered(tables, scan(&table).await?, req).await?;
+    let total = if wants_total {
+        match counted {
+            Some(c) => Some(c.total),
+            None => Some(df.clone().count().await? as u64),
+        }
+    } else {
+        None
+    };
     let df = page_of(df, req, offset, count, &columns)?;
     let mut plan = df.logical_plan().display_indent().to_string();
     if let Some(c) = counted {

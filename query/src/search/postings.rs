@@ -211,18 +211,10 @@ impl<'a> TokenClause<'a> {
     }
 }
 
-/// The number of rows of `table` (the snapshot searched) matching every clause, from
-/// postings (or, with no clauses, the files' row counts); `None` when a clause is not one
-/// postings answer exactly, or a file has a deletion vector (the caller then scans).
-pub async fn count(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) -> Result<Option<Counted>> {
-    if clauses.is_empty() {
-        let Some(files) = active_files(table)? else { return Ok(None) };
-        let total: Option<u64> = files.iter().map(|f| f.rows.map(|n| n as u64)).sum();
-        return Ok(total.map(|total| Counted { total, files: files.len(), built: 0 }));
-    }
-    let Some(m) = matches(cache, table, clauses).await? else { return Ok(None) };
-    let total = m.files.iter().map(|(_, rows)| rows.len()).sum();
-    Ok(Some(Counted { total, files: m.files.len(), built: m.built }))
+/// Whether [`page`] can answer a page of `req` of `count` rows (when postings answer its
+/// clauses): at least one clause, the default order, no `_has`.
+pub fn pageable(req: &fhirlake_schemas::search::SearchRequest, count: usize) -> bool {
+    !req.clauses.is_empty() && req.sort.is_empty() && req.has.is_empty() && count > 0
 }
 
 /// An active data file of a snapshot.
@@ -246,20 +238,42 @@ fn active_files(table: &DeltaTable) -> Result<Option<Vec<ActiveFile>>> {
 }
 
 /// The rows each active file of a snapshot has matching every clause.
-struct Matches {
+pub struct Matches {
     /// Every active file with its matching rows (possibly none).
     files: Vec<(ActiveFile, RoaringBitmap)>,
     /// Postings built (files read) to answer.
     built: usize,
 }
 
+impl Matches {
+    /// The count.
+    pub fn counted(&self) -> Counted {
+        Counted {
+            total: self.files.iter().map(|(_, rows)| rows.len()).sum(),
+            files: self.files.len(),
+            built: self.built,
+        }
+    }
+}
+
 /// The matching rows of every active file of `table`, from postings (built where the cache
-/// lacks them); `None` when postings cannot answer `clauses` (at least one) exactly.
-async fn matches(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) -> Result<Option<Matches>> {
+/// lacks them; no clauses: every row, from the files' row counts); `None` when postings
+/// cannot answer `clauses` exactly.
+pub async fn matches(cache: &PostingsCache, table: &DeltaTable, clauses: &[Clause]) -> Result<Option<Matches>> {
     let Some(wanted) = clauses.iter().map(TokenClause::of).collect::<Option<Vec<_>>>() else {
         return Ok(None);
     };
     let Some(files) = active_files(table)? else { return Ok(None) };
+    if wanted.is_empty() {
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let Some(n) = f.rows else { return Ok(None) };
+            let mut rows = RoaringBitmap::new();
+            rows.insert_range(0..n as u32);
+            out.push((f, rows));
+        }
+        return Ok(Some(Matches { files: out, built: 0 }));
+    }
     let mut columns: Vec<&str> = wanted.iter().map(|w| w.column).collect();
     columns.sort_unstable();
     columns.dedup();
@@ -341,23 +355,18 @@ pub struct PostingsPage {
     pub files: usize,
 }
 
-/// The page `[offset, offset + count)` of a search in its default order (by id) from
-/// postings: the matching rows' `id`s are read (that column only, those rows only), the
-/// page is cut, and `_raw` plus `extra` columns are read for the page's rows only — the
-/// scan would decode `_raw` of every match to sort them. `None` when postings cannot
-/// answer the clauses exactly, or the search sorts by something else.
+/// The page `[offset, offset + count)`, in id order, of the matches `m` of a search
+/// ([`pageable`]) on `table`: the matching rows' `id`s are read (that column only, those
+/// rows only), the page is cut, and `_raw` plus `extra` columns are read for the page's
+/// rows only — the scan would decode `_raw` of every match to sort them.
 pub async fn page(
     cache: &PostingsCache,
     table: &DeltaTable,
-    req: &fhirlake_schemas::search::SearchRequest,
+    m: Matches,
     offset: usize,
     count: usize,
     extra: &[String],
-) -> Result<Option<PostingsPage>> {
-    if req.clauses.is_empty() || !req.sort.is_empty() || !req.has.is_empty() || count == 0 {
-        return Ok(None);
-    }
-    let Some(m) = matches(cache, table, &req.clauses).await? else { return Ok(None) };
+) -> Result<PostingsPage> {
     let source = FileSource::of(cache, table);
     let files: Vec<(ActiveFile, RoaringBitmap)> = m.files.into_iter().filter(|(_, r)| !r.is_empty()).collect();
     let file_count = files.len();
@@ -390,7 +399,7 @@ pub async fn page(
     let mut all: Vec<(String, u32, u32)> = reads.buffer_unordered(BUILD_CONCURRENCY).try_concat().await?;
     let end = keep.min(all.len());
     if offset >= all.len() {
-        return Ok(Some(PostingsPage { rows: vec![], more: false, extra: vec![], matches, files: file_count }));
+        return Ok(PostingsPage { rows: vec![], more: false, extra: vec![], matches, files: file_count });
     }
     if end < all.len() {
         all.select_nth_unstable(end);
@@ -451,7 +460,7 @@ pub async fn page(
             values.push(batch.column(2 + c).slice(j, 1));
         }
     }
-    Ok(Some(PostingsPage { rows, more, extra: extra_out, matches, files: file_count }))
+    Ok(PostingsPage { rows, more, extra: extra_out, matches, files: file_count })
 }
 
 /// Reads `columns` of the rows `rows` (positions) of one data file, in row order.
