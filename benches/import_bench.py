@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+from fixtures_root import FIXTURES  # noqa: E402
 
 
 def replicate(src: Path, dst: Path, target: int) -> int:

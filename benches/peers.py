@@ -7,6 +7,7 @@ about 40 minutes on 2 cores). --quick runs never build it: they use it only if i
 already there.
 """
 
+import gzip
 import json
 import os
 import shutil
@@ -19,12 +20,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 CACHE = Path(os.environ.get("FHIRLAKE_BENCH_CACHE", "/var/tmp/fhirlake-bench-cache"))
 HELIOS_VERSION = "0.2.7"
 HELIOS_ROOT = CACHE / "helios"
 HELIOS_BIN = HELIOS_ROOT / "bin" / "hfs"
-SEARCH_PARAMETERS = FIXTURES / "fhir-r4-definitions" / "search-parameters.json"
+# The R4 SearchParameter bundle fhirlake itself ships (gzip).
+SEARCH_PARAMETERS = ROOT / "schemas" / "definitions" / "search-parameters.json.gz"
 
 
 def free_port():
@@ -133,7 +134,8 @@ class Helios(Server):
         workdir = Path(workdir)
         data = workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SEARCH_PARAMETERS, data / "search-parameters-r4.json")
+        with gzip.open(SEARCH_PARAMETERS, "rb") as src, open(data / "search-parameters-r4.json", "wb") as dst:
+            shutil.copyfileobj(src, dst)
         port = free_port()
         self.log = str(workdir / "helios.log")
         self.base = f"http://127.0.0.1:{port}"

@@ -3,7 +3,7 @@
 
 In one invocation, against one `fhirlake serve` (release binary for real figures):
 
-  transactions  the 40 Synthea transaction Bundles (../shared/fixtures/synthea/bundles),
+  transactions  the 40 Synthea transaction Bundles (tests/fixtures/synthea/bundles),
                 posted --tx-rounds times by 8 concurrent clients: resources/s
   creates       small Observations POSTed by 64 concurrent clients for --seconds:
                 requests/s, p50/p99 latency

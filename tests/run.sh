@@ -6,8 +6,18 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/fhirlake-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Everything the tests need is installed here, so this command passes on a fresh clone.
+echo "== node (peer of the FHIRPath benchmark)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+(cd benches && npm ci --ignore-scripts --no-audit --no-fund --silent)
+
 echo "== python requirements"
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== test fixtures (tests/fixtures; unpacked once)"
+bash tests/fixtures/unpack.sh
 
 echo "== build (debug)"
 cargo build --locked --workspace --all-targets

@@ -9,6 +9,8 @@
 
 #[path = "../../schemas/tests/support/sof_suite.rs"]
 mod sof_suite;
+#[path = "../../schemas/tests/support/fixtures.rs"]
+mod test_fixtures;
 
 use std::sync::{Arc, Mutex};
 
@@ -75,7 +77,7 @@ fn run(case: &Case) -> (Output, Option<String>) {
 
 fn main() {
     let args = Arguments::from_args();
-    let cases = sof_suite::load(&sof_suite::suite_dir(env!("CARGO_MANIFEST_DIR")));
+    let cases = sof_suite::load(&sof_suite::suite_dir_in(&test_fixtures::root()));
     assert!(cases.len() >= 134, "the suite has {} cases, expected at least 134", cases.len());
     let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let trials = cases

@@ -15,10 +15,11 @@ use fhirlake_schemas::json::ParseLimits;
 use fhirlake_schemas::search_index::SearchIndex;
 use fhirlake_schemas::{Json, Model};
 
+#[path = "../tests/support/fixtures.rs"]
+mod test_fixtures;
+
 fn fixtures() -> PathBuf {
-    std::env::var_os("FHIRLAKE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+    test_fixtures::root()
 }
 
 fn load_resources() -> Vec<Json> {

@@ -7,6 +7,8 @@
 
 #[path = "support/fhir_xml.rs"]
 mod fhir_xml;
+#[path = "support/fixtures.rs"]
+mod test_fixtures;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -22,10 +24,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 const THRESHOLD: f64 = 0.95;
 
 fn fixtures() -> PathBuf {
-    std::env::var_os("FHIRLAKE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("fhirpath-tests")
+    test_fixtures::root().join("fhirpath-tests")
 }
 
 struct Case {

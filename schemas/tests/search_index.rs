@@ -10,16 +10,15 @@ use fhirlake_schemas::datetime::{self, Temporal};
 use fhirlake_schemas::json::ParseLimits;
 #[path = "support/oracle.rs"]
 mod oracle;
+#[path = "support/fixtures.rs"]
+mod test_fixtures;
 
 use fhirlake_schemas::search_index::{IndexValue, SearchIndex, coverage};
 use fhirlake_schemas::{Json, Model};
 use oracle::{oracle_keys, plain_path, walk};
 
 fn examples_dir() -> PathBuf {
-    std::env::var_os("FHIRLAKE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
-        .join("fhir-examples/examples")
+    test_fixtures::root().join("fhir-examples/examples")
 }
 
 fn parse(text: &str) -> Json {

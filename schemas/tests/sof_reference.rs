@@ -5,6 +5,8 @@
 
 #[path = "support/sof_suite.rs"]
 mod sof_suite;
+#[path = "support/fixtures.rs"]
+mod test_fixtures;
 
 use fhirlake_schemas::model::Model;
 use fhirlake_schemas::sof::View;
@@ -24,7 +26,7 @@ fn run(case: &Case) -> Output {
 
 fn main() {
     let args = Arguments::from_args();
-    let cases = sof_suite::load(&sof_suite::suite_dir(env!("CARGO_MANIFEST_DIR")));
+    let cases = sof_suite::load(&sof_suite::suite_dir_in(&test_fixtures::root()));
     assert!(cases.len() >= 134, "the suite has {} cases, expected at least 134", cases.len());
     let trials = cases
         .into_iter()

@@ -1,5 +1,5 @@
 //! The code tables of the synthetic data, taken from the distributions of the Synthea
-//! fixtures (`../shared/fixtures/synthea`): which codes occur, with which display text,
+//! fixtures (`tests/fixtures/synthea`): which codes occur, with which display text,
 //! units and value ranges (observed minimum and maximum per LOINC code).
 //!
 //! No string here contains `"` or `\`, so the writer can copy them into JSON unescaped

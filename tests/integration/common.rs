@@ -13,11 +13,12 @@ use fhirlake_schemas::json::ParseLimits;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-/// Where the shared fixtures are (`FHIRLAKE_FIXTURES` or `../shared/fixtures`).
+#[path = "../../schemas/tests/support/fixtures.rs"]
+mod test_fixtures;
+
+/// Where the test fixtures are (`FHIRLAKE_FIXTURES`, else `tests/fixtures`, unpacked).
 pub fn fixtures() -> PathBuf {
-    std::env::var_os("FHIRLAKE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+    test_fixtures::root()
 }
 
 /// A response.
@@ -103,7 +104,7 @@ impl TestServer {
         self.request(Method::POST, uri, Some(body), &[]).await
     }
 
-    /// Loads the 40 Synthea patients' NDJSON (`../shared/fixtures/synthea/ndjson`) through
+    /// Loads the 40 Synthea patients' NDJSON (`tests/fixtures/synthea/ndjson`) through
     /// the import path; every resource must be accepted.
     pub async fn load_synthea(&self) {
         let summary = fhirlake_ingest::import::import_paths(

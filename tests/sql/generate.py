@@ -20,7 +20,8 @@ from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("FHIRLAKE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+sys.path.insert(0, str(ROOT / "benches"))
+from fixtures_root import FIXTURES  # noqa: E402
 NDJSON = FIXTURES / "synthea" / "ndjson"
 
 

@@ -33,15 +33,6 @@ pub struct Case {
     pub expect: Expect,
 }
 
-/// The suite folder of a workspace member at `manifest_dir` (`FHIRLAKE_FIXTURES`
-/// overrides the fixtures root, `../shared/fixtures` from the workspace).
-pub fn suite_dir(manifest_dir: &str) -> PathBuf {
-    std::env::var_os("FHIRLAKE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(manifest_dir).join("../../shared/fixtures"))
-        .join("sql-on-fhir-v2-tests/tests")
-}
-
 /// The suite folder under a fixtures root.
 pub fn suite_dir_in(fixtures: &Path) -> PathBuf {
     fixtures.join("sql-on-fhir-v2-tests/tests")
