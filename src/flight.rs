@@ -5,8 +5,9 @@
 //! query (so errors come back before any data) and answers with one endpoint whose ticket
 //! carries the SQL; `DoGet` runs it and streams Arrow batches — plus prepared statements
 //! (the handle is the SQL text; parameters are not supported) and `GetSqlInfo`. Errors map
-//! to gRPC statuses: invalid SQL `InvalidArgument`, refused statements `PermissionDenied`,
-//! over the limits `DeadlineExceeded` / `ResourceExhausted`.
+//! to gRPC statuses by the one table of `crate::error` (invalid SQL `InvalidArgument`,
+//! refused statements `PermissionDenied`, over the limits `DeadlineExceeded` /
+//! `ResourceExhausted`).
 //! Must not: plan or sandbox SQL itself (that is `fhirlake_query::catalog`).
 
 use std::pin::Pin;
@@ -54,7 +55,9 @@ impl FlightSql {
 
     async fn plan(&self, sql: &str) -> Result<datafusion::prelude::DataFrame, Status> {
         let session = crate::api::sql_session(&self.state, self.state.config.sql).await.map_err(api_status)?;
-        session.plan(sql, None).await.map_err(query_status)
+        let df = session.plan(sql, None).await;
+        self.state.metrics.sql_query("flight", df.is_ok());
+        df.map_err(query_status)
     }
 
     fn info(
@@ -96,21 +99,11 @@ impl FlightSql {
 }
 
 fn query_status(e: fhirlake_query::Error) -> Status {
-    api_status(crate::error::ApiError::from(e))
+    crate::error::ApiError::from(e).grpc_status()
 }
 
 fn api_status(e: crate::error::ApiError) -> Status {
-    use crate::error::ApiError::*;
-    let message = e.issues().into_iter().map(|i| i.message).collect::<Vec<_>>().join("; ");
-    match e {
-        BadRequest(_) | BadJson(_) | Invalid(_) => Status::invalid_argument(message),
-        Forbidden(_) | MethodNotAllowed(_) => Status::permission_denied(message),
-        Timeout(_) => Status::deadline_exceeded(message),
-        PayloadTooLarge(_) => Status::resource_exhausted(message),
-        NotFound(_) | Gone(_) => Status::not_found(message),
-        Unavailable => Status::unavailable(message),
-        _ => Status::internal(message),
-    }
+    e.grpc_status()
 }
 
 #[tonic::async_trait]

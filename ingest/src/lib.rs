@@ -79,6 +79,28 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// How a client is told about it (the root crate derives HTTP and gRPC statuses).
+    pub fn kind(&self) -> fhirlake_schemas::ErrorKind {
+        use fhirlake_schemas::ErrorKind;
+        match self {
+            Error::Schemas(e) => e.kind(),
+            // Another process holds the root; the request may succeed once it is released.
+            Error::LeaseHeld { .. } | Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::Config(_)
+            | Error::Flatten(_)
+            | Error::Arrow(_)
+            | Error::Delta(_)
+            | Error::DataFusion(_)
+            | Error::ObjectStore(_)
+            | Error::Json(_)
+            | Error::Journal(_)
+            | Error::CommitFailed(_)
+            | Error::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -52,5 +52,66 @@ pub enum Error {
     ObjectStore(#[from] object_store::Error),
 }
 
+impl Error {
+    /// How a client is told about it (the root crate derives HTTP and gRPC statuses).
+    pub fn kind(&self) -> fhirlake_schemas::ErrorKind {
+        use fhirlake_schemas::ErrorKind;
+        match self {
+            Error::BadSql(_) | Error::BadSearch(_) => ErrorKind::Invalid,
+            Error::Forbidden(_) => ErrorKind::Forbidden,
+            Error::TooLarge(_) => ErrorKind::TooLarge,
+            Error::Timeout(_) => ErrorKind::Timeout,
+            Error::BadView(_) => ErrorKind::Unprocessable,
+            Error::DataFusion(e) => datafusion_kind(e.find_root()),
+            Error::Delta(_) | Error::Arrow(_) | Error::Parquet(_) | Error::ObjectStore(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// What the client is told: the message of the error DataFusion raised at its root
+    /// (without the wrapping of the operators it passed through), else the error's text.
+    pub fn client_message(&self) -> String {
+        use datafusion::error::DataFusionError as D;
+        match self {
+            Error::DataFusion(e) => match e.find_root() {
+                D::ResourcesExhausted(m) => format!("the query needs more memory than its limit: {m}"),
+                D::NotImplemented(m) => format!("not supported: {m}"),
+                D::Plan(m) => m.clone(),
+                root => root.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The kind of a DataFusion error found at the root of a chain: over the memory pool is
+/// too large; a plan the engine rejects (or, found while planning the execution, a form it
+/// does not run, such as some correlated subqueries) is the query's fault; anything else
+/// is the server's.
+fn datafusion_kind(root: &datafusion::error::DataFusionError) -> fhirlake_schemas::ErrorKind {
+    use datafusion::error::DataFusionError as D;
+    use fhirlake_schemas::ErrorKind;
+    match root {
+        D::ResourcesExhausted(_) => ErrorKind::TooLarge,
+        D::NotImplemented(_) | D::Plan(_) => ErrorKind::Invalid,
+        D::ArrowError(..)
+        | D::ParquetError(_)
+        | D::ObjectStore(_)
+        | D::IoError(_)
+        | D::SQL(..)
+        | D::Configuration(_)
+        | D::SchemaError(..)
+        | D::Execution(_)
+        | D::ExecutionJoin(_)
+        | D::External(_)
+        | D::Context(..)
+        | D::Substrait(_)
+        | D::Diagnostic(..)
+        | D::Collection(_)
+        | D::Shared(_)
+        | D::Internal(_)
+        | D::Ffi(_) => ErrorKind::Internal,
+    }
+}
+
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,6 +10,7 @@
 
 pub mod datetime;
 pub mod definitions;
+pub mod error_kind;
 pub mod fhirpath;
 pub mod json;
 pub mod model;
@@ -20,6 +21,7 @@ pub mod shape;
 pub mod sof;
 pub mod validate;
 
+pub use error_kind::ErrorKind;
 pub use json::Json;
 pub use model::Model;
 pub use shape::{ShapeOptions, TableShape};
@@ -33,6 +35,16 @@ pub enum Error {
     /// A resource type that R4 does not define.
     #[error("unknown resource type '{0}'")]
     UnknownResourceType(String),
+}
+
+impl Error {
+    /// How a client is told about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Definitions(_) => ErrorKind::Internal,
+            Error::UnknownResourceType(_) => ErrorKind::NotFound,
+        }
+    }
 }
 
 /// Result with this crate's [`Error`].

@@ -214,15 +214,11 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
         None => Tables::latest(state),
     };
     let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
-    let bad = |e| match e {
-        fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
-        other => ApiError::from(other),
-    };
-    let page = search(&tables, &req, offset, count, want_total).await.map_err(bad)?;
+    let page = search(&tables, &req, offset, count, want_total).await?;
     let included = if req.includes.is_empty() && req.revincludes.is_empty() {
         Vec::new()
     } else {
-        fhirlake_query::search::included(&tables, state.model, &req, &page).await.map_err(bad)?
+        fhirlake_query::search::included(&tables, state.model, &req, &page).await?
     };
     let cursor = tables.cursor();
     Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain, &cursor))
@@ -395,10 +391,7 @@ pub async fn system_search(
         }
         ignored.extend(req.ignored.iter().map(ToString::to_string));
         count = req.count.unwrap_or(state.config.search_default_count).min(state.config.search_max_count);
-        let page = search(&tables, &req, 0, offset + count + 1, true).await.map_err(|e| match e {
-            fhirlake_query::Error::BadSearch(m) => ApiError::BadRequest(m),
-            other => ApiError::from(other),
-        })?;
+        let page = search(&tables, &req, 0, offset + count + 1, true).await?;
         total += page.total.unwrap_or(0);
         rows.extend(page.rows.into_iter().map(|(id, raw)| (t.clone(), id, raw)));
     }

@@ -400,3 +400,34 @@ async fn request_raw(
 fn truncate(s: &str) -> &str {
     &s[..s.len().min(600)]
 }
+
+/// A search the engine refuses while planning (here: sorting on a composite parameter) is
+/// the client's error, a 400 OperationOutcome, at every endpoint that searches: type search
+/// by GET and POST, the `_type` search of the whole server, and a Bundle's GET entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_error_is_a_400_at_every_endpoint() {
+    let s = TestServer::start().await;
+    assert_eq!(s.post("/fhir/Observation", &obs("")).await.status, 201);
+    let bad = "_sort=code-value-quantity";
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let responses = [
+        ("GET type search", request_raw(&s, Method::GET, &format!("/fhir/Observation?{bad}"), None, &[]).await),
+        ("POST _search", request_raw(&s, Method::POST, "/fhir/Observation/_search", Some(bad), &form).await),
+        ("_type search", request_raw(&s, Method::GET, &format!("/fhir?_type=Observation&{bad}"), None, &[]).await),
+    ];
+    for (name, r) in &responses {
+        assert_eq!(r.status.as_u16(), 400, "{name}: {}", truncate(&r.body));
+        assert!(r.body.contains("composite"), "{name}: the outcome says why: {}", truncate(&r.body));
+        assert_eq!(r.json().get("resourceType").and_then(Json::as_str), Some("OperationOutcome"), "{name}");
+    }
+    let batch = format!(
+        r#"{{"resourceType":"Bundle","type":"batch","entry":[{{"request":{{"method":"GET","url":"Observation?{bad}"}}}}]}}"#
+    );
+    let r = s.post("/fhir", &batch).await;
+    assert_eq!(r.status, 200, "{}", truncate(&r.body));
+    let bundle = r.json();
+    let entry = &bundle.get("entry").and_then(Json::as_array).expect("entries")[0];
+    let status = entry.get("response").and_then(|x| x.get("status")).and_then(Json::as_str);
+    assert_eq!(status, Some("400 Bad Request"), "{}", truncate(&r.body));
+    s.stop().await;
+}
