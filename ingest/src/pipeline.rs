@@ -195,6 +195,7 @@ impl Committer {
                 }
                 if st.seq.is_some() {
                     self.applier.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.applier.stats.batch_ops.observe(st.answers.iter().map(|a| a.len() as u64).sum());
                 }
                 for (reply, out) in st.replies.into_iter().zip(st.answers) {
                     let _ = reply.send(Ok(out));
@@ -206,7 +207,9 @@ impl Committer {
                     let mut overlay = self.overlay.lock().expect("overlay lock");
                     overlay.epoch += 1;
                     overlay.entries.clear();
-                    overlay.stopped = Some(format!("group commit {:?} failed: {e}", st.seq));
+                    let why = format!("group commit {:?} failed: {e}", st.seq);
+                    let _ = self.applier.stats.stopped.set(why.clone());
+                    overlay.stopped = Some(why);
                     tracing::error!("writes stopped; restart fhirlake to replay the journal and resume");
                 }
                 for reply in st.replies {

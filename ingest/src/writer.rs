@@ -269,13 +269,56 @@ pub struct Writer {
     maintenance: mpsc::Sender<Maintenance>,
 }
 
-/// Counters of the writer.
+/// Counters of the writer, read by `/metrics` and tests.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Delta commits made.
     pub commits: std::sync::atomic::AtomicU64,
     /// Group commits (journal entries) made.
     pub batches: std::sync::atomic::AtomicU64,
+    /// Operations per committed group commit.
+    pub batch_ops: SizeHistogram,
+    /// Compaction rounds committed.
+    pub compaction_rounds: std::sync::atomic::AtomicU64,
+    /// Compaction rounds dropped because a group commit changed one of their files.
+    pub compaction_rounds_dropped: std::sync::atomic::AtomicU64,
+    /// Why writes are stopped (a commit failed part-way), once they are: every later
+    /// write is refused until a restart replays the journal.
+    pub stopped: std::sync::OnceLock<String>,
+}
+
+/// A histogram of counts (sizes) in power-of-two buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    /// `buckets[i]`: observations `<= 2^i`; the last also takes everything larger.
+    buckets: [std::sync::atomic::AtomicU64; SizeHistogram::BUCKETS],
+    sum: std::sync::atomic::AtomicU64,
+}
+
+impl SizeHistogram {
+    /// Buckets: 1, 2, 4, ... 2^16, then everything larger.
+    pub const BUCKETS: usize = 18;
+
+    /// Records one observation of `n`.
+    pub fn observe(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = (n.max(1).next_power_of_two().trailing_zeros() as usize).min(Self::BUCKETS - 1);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(n, Relaxed);
+    }
+
+    /// `(each bucket's upper bound, the last +inf, with its own count; sum; count)`.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let buckets: Vec<(f64, u64)> = (0..Self::BUCKETS)
+            .map(|i| {
+                let bound = if i + 1 == Self::BUCKETS { f64::INFINITY } else { (1u64 << i) as f64 };
+                (bound, self.buckets[i].load(Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        (buckets, self.sum.load(Relaxed), count)
+    }
 }
 
 /// Owns the writer task; [`WriterTask::shutdown`] drains it and releases the lease.
@@ -414,8 +457,14 @@ impl Writer {
                 let (reply, rx) = oneshot::channel();
                 self.maintenance.send(Maintenance::Compact(round, reply)).await.map_err(|_| Error::ShuttingDown)?;
                 match rx.await.map_err(|_| Error::ShuttingDown)?? {
-                    Some(_) => report.rows += rows,
-                    None => report.rounds_dropped += 1,
+                    Some(_) => {
+                        report.rows += rows;
+                        self.stats.compaction_rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => {
+                        report.rounds_dropped += 1;
+                        self.stats.compaction_rounds_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
             let latest = self.tables.get(kind, &rt).unwrap_or(table);

@@ -10,6 +10,7 @@ mod capabilities;
 mod conditional;
 mod crud;
 mod history;
+pub mod observe;
 mod patch;
 mod search;
 mod sql;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub(crate) resource_locks: Vec<tokio::sync::Mutex<()>>,
     /// Token postings of the data files searches have read (`search::postings`).
     pub(crate) postings: Arc<fhirlake_query::search::postings::PostingsCache>,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: observe::Metrics,
 }
 
 impl AppState {
@@ -62,7 +65,8 @@ impl AppState {
     pub fn new(writer: Writer, config: ApiConfig, model: &'static Model) -> Self {
         let resource_locks = (0..64).map(|_| tokio::sync::Mutex::new(())).collect();
         let postings = Arc::new(fhirlake_query::search::postings::PostingsCache::new(config.search_postings_bytes));
-        Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks, postings }
+        let metrics = observe::Metrics::new(writer.clone(), postings.clone());
+        Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks, postings, metrics }
     }
 
     /// The lock stripe of `rt/id`.
@@ -94,7 +98,8 @@ pub fn app(state: Arc<AppState>) -> NormalizePath<Router> {
     NormalizePathLayer::trim_trailing_slash().layer(router(state))
 }
 
-/// The full router: `/health` plus the FHIR API under the base path.
+/// The full router: `/health`, `/metrics` and the FHIR API under the base path, every
+/// request through [`observe::track`] (correlation id, span, metrics).
 pub fn router(state: Arc<AppState>) -> Router {
     let base = state.config.base_path.trim_end_matches('/').to_string();
     let fhir = Router::new()
@@ -124,13 +129,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found);
     let fhir = fhir.layer(DefaultBodyLimit::disable());
-    let app = Router::new().route("/health", get(health));
+    let app = Router::new().route("/health", get(observe::health)).route("/metrics", get(observe::metrics));
     let app = if base.is_empty() { app.merge(fhir) } else { app.nest(&base, fhir) };
-    app.fallback(not_found).layer(CompressionLayer::new().gzip(true)).with_state(state)
+    app.fallback(not_found)
+        .layer(CompressionLayer::new().gzip(true))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
+        .with_state(state)
 }
 
-async fn health() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response()
+/// The router that answers while the server starts: `/health` says `starting` (503),
+/// everything else is a 503 OperationOutcome with `Retry-After`.
+pub fn starting_router() -> Router {
+    Router::new().route("/health", get(observe::starting)).fallback(|| async {
+        ApiError::Unavailable {
+            message: "fhirlake is starting (recovering its storage root)".into(),
+            retry_after_secs: 1,
+        }
+    })
 }
 
 async fn not_found(req: Request) -> ApiError {

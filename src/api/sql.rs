@@ -91,7 +91,9 @@ pub async fn sql(
         return Err(ApiError::BadRequest("the SQL text is empty".into()));
     }
     let session = session(&state, limits).await?;
-    let df = session.plan(&text, params).await?;
+    let df = session.plan(&text, params).await;
+    state.metrics.sql_query("http", df.is_ok());
+    let df = df?;
     let df = df.limit(0, Some(limit)).map_err(fhirlake_query::Error::from)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let deadline = tokio::time::Instant::now() + limits.timeout;

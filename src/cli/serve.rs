@@ -74,12 +74,27 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
-    let root = StorageRoot::open(&a.data.data)?;
-    let options = WriterOptions { holder: "fhirlake serve".into(), ..Default::default() };
-    let (writer, task) = Writer::start(root.clone(), options).await?;
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     let addr = listener.local_addr()?;
+    // While the writer recovers the root, the port answers /health `starting` (503).
+    let listener = listener.into_std()?;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let early = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let early = tokio::spawn(async move {
+        axum::serve(early, crate::api::starting_router())
+            .with_graceful_shutdown(async move {
+                let _ = started_rx.await;
+            })
+            .await
+    });
+    let root = StorageRoot::open(&a.data.data)?;
+    let options = WriterOptions { holder: "fhirlake serve".into(), ..Default::default() };
+    let started = Writer::start(root.clone(), options).await;
+    let _ = started_tx.send(());
+    early.await.map_err(|e| format!("start-up server: {e}"))??;
+    let (writer, task) = started?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let base_path = format!("/{}", a.base_path.trim_matches('/'));
     let public_url = a.public_url.unwrap_or_else(|| format!("http://{addr}{}", base_path.trim_end_matches('/')));
     let config = ApiConfig {

@@ -1,5 +1,5 @@
 //! Integration tests of the fhirlake binary crate: the axum router driven in process, the
-//! CLI binary, and the official fixtures in `../shared/fixtures`.
+//! CLI binary, and the fixtures in `tests/fixtures`.
 
 mod bad_inputs;
 mod cli;
@@ -8,6 +8,7 @@ mod compaction;
 mod concurrency;
 mod examples;
 mod generate;
+mod operations;
 mod search;
 mod slt;
 mod sql;
