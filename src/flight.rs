@@ -54,7 +54,7 @@ impl FlightSql {
     }
 
     async fn plan(&self, sql: &str) -> Result<datafusion::prelude::DataFrame, Status> {
-        let session = crate::api::sql_session(&self.state, self.state.config.sql).await.map_err(api_status)?;
+        let session = crate::api::sql_session(&self.state, self.state.config.sql.limits()).await.map_err(api_status)?;
         let df = session.plan(sql, None).await;
         self.state.metrics.sql_query("flight", df.is_ok());
         df.map_err(query_status)
@@ -76,9 +76,9 @@ impl FlightSql {
 
     async fn run(&self, sql: &str) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let df = self.plan(sql).await?;
-        let df = df.limit(0, Some(self.state.config.sql_max_rows)).map_err(|e| query_status(e.into()))?;
+        let df = df.limit(0, Some(self.state.config.sql.sql_max_rows)).map_err(|e| query_status(e.into()))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let deadline = tokio::time::Instant::now() + self.state.config.sql.timeout;
+        let deadline = tokio::time::Instant::now() + self.state.config.sql.limits().timeout;
         let stream = df.execute_stream().await.map_err(|e| query_status(e.into()))?;
         // Past the deadline the stream ends with an error (dropping it cancels the query).
         let batches = futures::stream::unfold(Some(stream), move |s| async move {

@@ -1,9 +1,7 @@
 //! The `fhirlake` binary.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = fhirlake::cli::Cli::parse();
+    let (cli, settings) = fhirlake::cli::parse();
     fhirlake::cli::init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -12,5 +10,5 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    runtime.block_on(fhirlake::cli::run(cli))
+    runtime.block_on(fhirlake::cli::run(cli, settings))
 }

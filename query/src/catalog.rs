@@ -60,15 +60,9 @@ pub struct SqlLimits {
     pub planner_stack_bytes: usize,
 }
 
-impl Default for SqlLimits {
-    fn default() -> Self {
-        Self {
-            max_sql_bytes: 256 * 1024,
-            memory_bytes: 1024 * 1024 * 1024,
-            timeout: Duration::from_secs(120),
-            planner_stack_bytes: 64 * 1024 * 1024,
-        }
-    }
+impl SqlLimits {
+    /// Stack of the planning thread: room for SQL nested as deep as the sandbox allows.
+    pub const PLANNER_STACK_BYTES: usize = 64 * 1024 * 1024;
 }
 
 /// A schema whose table names resolve case-insensitively; providers are created on first
@@ -122,8 +116,8 @@ pub struct SqlSession {
 
 impl SqlSession {
     /// A session with no tables.
-    pub fn new() -> Self {
-        Self::with_tables(Tables::default(), SqlLimits::default()).expect("an empty session builds")
+    pub fn new(limits: SqlLimits) -> Self {
+        Self::with_tables(Tables::default(), limits).expect("an empty session builds")
     }
 
     /// A session over `tables` (names as given; lookups ignore case).
@@ -170,7 +164,7 @@ impl SqlSession {
 
     /// Opens every table under a storage root (`<root>/resources/*`, `<root>/history/*`,
     /// `<root>/views/*`).
-    pub async fn open_root(root: &Url, store: Arc<dyn ObjectStore>) -> Result<Self> {
+    pub async fn open_root(root: &Url, store: Arc<dyn ObjectStore>, limits: SqlLimits) -> Result<Self> {
         let mut tables = Tables::default();
         // The writer's watermark: each table's version after the last fully applied group
         // commit. Tables are opened at it, so a transaction being applied is invisible.
@@ -211,7 +205,7 @@ impl SqlSession {
                 }
             }
         }
-        Self::with_tables(tables, SqlLimits::default())
+        Self::with_tables(tables, limits)
     }
 
     /// The limits this session applies.
@@ -360,12 +354,6 @@ fn sql_error(e: DataFusionError) -> Error {
             other => other,
         },
         other => Error::DataFusion(other),
-    }
-}
-
-impl Default for SqlSession {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -568,7 +556,13 @@ mod tests {
 
     fn run(q: &str) -> Result<Vec<RecordBatch>> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(SqlSession::new().sql(q))
+        let limits = SqlLimits {
+            max_sql_bytes: 256 * 1024,
+            memory_bytes: 64 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+            planner_stack_bytes: SqlLimits::PLANNER_STACK_BYTES,
+        };
+        rt.block_on(SqlSession::new(limits).sql(q))
     }
 
     #[test]

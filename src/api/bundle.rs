@@ -33,16 +33,16 @@ pub async fn transaction_or_batch(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_body(&headers, body, state.config.max_bundle_bytes).await?;
+    let bytes = read_body(&headers, body, state.config.limits.max_bundle_bytes).await?;
     let json = parse_json(&state, &bytes)?;
     if json.get("resourceType").and_then(Json::as_str) != Some("Bundle") {
         return Err(ApiError::BadRequest("POST to the base URL needs a Bundle of type transaction or batch".into()));
     }
     let n = entry_count(&json);
-    if n > state.config.max_bundle_entries {
+    if n > state.config.limits.max_bundle_entries {
         return Err(ApiError::PayloadTooLarge(format!(
             "the Bundle has {n} entries; the limit is {} (serve --max-bundle-entries); split it into several Bundles",
-            state.config.max_bundle_entries
+            state.config.limits.max_bundle_entries
         )));
     }
     let needs = needs(state.model, &json);

@@ -75,7 +75,7 @@ fn served_version(raw: &str) -> ApiResult<i64> {
 /// Looks up what a Bundle [`Needs`]. The caller holds the gate when `needs.searches` is
 /// not empty.
 pub async fn resolve(state: &AppState, needs: &Needs) -> ApiResult<Resolved> {
-    let max = state.config.conditional_delete_max.max(1);
+    let max = state.config.limits.conditional_delete_max.max(1);
     let mut r = Resolved { available: true, delete_max: max, ..Default::default() };
     for q in &needs.searches {
         let (rt, query) = q.split_once('?').unwrap_or((q, ""));
@@ -174,7 +174,7 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
     let criteria = criteria(query, "DELETE", &rt)?;
-    let max = state.config.conditional_delete_max.max(1);
+    let max = state.config.limits.conditional_delete_max.max(1);
     let _gate = state.conditional.lock().await;
     let found = find(&state, &rt, &criteria, max).await?;
     if found.len() > max {

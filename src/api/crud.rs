@@ -196,7 +196,7 @@ pub async fn validate(
     body: Body,
 ) -> ApiResult<Response> {
     state.check_type(&rt)?;
-    let bytes = read_body(&headers, body, state.config.max_resource_bytes).await?;
+    let bytes = read_body(&headers, body, state.config.limits.max_resource_bytes).await?;
     let json = parse_json(&state, &bytes)?;
     // Accept the resource itself or Parameters with a `resource` parameter.
     let resource = if json.get("resourceType").and_then(Json::as_str) == Some("Parameters") && rt != "Parameters" {
@@ -227,7 +227,7 @@ pub(crate) async fn read_resource_of_type(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Json> {
-    let bytes = read_body(headers, body, state.config.max_resource_bytes).await?;
+    let bytes = read_body(headers, body, state.config.limits.max_resource_bytes).await?;
     let (json, actual) = parse_resource(state, &bytes)?;
     if actual != rt {
         return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {rt}")));

@@ -64,7 +64,7 @@ impl AppState {
     /// The state of one API over `writer`.
     pub fn new(writer: Writer, config: ApiConfig, model: &'static Model) -> Self {
         let resource_locks = (0..64).map(|_| tokio::sync::Mutex::new(())).collect();
-        let postings = Arc::new(fhirlake_query::search::postings::PostingsCache::new(config.search_postings_bytes));
+        let postings = Arc::new(fhirlake_query::search::postings::PostingsCache::new(config.search.postings_bytes()));
         let metrics = observe::Metrics::new(writer.clone(), postings.clone());
         Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks, postings, metrics }
     }
@@ -186,7 +186,10 @@ fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
 
 /// Parses a JSON body within the API's limits; syntax and limit errors are 400s.
 pub fn parse_json(state: &AppState, bytes: &[u8]) -> ApiResult<Json> {
-    let limits = ParseLimits { max_depth: state.config.max_depth, max_string_bytes: state.config.max_resource_bytes };
+    let limits = ParseLimits {
+        max_depth: state.config.limits.max_json_depth,
+        max_string_bytes: state.config.limits.max_resource_bytes,
+    };
     Json::parse(bytes, limits).map_err(|e| ApiError::BadJson(vec![json_issue(&e)]))
 }
 

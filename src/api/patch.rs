@@ -39,7 +39,7 @@ pub async fn read_patch(state: &AppState, headers: &HeaderMap, body: Body) -> Ap
     let mut plain = headers.clone();
     if ct.starts_with("application/json-patch+json") {
         plain.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-        let bytes = read_body(&plain, body, state.config.max_resource_bytes).await?;
+        let bytes = read_body(&plain, body, state.config.limits.max_resource_bytes).await?;
         return Ok(PatchDoc::Json(parse_json(state, &bytes)?));
     }
     if !(ct.starts_with("application/fhir+json") || ct.starts_with("application/json")) {
@@ -48,7 +48,7 @@ pub async fn read_patch(state: &AppState, headers: &HeaderMap, body: Body) -> Ap
              Parameters), not '{ct}'"
         )));
     }
-    let bytes = read_body(headers, body, state.config.max_resource_bytes).await?;
+    let bytes = read_body(headers, body, state.config.limits.max_resource_bytes).await?;
     let json = parse_json(state, &bytes)?;
     if !is_fhirpath_patch(&json) {
         return Err(ApiError::BadRequest(

@@ -9,7 +9,7 @@
 //! read: the searched one, chain and `_has` targets, included types) and `_offset`, so the
 //! next page searches those versions and concurrent writes neither repeat nor skip a
 //! resource. A cursor lives as long as vacuum keeps the files of its versions
-//! (`--retention-hours`, default 168). Must not: plan or match (that is `fhirlake-query`).
+//! (`--retention`, default 168h). Must not: plan or match (that is `fhirlake-query`).
 
 use std::sync::Arc;
 
@@ -207,7 +207,7 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
             list.join("; ")
         )));
     }
-    let count = req.count.unwrap_or(state.config.search_default_count).min(state.config.search_max_count);
+    let count = req.count.unwrap_or(state.config.search.default_count()).min(state.config.search.search_max_count);
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
     let tables = match &snapshot {
         Some(cursor) => Tables::pinned(state, rt, cursor).await?,
@@ -331,7 +331,7 @@ pub async fn everything(
             .map_err(|_| ApiError::BadRequest(format!("_count='{c}' is not a non-negative integer")))?,
         None => 100,
     }
-    .clamp(1, state.config.search_max_count);
+    .clamp(1, state.config.search.search_max_count);
     let offset = offset_param(&pairs)?;
     let tables = match param(&pairs, "_snapshot") {
         Some(cursor) => Tables::pinned(&state, "Patient", cursor).await?,
@@ -378,7 +378,7 @@ pub async fn system_search(
     };
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut ignored = Vec::new();
-    let mut count = state.config.search_default_count;
+    let mut count = state.config.search.default_count();
     let mut total = 0u64;
     for t in &types {
         let req =
@@ -390,7 +390,7 @@ pub async fn system_search(
             )));
         }
         ignored.extend(req.ignored.iter().map(ToString::to_string));
-        count = req.count.unwrap_or(state.config.search_default_count).min(state.config.search_max_count);
+        count = req.count.unwrap_or(state.config.search.default_count()).min(state.config.search.search_max_count);
         let page = search(&tables, &req, 0, offset + count + 1, true).await?;
         total += page.total.unwrap_or(0);
         rows.extend(page.rows.into_iter().map(|(id, raw)| (t.clone(), id, raw)));

@@ -32,7 +32,7 @@ pub async fn sql(
 ) -> ApiResult<Response> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let mime = ct.split(';').next().unwrap_or("").trim().to_string();
-    let limits = state.config.sql;
+    let limits = state.config.sql.limits();
     let bytes = axum::body::to_bytes(body, limits.max_sql_bytes + 64 * 1024)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(format!("the request is over {} bytes", limits.max_sql_bytes)))?;
@@ -80,11 +80,11 @@ pub async fn sql(
         }
     }
     let format = choose_format(format.as_deref(), &headers)?;
-    let limit = limit.unwrap_or(state.config.sql_default_rows);
-    if limit > state.config.sql_max_rows {
+    let limit = limit.unwrap_or(state.config.sql.sql_default_rows);
+    if limit > state.config.sql.sql_max_rows {
         return Err(ApiError::BadRequest(format!(
             "limit {limit} is over the maximum of {} rows",
-            state.config.sql_max_rows
+            state.config.sql.sql_max_rows
         )));
     }
     if text.trim().is_empty() {

@@ -72,7 +72,7 @@ async fn request(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<RunRequest> {
-    let bytes = super::read_body(headers, body, state.config.max_bundle_bytes).await?;
+    let bytes = super::read_body(headers, body, state.config.limits.max_bundle_bytes).await?;
     let mut view = match id {
         Some(id) => Some(stored(state, id).await?),
         None => None,

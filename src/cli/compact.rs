@@ -1,13 +1,14 @@
 //! `fhirlake compact`: compaction, checkpoint and vacuum on demand.
 //!
 //! Owns: the command line of table maintenance. It takes the storage root's write lease
-//! (a running `serve` compacts in the background itself, see `serve --compact-every-secs`),
+//! (a running `serve` compacts in the background itself, see `serve --compact-every`),
 //! merges small files (or every file with `--full`) sorted by the clustering key, and
 //! vacuums files older than the retention. Progress is printed per table.
 
 use std::process::ExitCode;
 
 use clap::Args;
+use clap::builder::TypedValueParser as _;
 use fhirlake_ingest::compact::{CompactOptions, TableReport};
 use fhirlake_ingest::{StorageRoot, Writer, WriterOptions};
 
@@ -30,33 +31,46 @@ pub struct CompactArgs {
 
 /// Compaction settings shared by `compact` and `serve`.
 #[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "Compaction")]
 pub struct CompactTuning {
-    /// Size of the files compaction writes, in MiB.
-    #[arg(long, env = "FHIRLAKE_TARGET_FILE_MIB", default_value_t = 8)]
-    pub target_file_mib: u64,
+    /// Size of the files compaction writes, e.g. 8MiB.
+    #[arg(long, env = "FHIRLAKE_TARGET_FILE_SIZE", default_value = "8MiB", value_parser = crate::config::parse_size)]
+    pub target_file_size: usize,
+    /// The same in MiB (earlier releases' flag; overrides `--target-file-size`).
+    #[arg(long, env = "FHIRLAKE_TARGET_FILE_MIB", hide = true)]
+    pub target_file_mib: Option<u64>,
     /// Compact a table once it has this many files under half the target size.
-    #[arg(long, env = "FHIRLAKE_COMPACT_MIN_SMALL_FILES", default_value_t = 16)]
+    #[arg(long, env = "FHIRLAKE_COMPACT_MIN_SMALL_FILES", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..).map(|v| v as usize))]
     pub min_small_files: usize,
-    /// Vacuum files no table version of the last HOURS references: the lifetime of search
-    /// page links and the time-travel window. Never below 1.
-    #[arg(long, env = "FHIRLAKE_RETENTION_HOURS", default_value_t = 168)]
-    pub retention_hours: i64,
+    /// Vacuum files no table version of this long references (at least 1h): the lifetime
+    /// of search page links and the time-travel window, e.g. 168h or 7days.
+    #[arg(long, env = "FHIRLAKE_RETENTION", default_value = "168h", value_parser = crate::config::parse_duration)]
+    pub retention: std::time::Duration,
+    /// The same in hours (earlier releases' flag; overrides `--retention`).
+    #[arg(long, env = "FHIRLAKE_RETENTION_HOURS", hide = true)]
+    pub retention_hours: Option<i64>,
 }
 
 impl CompactTuning {
     /// The compaction options (`full` or small files only).
     pub fn options(&self, full: bool) -> CompactOptions {
+        let target = self.target_file_mib.map_or(self.target_file_size as u64, |mib| mib << 20);
         CompactOptions {
-            target_file_bytes: self.target_file_mib.max(1) << 20,
-            min_small_files: self.min_small_files.max(2),
+            target_file_bytes: target.max(1 << 20),
+            min_small_files: self.min_small_files,
             full,
             ..Default::default()
         }
     }
 
-    /// The vacuum retention.
+    /// The vacuum retention (never under an hour).
     pub fn retention(&self) -> chrono::Duration {
-        chrono::Duration::hours(self.retention_hours.max(1))
+        let retention = match self.retention_hours {
+            Some(h) => chrono::Duration::hours(h),
+            None => chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX),
+        };
+        retention.max(chrono::Duration::hours(1))
     }
 }
 

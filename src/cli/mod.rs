@@ -9,6 +9,7 @@ mod compact;
 mod generate;
 mod import;
 mod serve;
+pub mod settings;
 mod sql;
 mod view;
 
@@ -29,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the FHIR server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Import Bundle and NDJSON files (or folders of them).
     Import(import::ImportArgs),
     /// Run a read-only SQL query over the tables.
@@ -40,6 +41,24 @@ pub enum Command {
     Compact(compact::CompactArgs),
     /// Write deterministic synthetic FHIR data (NDJSON per type or transaction Bundles).
     Generate(generate::GenerateArgs),
+    /// Show the effective configuration.
+    Config(ConfigArgs),
+}
+
+/// `fhirlake config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+/// What `fhirlake config` does.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the settings `fhirlake serve` would run with (same flags, variables and
+    /// `--config` file), each with where it came from; secrets redacted.
+    Print(Box<serve::ServeArgs>),
 }
 
 /// Where the data lives; shared by every command.
@@ -65,15 +84,31 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> ExitCode {
+/// Parses the process's command line with its config file (usage errors exit here).
+pub fn parse() -> (Cli, Vec<settings::Setting>) {
+    match settings::parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(settings::ArgsError::Clap(e)) => e.exit(),
+        Err(settings::ArgsError::File(m)) => {
+            eprintln!("error: {m}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Runs a parsed command line; `settings` are the effective settings of the command.
+pub async fn run(cli: Cli, settings: Vec<settings::Setting>) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(a) => serve::run(a).await,
+        Command::Serve(a) => serve::run(*a).await,
         Command::Import(a) => import::run(a).await,
         Command::Sql(a) => sql::run(a).await,
         Command::View(a) => view::run(a).await,
         Command::Compact(a) => compact::run(a).await,
         Command::Generate(a) => generate::run(a).await,
+        Command::Config(ConfigArgs { action: ConfigAction::Print(_) }) => {
+            crate::outln!("{}", settings::render(&settings).trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

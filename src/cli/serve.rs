@@ -14,6 +14,10 @@ use crate::config::ApiConfig;
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings: keys are these flags without `--` (`listen = "0.0.0.0:8080"`,
+    /// `sql-timeout = "5m"`); flags and FHIRLAKE_* variables override it.
+    #[arg(long, env = "FHIRLAKE_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
@@ -26,46 +30,20 @@ pub struct ServeArgs {
     /// http://<listen address><base path>).
     #[arg(long, env = "FHIRLAKE_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Largest single-resource request body, in bytes.
-    #[arg(long, env = "FHIRLAKE_MAX_RESOURCE_BYTES", default_value_t = 16 * 1024 * 1024)]
-    max_resource_bytes: usize,
-    /// Largest Bundle request body (POST to the base), in bytes.
-    #[arg(long, env = "FHIRLAKE_MAX_BUNDLE_BYTES", default_value_t = 128 * 1024 * 1024)]
-    max_bundle_bytes: usize,
-    /// Most entries in one transaction or batch Bundle.
-    #[arg(long, env = "FHIRLAKE_MAX_BUNDLE_ENTRIES", default_value_t = 50_000)]
-    max_bundle_entries: usize,
-    /// Most resources one conditional DELETE (`DELETE /Type?criteria`) may delete; 1 refuses a
-    /// search that matches several (412).
-    #[arg(long, env = "FHIRLAKE_CONDITIONAL_DELETE_MAX", default_value_t = 1)]
-    conditional_delete_max: usize,
-    /// Matches per search page when a search has no `_count`.
-    #[arg(long, env = "FHIRLAKE_SEARCH_DEFAULT_COUNT", default_value_t = 20)]
-    search_default_count: usize,
-    /// The largest `_count` a search may ask for (larger values are lowered to it).
-    #[arg(long, env = "FHIRLAKE_SEARCH_MAX_COUNT", default_value_t = 1000)]
-    search_max_count: usize,
-    /// Memory for token postings, in MiB: counts (`_summary=count`, `_total`) of token
-    /// searches read each data file's postings instead of its rows once built (0: off).
-    #[arg(long, env = "FHIRLAKE_SEARCH_POSTINGS_MIB", default_value_t = 512)]
-    search_postings_mib: usize,
-    /// Background compaction: check the tables every this many seconds (0: off).
-    #[arg(long, env = "FHIRLAKE_COMPACT_EVERY_SECS", default_value_t = 60)]
-    compact_every_secs: u64,
+    #[command(flatten)]
+    limits: crate::config::RequestLimits,
+    #[command(flatten)]
+    search: crate::config::SearchSettings,
+    #[command(flatten)]
+    sql: crate::config::SqlSettings,
+    /// Background compaction: check the tables this often, e.g. 60s (0s: off).
+    #[arg(long, env = "FHIRLAKE_COMPACT_EVERY", default_value = "60s", value_parser = crate::config::parse_duration)]
+    compact_every: std::time::Duration,
+    /// The same in seconds (earlier releases' flag; overrides `--compact-every`).
+    #[arg(long, env = "FHIRLAKE_COMPACT_EVERY_SECS", hide = true)]
+    compact_every_secs: Option<u64>,
     #[command(flatten)]
     compaction: super::compact::CompactTuning,
-    /// `$sql`: wall-time limit of one query, in seconds (it is cancelled beyond).
-    #[arg(long, env = "FHIRLAKE_SQL_TIMEOUT_SECS", default_value_t = 120)]
-    sql_timeout_secs: u64,
-    /// `$sql`: memory one query's operators may use, in MiB.
-    #[arg(long, env = "FHIRLAKE_SQL_MEMORY_MIB", default_value_t = 1024)]
-    sql_memory_mib: usize,
-    /// `$sql`: rows returned when a request names no limit.
-    #[arg(long, env = "FHIRLAKE_SQL_DEFAULT_ROWS", default_value_t = 10_000)]
-    sql_default_rows: usize,
-    /// `$sql`: the largest row limit a request may ask for.
-    #[arg(long, env = "FHIRLAKE_SQL_MAX_ROWS", default_value_t = 10_000_000)]
-    sql_max_rows: usize,
     /// Also serve Arrow Flight SQL (gRPC) on this address, e.g. 127.0.0.1:50051 (port 0
     /// picks a free port; the bound address is printed). Off when not given.
     #[arg(long, env = "FHIRLAKE_FLIGHT_LISTEN")]
@@ -100,21 +78,9 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
     let config = ApiConfig {
         base_path: base_path.clone(),
         public_url: public_url.clone(),
-        max_resource_bytes: a.max_resource_bytes,
-        max_bundle_bytes: a.max_bundle_bytes,
-        max_bundle_entries: a.max_bundle_entries,
-        conditional_delete_max: a.conditional_delete_max.max(1),
-        sql: fhirlake_query::catalog::SqlLimits {
-            timeout: std::time::Duration::from_secs(a.sql_timeout_secs),
-            memory_bytes: a.sql_memory_mib * 1024 * 1024,
-            ..Default::default()
-        },
-        sql_default_rows: a.sql_default_rows,
-        sql_max_rows: a.sql_max_rows,
-        search_max_count: a.search_max_count.max(1),
-        search_default_count: a.search_default_count.clamp(1, a.search_max_count.max(1)),
-        search_postings_bytes: a.search_postings_mib * 1024 * 1024,
-        ..Default::default()
+        limits: a.limits,
+        search: a.search,
+        sql: a.sql,
     };
     let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4()?));
     crate::outln!("fhirlake listening on http://{addr} (FHIR base {public_url}, data {})", root.url());
@@ -144,9 +110,9 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         }
         None => None,
     };
-    let compactor = (a.compact_every_secs > 0).then(|| {
+    let every = a.compact_every_secs.map_or(a.compact_every, std::time::Duration::from_secs);
+    let compactor = (!every.is_zero()).then(|| {
         let opts = a.compaction.options(false);
-        let every = std::time::Duration::from_secs(a.compact_every_secs);
         let retention = a.compaction.retention();
         tokio::spawn(background_compaction(state.writer.clone(), opts, every, retention, stop_rx.clone()))
     });

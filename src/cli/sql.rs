@@ -46,6 +46,8 @@ pub struct SqlArgs {
     /// instead of opening the data directory.
     #[arg(long, env = "FHIRLAKE_URL")]
     url: Option<String>,
+    #[command(flatten)]
+    limits: crate::config::QueryLimits,
     /// The query, e.g. "SELECT gender, count(*) FROM patient GROUP BY gender". Without it:
     /// an interactive shell on a terminal, else the SQL read from stdin.
     query: Option<String>,
@@ -77,7 +79,7 @@ pub async fn run(a: SqlArgs) -> CliResult<ExitCode> {
         Some(url) => Target::Remote(url.trim_end_matches('/').to_string()),
         None => {
             let root = StorageRoot::open(&a.data.data)?;
-            Target::Local(SqlSession::open_root(root.url(), root.object_store().clone()).await?)
+            Target::Local(SqlSession::open_root(root.url(), root.object_store().clone(), a.limits.limits()).await?)
         }
     };
     let query = match a.query {

@@ -284,3 +284,69 @@ fn compact_merges_small_files_and_keeps_every_row() {
     let out = fhirlake().args(["compact", "--min-small-files", "2", "--data"]).arg(&data).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("resources/Patient: 1 -> 1 files"));
 }
+
+/// `serve --config FILE`: the file's settings take effect, a flag overrides the file, an
+/// unknown key or a bad value is a clear error (exit 2) naming it, and `config print`
+/// names each setting's source.
+#[test]
+fn serve_reads_a_toml_config_under_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fhirlake.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data = {:?}\nlisten = \"127.0.0.1:0\"\nbase-path = \"/api\"\nsearch-default-count = 2\n\
+             search-max-count = 3\nmax-resource-bytes = \"2KiB\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut server = fhirlake()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--search-max-count", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("/api"), "the base path comes from the file: {line}");
+    assert!(line.contains(data.to_str().unwrap()), "the data root comes from the file: {line}");
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    for _ in 0..5 {
+        assert_eq!(http(&addr, "POST", "/api/Patient", r#"{"resourceType":"Patient"}"#).0, 201);
+    }
+    let entries = |path: &str| {
+        let (status, resp) = http(&addr, "GET", path, "");
+        assert_eq!(status, 200, "{resp}");
+        resp.matches(r#""mode":"match""#).count()
+    };
+    assert_eq!(entries("/api/Patient"), 2, "search-default-count from the file");
+    assert_eq!(entries("/api/Patient?_count=10"), 4, "the flag --search-max-count 4 overrides the file's 3");
+    let big = format!(r#"{{"resourceType":"Patient","name":[{{"family":"{}"}}]}}"#, "x".repeat(3000));
+    assert_eq!(http(&addr, "POST", "/api/Patient", &big).0, 413, "max-resource-bytes = 2KiB from the file");
+    let pid = server.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(server.wait().unwrap().success());
+
+    let out = fhirlake().args(["config", "print", "--config"]).arg(&config).args(["--search-max-count", "4"]).output();
+    let text = String::from_utf8(out.unwrap().stdout).unwrap();
+    assert!(text.contains(&format!("search-default-count = 2  # file {}", config.display())), "{text}");
+    assert!(text.contains("search-max-count = 4  # flag"), "{text}");
+    assert!(text.contains("sql-max-rows = 10000000  # default"), "{text}");
+
+    for (toml, needle) in [
+        ("serach-default-count = 5\n", "unknown key 'serach-default-count'"),
+        ("search-default-count = \"many\"\n", "'many'"),
+        ("sql-timeout = \"soon\"\n", "'soon' is not a duration"),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let out = fhirlake().args(["serve", "--config"]).arg(&config).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(stderr.contains(needle) && stderr.contains("fhirlake.toml"), "{toml}: {stderr}");
+    }
+}

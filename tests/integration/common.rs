@@ -132,7 +132,13 @@ impl TestServer {
 
     /// A SQL session over every table of the root.
     pub async fn session(&self) -> fhirlake_query::SqlSession {
-        fhirlake_query::SqlSession::open_root(self.root.url(), self.root.object_store().clone()).await.expect("session")
+        fhirlake_query::SqlSession::open_root(
+            self.root.url(),
+            self.root.object_store().clone(),
+            fhirlake::config::QueryLimits::default().limits(),
+        )
+        .await
+        .expect("session")
     }
 }
 

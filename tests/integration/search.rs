@@ -459,7 +459,10 @@ async fn page_cursors_pin_every_table_the_search_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_size_default_and_maximum_are_configurable() {
-    let config = fhirlake::config::ApiConfig { search_default_count: 3, search_max_count: 5, ..Default::default() };
+    let config = fhirlake::config::ApiConfig {
+        search: fhirlake::config::SearchSettings { search_default_count: 3, search_max_count: 5, ..Default::default() },
+        ..Default::default()
+    };
     let server = TestServer::start_with(config).await;
     for i in 0..8 {
         let r = server

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use axum::http::Method;
-use fhirlake::config::ApiConfig;
-use fhirlake_query::catalog::SqlLimits;
+use fhirlake::config::{ApiConfig, QueryLimits, SqlSettings};
 use serde_json::Value;
 
 use crate::common::{Resp, TestServer, fixtures};
@@ -39,7 +38,11 @@ fn ndjson_count(name: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_formats_parameters_limits_and_freshness() {
-    let server = loaded(ApiConfig { sql_default_rows: 50, sql_max_rows: 100_000, ..Default::default() }).await;
+    let server = loaded(ApiConfig {
+        sql: SqlSettings { sql_default_rows: 50, sql_max_rows: 100_000, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
     let patients = ndjson_count("Patient.ndjson") as u64;
     // Table names in any case; history and the old `_history` name.
     for q in [
@@ -150,8 +153,8 @@ async fn names_formats_parameters_limits_and_freshness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_queries_are_refused_or_cancelled_and_the_server_stays_healthy() {
-    let limits = SqlLimits { timeout: Duration::from_secs(3), memory_bytes: 64 * 1024 * 1024, ..Default::default() };
-    let server = loaded(ApiConfig { sql: limits, ..Default::default() }).await;
+    let query = QueryLimits { sql_timeout: Duration::from_secs(3), sql_memory: 64 * 1024 * 1024, ..Default::default() };
+    let server = loaded(ApiConfig { sql: SqlSettings { query, ..Default::default() }, ..Default::default() }).await;
     let patients = ndjson_count("Patient.ndjson") as u64;
     let deep_parens = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
     let long_sum = format!("SELECT 1{}", " + 1".repeat(20_000));

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use axum::http::Method;
-use fhirlake::config::ApiConfig;
+use fhirlake::config::{ApiConfig, RequestLimits};
 use fhirlake_schemas::Json;
 use serde_json::json;
 
@@ -178,7 +178,11 @@ async fn a_transaction_with_an_invalid_200th_entry_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_resolve_conditions_order_entries_and_read_after_writing() {
-    let s = TestServer::start_with(ApiConfig { max_bundle_entries: 10, ..Default::default() }).await;
+    let s = TestServer::start_with(ApiConfig {
+        limits: RequestLimits { max_bundle_entries: 10, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
     let org = r#"{"resourceType":"Organization","identifier":[{"system":"urn:org","value":"1"}],"name":"Clinic"}"#;
     let r = s.post("/fhir/Organization", org).await;
     assert_eq!(r.status, 201);
@@ -331,7 +335,11 @@ async fn racing_puts_with_the_same_if_match_have_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_update_delete_and_if_none_match() {
-    let s = TestServer::start_with(ApiConfig { conditional_delete_max: 5, ..Default::default() }).await;
+    let s = TestServer::start_with(ApiConfig {
+        limits: RequestLimits { conditional_delete_max: 5, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
     let body = r#"{"resourceType":"Patient","identifier":[{"system":"urn:c","value":"1"}],"active":true}"#;
     let r = s.put("/fhir/Patient?identifier=urn:c|1", body).await;
     assert_eq!(r.status, 201, "{}", r.body);
