@@ -1,40 +1,29 @@
 //! Materialized SQL-on-FHIR views: `views/<name>`, a Delta table of the view's rows plus
 //! `_source_id` (the key of the resource each row came from).
 //!
-//! Owns: full and incremental refresh. The view table records, as Delta application
-//! transactions, the version of the source type's history table it reflects
-//! (`fhirlake-view-source`) and a hash of the ViewDefinition (`fhirlake-view-definition`).
-//! A refresh diffs the history table's files since that version to find the resources
-//! created, updated or deleted since (history is append-only, so its new files hold exactly
-//! the new versions), recomputes only their rows from the current table and replaces their
-//! old rows in one commit (`replaceWhere _source_id IN (...)`). It falls back to a full
-//! rebuild when the table is new, the ViewDefinition changed, or the old history version is
-//! no longer readable. The current table is read at a snapshot whose journal sequence is at
-//! least the history snapshot's, so no change the diff found is missing from it.
-//! Must not: plan views (that is `fhirlake_query::views`).
+//! Owns: choosing and composing a refresh. The view table records, as Delta application
+//! transactions, the version of the source type's history table it reflects and a hash of
+//! the ViewDefinition. A refresh finds the resources created, updated or deleted since
+//! that version (`fhirlake_query::views::refresh::changed_ids`), recomputes only their
+//! rows from the current table with the view's plan (`fhirlake_query::views`) and replaces
+//! their old rows in one commit (`fhirlake_ingest::views::write_view`). It falls back to a
+//! full rebuild when the table is new, the ViewDefinition changed, or the old history
+//! version is no longer readable. The current table is read at a snapshot whose journal
+//! sequence is at least the history snapshot's, so no change the diff found is missing
+//! from it. Must not: plan views, read history files or write Delta itself.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::RecordBatch;
 use datafusion::prelude::{SessionContext, ident, lit};
 use deltalake::DeltaTable;
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::write::SchemaMode;
-use deltalake::protocol::SaveMode;
-use fhirlake_ingest::journal::JOURNAL_APP_ID;
+use fhirlake_ingest::views::{Replace, ViewVersion, write_view};
 use fhirlake_ingest::{StorageRoot, TableKind};
-use fhirlake_query::search::matcher::string_at;
+use fhirlake_query::views::refresh::{changed_ids, distinct_sources, stored_views as stored_in, txn_version};
 use fhirlake_query::views::{self, View};
-use fhirlake_schemas::shape::reserved;
+use fhirlake_schemas::layout::{JOURNAL_APP_ID, VIEW_DEFINITION_APP_ID, VIEW_SOURCE_APP_ID};
 use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
-
-/// Application id of the source history version a view table reflects.
-const SOURCE_APP: &str = "fhirlake-view-source";
-/// Application id whose version is the hash of the ViewDefinition the table was built from.
-const DEFINITION_APP: &str = "fhirlake-view-definition";
 
 /// Why a materialization failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,10 +99,6 @@ fn definition_hash(view: &Json) -> i64 {
     (h >> 1) as i64
 }
 
-async fn txn_version(table: &DeltaTable, app: &str) -> Result<Option<i64>> {
-    Ok(table.snapshot()?.transaction_version(table.log_store().as_ref(), app).await?)
-}
-
 /// Materializes (or refreshes) `view_json` into `views/<name>` under `root`.
 /// `full` forces a rebuild. `progress` receives short status lines.
 pub async fn materialize(
@@ -145,8 +130,8 @@ pub async fn materialize(
     let mut mode = "full";
     let mut changed: Option<Vec<String>> = None;
     if let (Some(t), false) = (&existing, full)
-        && txn_version(t, DEFINITION_APP).await? == Some(hash)
-        && let Some(prev) = txn_version(t, SOURCE_APP).await?
+        && txn_version(t, VIEW_DEFINITION_APP_ID).await? == Some(hash)
+        && let Some(prev) = txn_version(t, VIEW_SOURCE_APP_ID).await?
     {
         if prev == source_version {
             return Ok(Materialized { name, mode: "unchanged", resources: 0, rows: 0, source_version, fallback: None });
@@ -189,38 +174,12 @@ pub async fn materialize(
     progress(&format!("{name}: {rows} rows in {:.2} s; writing", ran.as_secs_f64()));
     let started = std::time::Instant::now();
 
-    let props = || {
-        CommitProperties::default()
-            .with_application_transaction(Transaction::new(SOURCE_APP, source_version))
-            .with_application_transaction(Transaction::new(DEFINITION_APP, hash))
+    let replace = match &changed {
+        Some(ids) => Replace::Sources(ids),
+        None => Replace::All,
     };
-    let table = match existing {
-        Some(t) => t,
-        None => root.create_table(TableKind::View, &name, &schema).await?,
-    };
-    match changed {
-        None => {
-            table
-                .write(batches)
-                .with_save_mode(SaveMode::Overwrite)
-                .with_schema_mode(SchemaMode::Overwrite)
-                .with_commit_properties(props())
-                .await?;
-        }
-        Some(ids) => {
-            let predicate = ident(reserved::SOURCE_ID).in_list(ids.iter().map(|i| lit(i.clone())).collect(), false);
-            if rows == 0 {
-                table.delete().with_predicate(predicate).with_commit_properties(props()).await?;
-            } else {
-                table
-                    .write(batches)
-                    .with_save_mode(SaveMode::Overwrite)
-                    .with_replace_where(predicate)
-                    .with_commit_properties(props())
-                    .await?;
-            }
-        }
-    }
+    let version = ViewVersion { source_version, definition_hash: hash };
+    write_view(root, &name, &schema, batches, replace, version).await?;
     progress(&format!("{name}: committed in {:.2} s", started.elapsed().as_secs_f64()));
     Ok(Materialized { name, mode, resources, rows, source_version, fallback })
 }
@@ -239,43 +198,6 @@ async fn consistent_current(root: &StorageRoot, rt: &str, seq: i64) -> Result<De
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Err(MaterializeError::Failed(format!("the current table of {rt} did not catch up with its history; retry")))
-}
-
-/// Ids in the history files added after version `since` (creates, updates and deletes).
-async fn changed_ids(history: &DeltaTable, since: i64) -> std::result::Result<Vec<String>, String> {
-    let mut old = history.clone();
-    old.load_version(since.max(0) as u64).await.map_err(|e| e.to_string())?;
-    let before: BTreeSet<String> = old.get_file_uris().map_err(|e| e.to_string())?.collect();
-    let added: Vec<String> =
-        history.get_file_uris().map_err(|e| e.to_string())?.filter(|u| !before.contains(u)).collect();
-    if added.is_empty() {
-        return Ok(vec![]);
-    }
-    let ctx = SessionContext::new();
-    let df = ctx
-        .read_parquet(added, datafusion::prelude::ParquetReadOptions::default())
-        .await
-        .map_err(|e| e.to_string())?
-        .select(vec![ident("id")])
-        .map_err(|e| e.to_string())?
-        .distinct()
-        .map_err(|e| e.to_string())?;
-    let mut ids = Vec::new();
-    for b in df.collect().await.map_err(|e| e.to_string())? {
-        let c = b.column(0);
-        ids.extend((0..c.len()).filter_map(|i| string_at(c.as_ref(), i).map(str::to_string)));
-    }
-    Ok(ids)
-}
-
-fn distinct_sources(batches: &[RecordBatch]) -> usize {
-    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for b in batches {
-        if let Some(c) = b.column_by_name(reserved::SOURCE_ID) {
-            seen.extend((0..c.len()).filter_map(|i| string_at(c.as_ref(), i)));
-        }
-    }
-    seen.len()
 }
 
 /// Every stored (current) ViewDefinition.
@@ -298,22 +220,8 @@ pub async fn stored_view(root: &StorageRoot, name: &str) -> Result<Json> {
 }
 
 async fn stored_where(root: &StorageRoot, name: Option<&str>) -> Result<Vec<Json>> {
-    let Some(table) = root.open_table(TableKind::Current, "ViewDefinition").await? else { return Ok(vec![]) };
-    let ctx = SessionContext::new_with_config(fhirlake_query::catalog::scan_session_config());
-    table.update_datafusion_session(&ctx.state())?;
-    let mut df = ctx.read_table(table.table_provider().await?)?;
-    if let Some(n) = name {
-        df = df.filter(ident("name").eq(lit(n.to_string())))?;
+    match root.open_table(TableKind::Current, "ViewDefinition").await? {
+        Some(table) => Ok(stored_in(&table, name).await?),
+        None => Ok(vec![]),
     }
-    let mut out = Vec::new();
-    for b in df.select(vec![ident(reserved::RAW)])?.collect().await? {
-        let c = b.column(0);
-        for i in 0..c.len() {
-            if let Some(raw) = string_at(c.as_ref(), i) {
-                let limits = fhirlake_schemas::json::ParseLimits::STORED;
-                out.push(Json::parse(raw.as_bytes(), limits).map_err(|e| MaterializeError::Failed(e.to_string()))?);
-            }
-        }
-    }
-    Ok(out)
 }

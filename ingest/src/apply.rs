@@ -20,6 +20,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use fhirlake_schemas::json::ParseLimits;
+use fhirlake_schemas::layout::{self, ShapeRecord, Watermark};
 use fhirlake_schemas::shape::history_schema;
 use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
 use object_store::ObjectStoreExt;
@@ -61,9 +62,6 @@ impl PreparedType {
     }
 }
 
-/// Where the watermark is, relative to the storage root.
-pub const WATERMARK: &str = "_fhirlake/watermark.json";
-
 /// Prepares and commits journal entries.
 pub(crate) struct Applier {
     pub(crate) root: StorageRoot,
@@ -89,7 +87,7 @@ impl Applier {
     /// Where the shape options of a type's current table are recorded when it is created:
     /// the recursion depth is fixed per table, whatever later defaults say.
     fn shape_path(&self, rt: &str) -> object_store::path::Path {
-        self.root.path(&format!("_fhirlake/shape/{rt}.json"))
+        self.root.path(&layout::shape_path(rt))
     }
 
     /// The shape options of `rt`'s current table: as recorded, or the configured ones for a
@@ -97,15 +95,12 @@ impl Applier {
     async fn shape_options(&self, rt: &str) -> Result<ShapeOptions> {
         match self.root.object_store().get(&self.shape_path(rt)).await {
             Ok(r) => {
-                let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)
-                    .map_err(|e| Error::Config(format!("{}: {e}", self.shape_path(rt))))?;
-                let depth = v["maxDepth"]
-                    .as_u64()
-                    .filter(|d| *d >= 1)
-                    .ok_or_else(|| Error::Config(format!("{} has no valid maxDepth", self.shape_path(rt))))?;
-                // Tables recorded before search indexing existed have no `_sp_*` columns.
-                let search_index = v["searchIndex"].as_bool().unwrap_or(false);
-                Ok(ShapeOptions { max_depth: depth as usize, search_index })
+                let path = layout::shape_path(rt);
+                let record: ShapeRecord = layout::decode(&path, &r.bytes().await?).map_err(Error::Config)?;
+                if record.max_depth < 1 {
+                    return Err(Error::Config(format!("{path} has no valid maxDepth")));
+                }
+                Ok(ShapeOptions { max_depth: record.max_depth, search_index: record.search_index })
             }
             Err(object_store::Error::NotFound { .. }) => Ok(self.shape),
             Err(e) => Err(e.into()),
@@ -113,12 +108,13 @@ impl Applier {
     }
 
     async fn record_shape_options(&self, rt: &str, options: ShapeOptions) -> Result<()> {
-        let body = serde_json::json!({
-            "resourceType": rt,
-            "maxDepth": options.max_depth,
-            "searchIndex": options.search_index,
-        })
-        .to_string();
+        let record = ShapeRecord {
+            format: layout::FORMAT,
+            resource_type: rt.to_string(),
+            max_depth: options.max_depth,
+            search_index: options.search_index,
+        };
+        let body = layout::encode(&record);
         let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
         match self.root.object_store().put_opts(&self.shape_path(rt), body.into(), opts).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -221,16 +217,15 @@ impl Applier {
     /// see half of a transaction. Best effort and not fsynced: a stale watermark is only
     /// older, still consistent; start-up rewrites it after the journal replay.
     pub(crate) async fn write_watermark(&self, seq: i64) {
-        let mut tables = serde_json::Map::new();
+        let mut watermark = Watermark { format: layout::FORMAT, seq, tables: Default::default() };
         for (kind, rt, version) in self.tables.versions() {
             if matches!(kind, TableKind::Current | TableKind::History)
                 && let Some(v) = version
             {
-                tables.insert(format!("{}/{rt}", kind.folder()), v.into());
+                watermark.tables.insert(kind.table_path(&rt), v);
             }
         }
-        let body = serde_json::json!({ "seq": seq, "tables": tables }).to_string();
-        if let Err(e) = self.root.put_unsynced(WATERMARK, body.into_bytes()).await {
+        if let Err(e) = self.root.put_unsynced(layout::WATERMARK_PATH, layout::encode(&watermark)).await {
             tracing::warn!(error = %e, "could not write the watermark; readers of the directory see an older one");
         }
     }

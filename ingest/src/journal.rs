@@ -17,7 +17,7 @@ use crate::store::StorageRoot;
 use crate::{Error, Result};
 
 /// The Delta `txn` application id under which journal sequence numbers are recorded.
-pub const JOURNAL_APP_ID: &str = "fhirlake-journal";
+pub use fhirlake_schemas::layout::JOURNAL_APP_ID;
 
 /// One stored version of one resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,7 +56,7 @@ impl Journal {
     }
 
     fn entry_path(&self, seq: i64) -> object_store::path::Path {
-        self.root.path(&format!("journal/{seq:020}.ndjson"))
+        self.root.path(&fhirlake_schemas::layout::journal_entry_path(seq))
     }
 
     /// Durably writes entry `seq`.
@@ -80,12 +80,12 @@ impl Journal {
 
     /// Entries present (left by a crash), oldest first.
     pub async fn pending(&self) -> Result<Vec<(i64, Vec<VersionRecord>)>> {
-        let prefix = self.root.path("journal");
+        let prefix = self.root.path(fhirlake_schemas::layout::JOURNAL_DIR);
         let metas: Vec<_> = self.root.object_store().list(Some(&prefix)).try_collect().await?;
         let mut seqs: Vec<(i64, object_store::path::Path)> = metas
             .into_iter()
             .filter_map(|m| {
-                let name = m.location.filename()?.strip_suffix(".ndjson")?.parse::<i64>().ok()?;
+                let name = fhirlake_schemas::layout::journal_entry_seq(m.location.filename()?)?;
                 Some((name, m.location))
             })
             .collect();

@@ -18,6 +18,7 @@ pub mod import;
 pub mod journal;
 mod pipeline;
 pub mod store;
+pub mod views;
 pub mod writer;
 
 pub use store::{StorageRoot, TableKind};

@@ -1,9 +1,9 @@
 //! The storage root: where an instance's Delta tables, journal and lease live.
 //!
-//! Owns: resolving `--data` (a path or a URL) to an object store, the layout under the
-//! root (`resources/<Type>/`, `history/<Type>/`, `journal/`, `_fhirlake/lease.json`),
-//! creating and opening the Delta tables with fhirlake's table properties, and the
-//! single-writer lease. Must not: decide what is written (that is [`crate::writer`]).
+//! Owns: resolving `--data` (a path or a URL) to an object store, creating and opening
+//! the Delta tables with fhirlake's table properties, and the single-writer lease. The
+//! names and file formats of the layout are `fhirlake_schemas::layout`'s. Must not: decide
+//! what is written (that is [`crate::writer`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use fhirlake_schemas::layout::{self, LeaseRecord};
 use fhirlake_schemas::shape::reserved;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -20,27 +21,7 @@ use url::Url;
 use crate::durable::SyncingLocalStore;
 use crate::{Error, Result};
 
-/// Which of a resource type's two tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TableKind {
-    /// `resources/<Type>`: one row per live resource, full typed schema.
-    Current,
-    /// `history/<Type>`: every version, narrow.
-    History,
-    /// `views/<name>`: a materialized SQL-on-FHIR view (the name is the view's).
-    View,
-}
-
-impl TableKind {
-    /// The folder under the root.
-    pub fn folder(self) -> &'static str {
-        match self {
-            TableKind::Current => "resources",
-            TableKind::History => "history",
-            TableKind::View => "views",
-        }
-    }
-}
+pub use fhirlake_schemas::layout::TableKind;
 
 /// A storage root (one instance's data).
 #[derive(Debug, Clone)]
@@ -208,33 +189,30 @@ impl Lease {
     /// Takes the lease, or fails with [`Error::LeaseHeld`] naming the holder. A lease left
     /// by a process of this host that no longer runs is taken over.
     pub async fn acquire(root: &StorageRoot, holder: &str) -> Result<Lease> {
-        let path = root.path("_fhirlake/lease.json");
+        let path = root.path(layout::LEASE_PATH);
         let host = hostname();
-        let body = serde_json::json!({
-            "pid": std::process::id(), "host": host, "holder": holder,
-            "since": chrono::Utc::now().to_rfc3339(),
-        });
+        let record = LeaseRecord {
+            format: layout::FORMAT,
+            pid: u64::from(std::process::id()),
+            host: host.clone(),
+            holder: holder.to_string(),
+            since: chrono::Utc::now().to_rfc3339(),
+        };
         for _ in 0..2 {
             let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-            match root.store.put_opts(&path, PutPayload::from(body.to_string()), opts).await {
+            match root.store.put_opts(&path, PutPayload::from(layout::encode(&record)), opts).await {
                 Ok(_) => return Ok(Lease { root: root.clone(), path }),
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     let existing = root.store.get(&path).await?.bytes().await?;
-                    let info: serde_json::Value = serde_json::from_slice(&existing).unwrap_or_default();
-                    let pid = info["pid"].as_u64().unwrap_or(0);
-                    let same_host = info["host"].as_str() == Some(host.as_str());
-                    if same_host && pid != 0 && !process_alive(pid) {
-                        tracing::warn!(pid, "taking over the write lease of a process that is gone");
+                    let info = layout::decode::<LeaseRecord>(layout::LEASE_PATH, &existing).map_err(Error::Config)?;
+                    if info.host == host && info.pid != 0 && !process_alive(info.pid) {
+                        tracing::warn!(pid = info.pid, "taking over the write lease of a process that is gone");
                         root.store.delete(&path).await?;
                         continue;
                     }
                     return Err(Error::LeaseHeld {
                         root: root.url.to_string(),
-                        holder: format!(
-                            "{} (pid {pid} on {})",
-                            info["holder"].as_str().unwrap_or("?"),
-                            info["host"].as_str().unwrap_or("?")
-                        ),
+                        holder: format!("{} (pid {} on {})", info.holder, info.pid, info.host),
                     });
                 }
                 Err(e) => return Err(e.into()),

@@ -28,6 +28,8 @@ use deltalake::{DeltaTable, DeltaTableBuilder};
 use object_store::ObjectStore;
 use url::Url;
 
+use fhirlake_schemas::layout::{self, TableKind};
+
 use crate::{Error, Result};
 
 /// The session configuration used for all fhirlake SQL.
@@ -168,14 +170,19 @@ impl SqlSession {
         let mut tables = Tables::default();
         // The writer's watermark: each table's version after the last fully applied group
         // commit. Tables are opened at it, so a transaction being applied is invisible.
-        let watermark_path =
-            object_store::path::Path::from(format!("{}/_fhirlake/watermark.json", root.path().trim_matches('/')));
-        let watermark = match object_store::ObjectStoreExt::get(store.as_ref(), &watermark_path).await {
-            Ok(r) => fhirlake_schemas::Json::parse(&r.bytes().await?, fhirlake_schemas::json::ParseLimits::STORED).ok(),
-            Err(_) => None,
-        };
-        for folder in ["resources", "history", "views"] {
-            let prefix = object_store::path::Path::from(format!("{}/{folder}", root.path().trim_matches('/')));
+        let under_root =
+            |relative: &str| object_store::path::Path::from(format!("{}/{relative}", root.path().trim_matches('/')));
+        let watermark =
+            match object_store::ObjectStoreExt::get(store.as_ref(), &under_root(layout::WATERMARK_PATH)).await {
+                Ok(r) => Some(
+                    layout::decode::<layout::Watermark>(layout::WATERMARK_PATH, &r.bytes().await?)
+                        .map_err(Error::Storage)?,
+                ),
+                Err(_) => None,
+            };
+        for kind in TableKind::ALL {
+            let folder = kind.folder();
+            let prefix = under_root(folder);
             let listing = store.list_with_delimiter(Some(&prefix)).await?;
             for p in listing.common_prefixes {
                 let Some(name) = p.filename().map(str::to_string) else { continue };
@@ -185,23 +192,18 @@ impl SqlSession {
                 if table.load().await.is_err() {
                     continue;
                 }
-                if let Some(w) = watermark.as_ref().filter(|_| folder != "views") {
-                    let pinned =
-                        w.get("tables").and_then(|t| t.get(&format!("{folder}/{name}"))).and_then(|v| match v {
-                            fhirlake_schemas::Json::Number(n) => n.parse::<u64>().ok(),
-                            _ => None,
-                        });
-                    match pinned {
+                if let Some(w) = watermark.as_ref().filter(|_| kind != TableKind::View) {
+                    match w.version_of(kind, &name) {
                         // Created by a group commit that is not fully applied yet.
                         None => continue,
                         Some(v) if table.version().is_some_and(|cur| cur > v) => table.load_version(v).await?,
                         Some(_) => {}
                     }
                 }
-                match folder {
-                    "resources" => tables.current.push((name, table)),
-                    "history" => tables.history.push((name, table)),
-                    _ => tables.views.push((name, table)),
+                match kind {
+                    TableKind::Current => tables.current.push((name, table)),
+                    TableKind::History => tables.history.push((name, table)),
+                    TableKind::View => tables.views.push((name, table)),
                 }
             }
         }

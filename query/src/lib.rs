@@ -50,6 +50,9 @@ pub enum Error {
     /// Object store error.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    /// A file of the storage layout this release cannot read (corrupt, or newer).
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl Error {
@@ -63,7 +66,9 @@ impl Error {
             Error::Timeout(_) => ErrorKind::Timeout,
             Error::BadView(_) => ErrorKind::Unprocessable,
             Error::DataFusion(e) => datafusion_kind(e.find_root()),
-            Error::Delta(_) | Error::Arrow(_) | Error::Parquet(_) | Error::ObjectStore(_) => ErrorKind::Internal,
+            Error::Delta(_) | Error::Arrow(_) | Error::Parquet(_) | Error::ObjectStore(_) | Error::Storage(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 

@@ -13,6 +13,7 @@ pub mod definitions;
 pub mod error_kind;
 pub mod fhirpath;
 pub mod json;
+pub mod layout;
 pub mod model;
 pub mod patch;
 pub mod search;

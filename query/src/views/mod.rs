@@ -8,6 +8,7 @@
 
 mod compile;
 pub mod output;
+pub mod refresh;
 pub mod udf;
 
 use std::hash::{Hash, Hasher};
