@@ -53,11 +53,19 @@ impl FlightSql {
         FlightServiceServer::new(FlightSql { state })
     }
 
+    /// Plans a statement through the service layer (the operation every SQL front end
+    /// makes).
     async fn plan(&self, sql: &str) -> Result<datafusion::prelude::DataFrame, Status> {
-        let session = crate::api::sql_session(&self.state, self.state.config.sql.limits()).await.map_err(api_status)?;
-        let df = session.plan(sql, None).await;
-        self.state.metrics.sql_query("flight", df.is_ok());
-        df.map_err(query_status)
+        let route = crate::service::Route {
+            interaction: crate::service::Interaction::Sql,
+            resource_type: None,
+            id: None,
+            version: None,
+        };
+        let mut op = crate::service::Operation::new(route, "");
+        op.body = bytes::Bytes::copy_from_slice(sql.as_bytes());
+        op.caller.channel = "flight";
+        crate::service::sql::plan(&self.state, &op, sql, None).await.map_err(api_status)
     }
 
     fn info(

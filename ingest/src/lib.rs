@@ -3,7 +3,9 @@
 //! Owns JSON -> Arrow flattening ([`flatten`]), patient-compartment membership
 //! ([`compartment`]), the storage root and its Delta tables ([`store`]), durable local
 //! storage ([`durable`]), the write-ahead journal ([`journal`]), the group-committing
-//! writer ([`writer`]), Bundle processing ([`bundle`]) and bulk import ([`import`]).
+//! writer ([`writer`]) with its compaction and vacuum ([`compact`]), Bundle processing
+//! ([`bundle`]), bulk import ([`import`]) and the commits of materialized views
+//! ([`views`]).
 //!
 //! Must not: speak HTTP, or depend on `fhirlake-query` (the root composes the two).
 

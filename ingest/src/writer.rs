@@ -37,9 +37,10 @@ pub enum Action {
 }
 
 /// A condition an operation must meet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precondition {
     /// None.
+    #[default]
     None,
     /// The current version must be this one (`If-Match`).
     IfMatch(i64),
@@ -96,6 +97,17 @@ pub enum OpOutcome {
         /// The current version (`None` if the resource does not exist).
         current: Option<i64>,
     },
+}
+
+impl OpOutcome {
+    /// The version written, kept or recording the delete, if any.
+    pub fn version(&self) -> Option<i64> {
+        match self {
+            OpOutcome::Written { version, .. } | OpOutcome::Unchanged { version, .. } => Some(*version),
+            OpOutcome::Deleted { version } => *version,
+            OpOutcome::RolledBack | OpOutcome::PreconditionFailed { .. } => None,
+        }
+    }
 }
 
 /// What the writer knows of a resource's latest version.
@@ -404,6 +416,14 @@ impl Writer {
     /// What the index knows of `rt/id`.
     pub fn current(&self, rt: &str, id: &str) -> Option<IndexEntry> {
         self.index.read().expect("index lock").get(rt, id)
+    }
+
+    /// The owning patient of `rt/id`'s current row (its Patient compartment owner), if
+    /// it has one and it is committed.
+    pub fn owner_of(&self, rt: &str, id: &str) -> Option<String> {
+        let index = self.index.read().expect("index lock");
+        let entry = index.get(rt, id)?;
+        index.owner(entry.owner).map(str::to_string)
     }
 
     /// Live resources per type.

@@ -1,8 +1,10 @@
 //! fhirlake-query: everything that reads.
 //!
 //! Owns the DataFusion session over an instance's Delta tables ([`catalog`]: SQL names,
-//! read-only SQL) and the history reads behind `read`, `vread` and `_history`
-//! ([`history`]). Must not: write, or depend on `fhirlake-ingest`; it is handed Delta
+//! the read-only sandbox, time travel), the FHIR helper functions of SQL ([`functions`]),
+//! the history reads behind `read`, `vread` and `_history` ([`history`]), FHIR search as
+//! DataFusion plans with token postings ([`search`]), and SQL-on-FHIR ViewDefinitions
+//! compiled to plans, their output encodings and refresh reads ([`views`]). Must not: write, or depend on `fhirlake-ingest`; it is handed Delta
 //! tables or a storage-root URL and object store by the root crate.
 
 pub mod catalog;

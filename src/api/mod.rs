@@ -1,44 +1,33 @@
-//! The FHIR REST API (axum), one module per interaction group.
+//! The HTTP front end of the FHIR API (axum): a thin translation between HTTP and the
+//! service layer's operations.
 //!
-//! Owns: routing under the configurable base path, request plumbing shared by the
-//! handlers (body limits, content types, `Prefer`, `If-Match`, FHIR response headers).
-//! Reaches behaviour only through `fhirlake-ingest` (writes) and `fhirlake-query`
-//! (reads). Must not: contain storage logic.
+//! Owns: the routes outside the FHIR base (`/health`, `/metrics`), and for every request
+//! under the base, turning it into an [`Operation`] — the route (`service::route`, the one
+//! routing table), the query, the body read within the interaction's size limit and
+//! admitted by its media type, the `Prefer`/`If-*` headers parsed once, the caller — and
+//! answering with what [`service::execute`] returns. Must not: contain FHIR behaviour or
+//! storage logic (the service layer and the crates below it do).
 
-mod bundle;
-mod capabilities;
-mod conditional;
-mod crud;
-mod history;
 pub mod observe;
-mod patch;
-mod search;
-mod sql;
-mod stream;
-mod views;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use fhirlake_ingest::bundle::etag_version;
 use fhirlake_ingest::{Precondition, Writer};
-use fhirlake_schemas::Json;
 use fhirlake_schemas::Model;
-use fhirlake_schemas::json::ParseLimits;
-use fhirlake_schemas::validate::{ValidationOptions, json_issue, validate_resource};
 use tower::Layer;
 use tower_http::compression::CompressionLayer;
 use tower_http::normalize_path::{NormalizePath, NormalizePathLayer};
 
 use crate::config::ApiConfig;
-use crate::error::{ApiError, ApiResult, FHIR_JSON};
-
-pub use sql::session as sql_session;
+use crate::error::{ApiError, ApiResult};
+use crate::service::{self, Caller, Interaction, Operation, PreferReturn, Preferences};
 
 /// Shared state of the API.
 pub struct AppState {
@@ -101,37 +90,11 @@ pub fn app(state: Arc<AppState>) -> NormalizePath<Router> {
 /// The full router: `/health`, `/metrics` and the FHIR API under the base path, every
 /// request through [`observe::track`] (correlation id, span, metrics).
 pub fn router(state: Arc<AppState>) -> Router {
-    let base = state.config.base_path.trim_end_matches('/').to_string();
-    let fhir = Router::new()
-        .route("/metadata", get(capabilities::metadata))
-        .route("/_history", get(history::system_history))
-        .route("/$sql", post(sql::sql))
-        .route(
-            "/{rt}",
-            post(crud::create)
-                .get(search::search_get)
-                .put(conditional::update)
-                .delete(conditional::delete)
-                .patch(conditional::patch),
-        )
-        .route("/{rt}/_search", post(search::search_post))
-        .route("/Patient/{id}/$everything", get(search::everything))
-        .route("/{rt}/_history", get(history::type_history))
-        .route("/{rt}/$validate", post(crud::validate))
-        .route("/ViewDefinition/$run", post(views::run_type))
-        .route("/ViewDefinition/$viewdefinition-run", post(views::run_type))
-        .route("/ViewDefinition/{id}/$run", get(views::run_instance).post(views::run_instance))
-        .route("/ViewDefinition/{id}/$materialize", post(views::materialize))
-        .route("/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete).patch(patch::patch))
-        .route("/{rt}/{id}/_history", get(history::instance_history))
-        .route("/{rt}/{id}/_history/{vid}", get(crud::vread))
-        .route("/", post(bundle::transaction_or_batch).get(search::system_search))
-        .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found);
-    let fhir = fhir.layer(DefaultBodyLimit::disable());
-    let app = Router::new().route("/health", get(observe::health)).route("/metrics", get(observe::metrics));
-    let app = if base.is_empty() { app.merge(fhir) } else { app.nest(&base, fhir) };
-    app.fallback(not_found)
+    Router::new()
+        .route("/health", get(observe::health))
+        .route("/metrics", get(observe::metrics))
+        .fallback(fhir)
+        .layer(DefaultBodyLimit::disable())
         .layer(CompressionLayer::new().gzip(true))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::track))
         .with_state(state)
@@ -148,17 +111,136 @@ pub fn starting_router() -> Router {
     })
 }
 
-async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("no FHIR interaction at {} {}", req.method(), req.uri().path()))
+/// Every request but `/health` and `/metrics`: under the FHIR base, translated into an
+/// operation and executed; elsewhere a 404.
+async fn fhir(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let base = state.config.base_path.trim_end_matches('/');
+    let path = req.uri().path();
+    if !(path == base || path.starts_with(&format!("{base}/"))) {
+        return ApiError::NotFound(format!("no FHIR interaction at {} {path}", req.method())).into_response();
+    }
+    match operation(&state, req).await {
+        Ok(op) => match service::execute(&state, op).await {
+            Ok(outcome) => outcome.response,
+            Err(e) => e.into_response(),
+        },
+        Err(e) => e.into_response(),
+    }
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{} is not supported on {}", req.method(), req.uri().path()))
+/// The operation an HTTP request under the base asks for.
+async fn operation(state: &AppState, req: Request) -> ApiResult<Operation> {
+    let base = state.config.base_path.trim_end_matches('/');
+    let path = req.uri().path().strip_prefix(base).unwrap_or(req.uri().path()).to_string();
+    let route = service::route(req.method(), &path)?;
+    let query = req.uri().query().unwrap_or("").to_string();
+    let address = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let prefs = preferences(route.interaction, &headers)?;
+    let body = read_body(state, route.interaction, &headers, body).await?;
+    let caller = Caller {
+        address,
+        user_agent: header_text(&headers, header::USER_AGENT.as_str()),
+        request_id: header_text(&headers, observe::REQUEST_ID),
+        channel: "http",
+    };
+    let mut op = Operation::new(route, &query);
+    op.prefs = prefs;
+    op.body = body;
+    op.caller = caller;
+    Ok(op)
 }
 
-/// Reads the request body up to `limit` bytes (413 beyond), after checking its media type.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
-    check_content_type(headers)?;
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// `Prefer`, `If-Match` (of the writes that take it), `If-None-Match`, `If-None-Exist`,
+/// `Content-Type` and `Accept`.
+fn preferences(interaction: Interaction, headers: &HeaderMap) -> ApiResult<Preferences> {
+    let prefer: Vec<&str> = headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).collect();
+    let return_ = if prefer.iter().any(|v| v.contains("return=minimal")) {
+        PreferReturn::Minimal
+    } else if prefer.iter().any(|v| v.contains("return=OperationOutcome")) {
+        PreferReturn::OperationOutcome
+    } else {
+        PreferReturn::Representation
+    };
+    let strict = prefer.iter().any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"));
+    use Interaction as I;
+    let takes_if_match =
+        matches!(interaction, I::Update | I::ConditionalUpdate | I::Patch | I::ConditionalPatch | I::Delete);
+    let if_match = match headers.get(header::IF_MATCH).filter(|_| takes_if_match) {
+        None => Precondition::None,
+        Some(v) => {
+            let s = v.to_str().unwrap_or("").trim();
+            etag_version(s)
+                .map(Precondition::IfMatch)
+                .ok_or_else(|| ApiError::BadRequest(format!("If-Match '{s}' is not a version (expected W/\"n\")")))?
+        }
+    };
+    let if_none_exist = match headers.get("if-none-exist") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::BadRequest("If-None-Exist is not text".into()))?.to_string()),
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| {
+        let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
+        ct.split(';').next().unwrap_or("").trim().to_string()
+    });
+    Ok(Preferences {
+        return_,
+        strict,
+        if_match,
+        if_none_match: header_text(headers, header::IF_NONE_MATCH.as_str()),
+        if_none_exist,
+        content_type,
+        accept: header_text(headers, header::ACCEPT.as_str()),
+    })
+}
+
+/// The body, admitted by the interaction's media types and read within its size limit
+/// (413 beyond).
+async fn read_body(
+    state: &AppState,
+    interaction: Interaction,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<bytes::Bytes> {
+    let limits = &state.config.limits;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    let fhir_json = || match mime {
+        "" | "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "content type '{other}' is not supported; send application/fhir+json"
+        ))),
+    };
+    let limit = match interaction {
+        Interaction::Create | Interaction::Update | Interaction::ConditionalUpdate | Interaction::Validate => {
+            fhir_json()?;
+            limits.max_resource_bytes
+        }
+        Interaction::Patch | Interaction::ConditionalPatch => {
+            if !(ct.starts_with(service::patch::JSON_PATCH)
+                || ct.starts_with("application/fhir+json")
+                || ct.starts_with("application/json"))
+            {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "PATCH takes application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath \
+                     Patch Parameters), not '{ct}'"
+                )));
+            }
+            limits.max_resource_bytes
+        }
+        Interaction::Bundle | Interaction::ViewRun => {
+            fhir_json()?;
+            limits.max_bundle_bytes
+        }
+        Interaction::Sql => state.config.sql.limits().max_sql_bytes + 64 * 1024,
+        Interaction::SearchType => limits.max_resource_bytes,
+        _ => limits.max_resource_bytes,
+    };
     if let Some(len) =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > limit
@@ -168,108 +250,4 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(format!("the body is over the limit of {limit} bytes")))
-}
-
-fn check_content_type(headers: &HeaderMap) -> ApiResult<()> {
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    match mime {
-        "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
-        other => Err(ApiError::UnsupportedMediaType(format!(
-            "content type '{other}' is not supported; send application/fhir+json"
-        ))),
-    }
-}
-
-/// Parses a JSON body within the API's limits; syntax and limit errors are 400s.
-pub fn parse_json(state: &AppState, bytes: &[u8]) -> ApiResult<Json> {
-    let limits = ParseLimits {
-        max_depth: state.config.limits.max_json_depth,
-        max_string_bytes: state.config.limits.max_resource_bytes,
-    };
-    Json::parse(bytes, limits).map_err(|e| ApiError::BadJson(vec![json_issue(&e)]))
-}
-
-/// Parses and validates a resource body.
-pub fn parse_resource(state: &AppState, bytes: &[u8]) -> ApiResult<(Json, String)> {
-    let json = parse_json(state, bytes)?;
-    let options = ValidationOptions::default();
-    let rt = validate_resource(state.model, &json, &options).map_err(ApiError::Invalid)?;
-    Ok((json, rt))
-}
-
-/// What the client asked for with `Prefer: return=...`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreferReturn {
-    /// The resource (default).
-    Representation,
-    /// No body.
-    Minimal,
-    /// An OperationOutcome.
-    OperationOutcome,
-}
-
-/// Parses `Prefer`.
-pub fn prefer_return(headers: &HeaderMap) -> PreferReturn {
-    let v = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if v.contains("return=minimal") {
-        PreferReturn::Minimal
-    } else if v.contains("return=OperationOutcome") {
-        PreferReturn::OperationOutcome
-    } else {
-        PreferReturn::Representation
-    }
-}
-
-/// The precondition of `If-Match: W/"3"` (or `"3"`, `3`); none without the header.
-pub fn if_match(headers: &HeaderMap) -> ApiResult<Precondition> {
-    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(Precondition::None) };
-    let s = v.to_str().unwrap_or("").trim();
-    etag_version(s)
-        .map(Precondition::IfMatch)
-        .ok_or_else(|| ApiError::BadRequest(format!("If-Match '{s}' is not a version (expected W/\"n\")")))
-}
-
-/// HTTP-date of epoch microseconds.
-pub fn http_date(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default().format("%a, %d %b %Y %H:%M:%S GMT").to_string()
-}
-
-/// A FHIR JSON response with version headers.
-pub fn fhir_response(status: StatusCode, body: String, version: Option<i64>, last_updated_us: Option<i64>) -> Response {
-    let mut r = (status, body).into_response();
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    if let Some(v) = version
-        && let Ok(v) = HeaderValue::from_str(&format!("W/\"{v}\""))
-    {
-        h.insert(header::ETAG, v);
-    }
-    if let Some(t) = last_updated_us
-        && let Ok(v) = HeaderValue::from_str(&http_date(t))
-    {
-        h.insert(header::LAST_MODIFIED, v);
-    }
-    r
-}
-
-/// An informational OperationOutcome.
-pub fn info_outcome(message: &str) -> String {
-    let mut s = String::from(
-        r#"{"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational","diagnostics":"#,
-    );
-    fhirlake_schemas::json::write_str(&mut s, message);
-    s.push_str("}]}");
-    s
-}
-
-/// Parses a FHIR instant/dateTime query value to epoch microseconds.
-pub fn parse_time_param(name: &str, v: &str) -> ApiResult<i64> {
-    use fhirlake_schemas::datetime::{Temporal, parse};
-    parse(Temporal::DateTime, v).ok_or_else(|| {
-        ApiError::BadRequest(format!("{name}='{v}' is not a valid FHIR dateTime (e.g. 2024-01-31T12:00:00Z)"))
-    })
 }

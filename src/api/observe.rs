@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
@@ -233,7 +233,12 @@ fn request_id(req: &Request) -> HeaderValue {
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = request_id(&req);
     let base = state.config.base_path.trim_end_matches('/');
-    let interaction = req.uri().path().strip_prefix(base).map(|rest| interaction(req.method(), rest));
+    // The interaction as the service routes it (`other` where no interaction lives).
+    let interaction = req
+        .uri()
+        .path()
+        .strip_prefix(base)
+        .map(|rest| crate::service::route(req.method(), rest).map_or("other", |r| r.interaction.name()));
     let span = tracing::info_span!(
         "request",
         id = %id.to_str().unwrap_or(""),
@@ -249,67 +254,4 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     }
     response.headers_mut().insert(REQUEST_ID, id);
     response
-}
-
-/// The FHIR interaction a request under the base path names (`rest` is its path after
-/// the base), as the metrics label it.
-fn interaction(method: &Method, rest: &str) -> &'static str {
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let m = method.as_str();
-    match (segments.as_slice(), m) {
-        ([], "POST") => "batch-transaction",
-        ([], _) => "search-system",
-        (["metadata"], _) => "capabilities",
-        (["_history"], _) => "history-system",
-        (["$sql"], _) => "sql",
-        ([_, "$validate"], _) => "validate",
-        ([_, "$run" | "$viewdefinition-run"], _) | ([_, _, "$run"], _) => "view-run",
-        ([_, _, "$materialize"], _) => "materialize",
-        ([_, _, "$everything"], _) => "everything",
-        ([_, "_search"], _) | ([_], "GET") => "search-type",
-        ([_, "_history"], _) => "history-type",
-        ([_], "POST") => "create",
-        ([_] | [_, _], "PUT") => "update",
-        ([_] | [_, _], "PATCH") => "patch",
-        ([_] | [_, _], "DELETE") => "delete",
-        ([_, _], "GET") => "read",
-        ([_, _, "_history"], _) => "history-instance",
-        ([_, _, "_history", _], _) => "vread",
-        _ => "other",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interactions_are_named_by_method_and_path() {
-        let cases = [
-            ("GET", "/Patient/1", "read"),
-            ("GET", "/Patient/1/_history/2", "vread"),
-            ("GET", "/Patient/1/_history", "history-instance"),
-            ("GET", "/Patient/_history", "history-type"),
-            ("GET", "/_history", "history-system"),
-            ("GET", "/Patient", "search-type"),
-            ("POST", "/Patient/_search", "search-type"),
-            ("GET", "", "search-system"),
-            ("POST", "", "batch-transaction"),
-            ("POST", "/Patient", "create"),
-            ("PUT", "/Patient/1", "update"),
-            ("PUT", "/Patient", "update"),
-            ("PATCH", "/Patient/1", "patch"),
-            ("DELETE", "/Patient", "delete"),
-            ("GET", "/metadata", "capabilities"),
-            ("POST", "/$sql", "sql"),
-            ("GET", "/Patient/1/$everything", "everything"),
-            ("POST", "/ViewDefinition/$run", "view-run"),
-            ("POST", "/ViewDefinition/v/$materialize", "materialize"),
-            ("POST", "/Patient/$validate", "validate"),
-            ("GET", "/a/b/c/d/e", "other"),
-        ];
-        for (m, path, want) in cases {
-            assert_eq!(interaction(&Method::from_bytes(m.as_bytes()).unwrap(), path), want, "{m} {path}");
-        }
-    }
 }

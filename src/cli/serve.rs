@@ -116,7 +116,9 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         let retention = a.compaction.retention();
         tokio::spawn(background_compaction(state.writer.clone(), opts, every, retention, stop_rx.clone()))
     });
-    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app(state));
+    let service = axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(
+        app(state),
+    );
     axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

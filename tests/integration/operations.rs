@@ -40,3 +40,37 @@ async fn every_answer_carries_a_request_id() {
     assert_eq!(made.len(), 36);
     s.stop().await;
 }
+
+/// Operations run through the service layer say what they touched — type, id, version
+/// and Patient-compartment owner — for reads, searches, writes and Bundle entries alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_say_what_they_touched() {
+    use axum::http::Method;
+    use fhirlake::service::{Operation, Touched, execute, route};
+    let s = TestServer::start().await;
+    assert_eq!(s.put("/fhir/Patient/p1", r#"{"resourceType":"Patient","id":"p1"}"#).await.status, 201);
+    let obs = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+    assert_eq!(s.put("/fhir/Observation/o1", obs).await.status, 201);
+    let run = |method: Method, path: &str, query: &str, body: &str| {
+        let mut op = Operation::new(route(&method, path).unwrap(), query);
+        op.body = bytes::Bytes::copy_from_slice(body.as_bytes());
+        op
+    };
+    let o1 =
+        |version| Touched { resource_type: "Observation".into(), id: "o1".into(), version, owner: Some("p1".into()) };
+    let read = execute(&s.state, run(Method::GET, "/Observation/o1", "", "")).await.unwrap();
+    assert_eq!(read.response.status(), 200);
+    assert_eq!(read.touched, vec![o1(Some(1))]);
+    let search = execute(&s.state, run(Method::GET, "/Observation", "subject=Patient/p1", "")).await.unwrap();
+    assert_eq!(search.touched, vec![o1(None)]);
+    let update = obs.replace("final", "amended");
+    let written = execute(&s.state, run(Method::PUT, "/Observation/o1", "", &update)).await.unwrap();
+    assert_eq!((written.response.status().as_u16(), written.touched.clone()), (200, vec![o1(Some(2))]));
+    let batch =
+        r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Observation/o1"}}]}"#;
+    let bundle = execute(&s.state, run(Method::POST, "", "", batch)).await.unwrap();
+    assert_eq!(bundle.touched, vec![o1(Some(2))], "a Bundle's GET entry runs as an operation of its own");
+    let missing = execute(&s.state, run(Method::GET, "/Observation/nope", "", "")).await.unwrap_err();
+    assert_eq!(missing.status(), 404);
+    s.stop().await;
+}

@@ -8,12 +8,7 @@
 //! status (400/404/412/422) and an OperationOutcome naming the entry, and nothing is
 //! stored. A batch answers each entry on its own. Must not: re-implement Bundle planning.
 
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use axum::response::Response;
+use axum::http::{Method, StatusCode};
 use fhirlake_ingest::bundle::{BundleKind, EntryAction, EntryError, EntryPlan, entry_count, needs, plan_bundle};
 use fhirlake_ingest::import::new_id;
 use fhirlake_ingest::writer::format_instant;
@@ -22,19 +17,14 @@ use fhirlake_schemas::Json;
 use fhirlake_schemas::json::write_str;
 use fhirlake_schemas::validate::ValidationOptions;
 use http_body_util::BodyExt;
-use tower::ServiceExt;
 
-use super::{AppState, fhir_response, parse_json, read_body};
+use super::write::touched;
+use super::{AppState, Caller, Operation, Outcome, fhir_response, parse_json, route};
 use crate::error::{ApiError, ApiResult};
 
 /// The handler of `POST [base]`.
-pub async fn transaction_or_batch(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let bytes = read_body(&headers, body, state.config.limits.max_bundle_bytes).await?;
-    let json = parse_json(&state, &bytes)?;
+pub async fn transaction_or_batch(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let json = parse_json(state, &op.body)?;
     if json.get("resourceType").and_then(Json::as_str) != Some("Bundle") {
         return Err(ApiError::BadRequest("POST to the base URL needs a Bundle of type transaction or batch".into()));
     }
@@ -48,15 +38,15 @@ pub async fn transaction_or_batch(
     let needs = needs(state.model, &json);
     // Conditional entries decide on a search: hold the gate until the writes are acknowledged.
     let _gate = if needs.searches.is_empty() { None } else { Some(state.conditional.lock().await) };
-    let resolved = super::conditional::resolve(&state, &needs).await?;
+    let resolved = super::conditional::resolve(state, &needs).await?;
     let plan = plan_bundle(state.model, &json, &ValidationOptions::default(), &mut new_id, &resolved)
         .map_err(ApiError::Invalid)?;
     match plan.kind {
         BundleKind::Collection => {
             Err(ApiError::BadRequest("only transaction and batch Bundles can be posted to the base URL".into()))
         }
-        BundleKind::Transaction => transaction(&state, plan.entries).await,
-        BundleKind::Batch => batch(&state, plan.entries).await,
+        BundleKind::Transaction => transaction(state, op, plan.entries).await,
+        BundleKind::Batch => batch(state, op, plan.entries).await,
     }
 }
 
@@ -100,7 +90,7 @@ fn written_answers(answers: &mut [Option<Answer>], ops: &[WriteOp], outcomes: &[
     }
 }
 
-async fn transaction(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Response> {
+async fn transaction(state: &AppState, op: &Operation, entries: Vec<EntryPlan>) -> ApiResult<Outcome> {
     // Any failed entry fails the transaction: the first one's status, every entry's issues.
     if let Some(first) = entries.iter().find_map(|e| e.action.as_ref().err()) {
         let issues: Vec<_> =
@@ -138,10 +128,10 @@ async fn transaction(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResul
     }
     let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
     written_answers(&mut answers, &ops, &outcomes, slots);
-    finish(state, "transaction-response", entries, answers).await
+    finish(state, op, "transaction-response", entries, answers).await
 }
 
-async fn batch(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Response> {
+async fn batch(state: &AppState, op: &Operation, entries: Vec<EntryPlan>) -> ApiResult<Outcome> {
     let mut answers: Vec<Option<Answer>> = entries
         .iter()
         .map(|e| {
@@ -154,7 +144,7 @@ async fn batch(state: &Arc<AppState>, entries: Vec<EntryPlan>) -> ApiResult<Resp
     let (ops, slots) = ordered_writes(&entries);
     let outcomes = if ops.is_empty() { Vec::new() } else { state.writer.submit(ops.clone()).await? };
     written_answers(&mut answers, &ops, &outcomes, slots);
-    finish(state, "batch-response", entries, answers).await
+    finish(state, op, "batch-response", entries, answers).await
 }
 
 fn entry_api_error(e: &EntryError) -> ApiError {
@@ -171,14 +161,16 @@ fn messages(issues: &[fhirlake_schemas::validate::Issue]) -> String {
 
 /// Performs the GET entries (after the writes) and writes the response Bundle.
 async fn finish(
-    state: &Arc<AppState>,
+    state: &AppState,
+    op: &Operation,
     bundle_type: &str,
     entries: Vec<EntryPlan>,
     mut answers: Vec<Option<Answer>>,
-) -> ApiResult<Response> {
+) -> ApiResult<Outcome> {
+    let mut seen = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         match &e.action {
-            Ok(EntryAction::Read(url)) => answers[i] = Some(read(state, url).await?),
+            Ok(EntryAction::Read(url)) => answers[i] = Some(read(state, op, url, &mut seen).await?),
             Ok(EntryAction::Existing { resource_type, found }) => {
                 answers[i] = Some(Answer::Existing(resource_type.clone(), found.clone()));
             }
@@ -191,8 +183,12 @@ async fn finish(
             out.push(',');
         }
         match answer {
-            Some(Answer::Written(writes)) => written_entry(state, &mut out, &writes),
+            Some(Answer::Written(writes)) => {
+                seen.extend(writes.iter().map(|(w, o)| touched(&w.resource_type, &w.id, o.version())));
+                written_entry(state, &mut out, &writes)
+            }
             Some(Answer::Existing(rt, found)) => {
+                seen.push(touched(&rt, &found.id, Some(found.version)));
                 let rel = format!("{rt}/{}", found.id);
                 out.push_str(r#"{"fullUrl":"#);
                 write_str(&mut out, &state.url(&rel));
@@ -229,7 +225,7 @@ async fn finish(
         }
     }
     out.push_str("]}");
-    Ok(fhir_response(StatusCode::OK, out, None, None))
+    Ok(Outcome { response: fhir_response(StatusCode::OK, out, None, None), touched: seen })
 }
 
 fn status_line(s: StatusCode) -> String {
@@ -274,17 +270,29 @@ fn written_entry(state: &AppState, out: &mut String, writes: &[(WriteOp, OpOutco
     out.push_str("}}");
 }
 
-/// A GET entry, answered by the API's own router (read, vread, search, history, ...).
-async fn read(state: &Arc<AppState>, url: &str) -> ApiResult<Answer> {
-    let base = state.config.base_path.trim_end_matches('/');
-    let uri = format!("{base}/{}", url.trim_start_matches('/'));
-    let req = Request::builder()
-        .method(Method::GET)
-        .uri(&uri)
-        .body(Body::empty())
-        .map_err(|_| ApiError::BadRequest(format!("the GET entry's url '{url}' is not a valid URL")))?;
-    let resp = super::router(state.clone()).oneshot(req).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| ApiError::Internal(e.to_string()))?.to_bytes();
+/// A GET entry, executed as the operation its URL names (read, vread, search, history,
+/// ...) by the same service, without an HTTP round trip.
+async fn read(state: &AppState, bundle: &Operation, url: &str, seen: &mut Vec<super::Touched>) -> ApiResult<Answer> {
+    let url = url.trim_start_matches('/');
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let op = route(&Method::GET, path).map(|r| {
+        let mut op = Operation::new(r, query);
+        op.prefs.accept = bundle.prefs.accept.clone();
+        op.caller = Caller { channel: "bundle", ..bundle.caller.clone() };
+        op
+    });
+    let response = match op {
+        // The service calls itself here (a GET entry is never a Bundle): boxed recursion.
+        Ok(op) => match Box::pin(super::execute(state, op)).await {
+            Ok(outcome) => {
+                seen.extend(outcome.touched);
+                outcome.response
+            }
+            Err(e) => axum::response::IntoResponse::into_response(e),
+        },
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    };
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| ApiError::Internal(e.to_string()))?.to_bytes();
     Ok(Answer::Read(status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -3,9 +3,6 @@
 //! Owns: stating exactly what this server supports. Every interaction listed here has a
 //! route and a test; keep it that way when adding interactions.
 
-use std::sync::Arc;
-
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
@@ -19,7 +16,7 @@ pub const TYPE_INTERACTIONS: &[&str] =
 pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system", "search-system"];
 
 /// The CapabilityStatement handler.
-pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
+pub fn metadata(state: &AppState) -> Response {
     let resources: Vec<serde_json::Value> = state
         .model
         .resource_types()

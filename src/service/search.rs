@@ -13,16 +13,16 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use fhirlake_ingest::TableKind;
 use fhirlake_query::search::{DeltaTable, SearchTables, search};
 use fhirlake_schemas::json::write_str;
 use fhirlake_schemas::search::{SearchRequest, Summary, Total};
 
-use super::{AppState, fhir_response};
+use super::operation::decode;
+use super::write::touched;
+use super::{AppState, Operation, Outcome, Touched, fhir_response, param};
 use crate::error::{ApiError, ApiResult};
 
 /// The current tables one search request reads: all as of one instant, some pinned at
@@ -100,51 +100,21 @@ impl SearchTables for Tables {
     }
 }
 
-pub(crate) fn decode(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
-}
-
-/// `GET [base]/{type}?...`.
-pub async fn search_get(
-    State(state): State<Arc<AppState>>,
-    Path(rt): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    run(&state, &rt, decode(query.as_deref().unwrap_or("")), &headers).await
-}
-
-/// `POST [base]/{type}/_search` with `application/x-www-form-urlencoded` parameters (and
-/// any in the URL).
-pub async fn search_post(
-    State(state): State<Arc<AppState>>,
-    Path(rt): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !body.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(ApiError::BadRequest(format!(
-            "POST _search takes application/x-www-form-urlencoded parameters, not '{ct}'"
-        )));
+/// `GET [base]/{type}?...`, and `POST [base]/{type}/_search` with
+/// `application/x-www-form-urlencoded` parameters (and any in the URL).
+pub async fn search_type(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let mut pairs = op.params();
+    if !op.body.is_empty() {
+        let ct = op.prefs.content_type.as_deref().unwrap_or("");
+        if ct != "application/x-www-form-urlencoded" {
+            return Err(ApiError::BadRequest(format!(
+                "POST _search takes application/x-www-form-urlencoded parameters, not '{ct}'"
+            )));
+        }
+        let form = std::str::from_utf8(&op.body).map_err(|_| ApiError::BadRequest("the form is not UTF-8".into()))?;
+        pairs.extend(decode(form));
     }
-    let mut pairs = decode(query.as_deref().unwrap_or(""));
-    pairs.extend(decode(std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("the form is not UTF-8".into()))?));
-    run(&state, &rt, pairs, &headers).await
-}
-
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// `Prefer: handling=strict`.
-fn prefers_strict(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=strict"))
+    run(state, op.rt(), pairs, op.prefs.strict).await
 }
 
 /// The `_offset` page cursor (0 when absent).
@@ -189,9 +159,7 @@ fn write_entry(out: &mut String, first: &mut bool, full_url: &str, resource: &st
     out.push_str(&format!(r#","search":{{"mode":"{mode}"}}}}"#));
 }
 
-async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: &HeaderMap) -> ApiResult<Response> {
-    state.check_type(rt)?;
-    let strict = prefers_strict(headers);
+async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, strict: bool) -> ApiResult<Outcome> {
     // Paging state is ours, not a search parameter.
     let offset = offset_param(&pairs)?;
     let snapshot = param(&pairs, "_snapshot").map(str::to_string);
@@ -221,7 +189,10 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
         fhirlake_query::search::included(&tables, state.model, &req, &page).await?
     };
     let cursor = tables.cursor();
-    Ok(bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain, &cursor))
+    let mut seen: Vec<Touched> = page.rows.iter().map(|(id, _)| touched(rt, id, None)).collect();
+    seen.extend(included.iter().map(|(t, id, _)| touched(t, id, None)));
+    let response = bundle(state, rt, &search_pairs, &req, offset, count, &page, &included, explain, &cursor);
+    Ok(Outcome { response, touched: seen })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -316,15 +287,12 @@ fn offset_page(
 /// `GET [base]/Patient/{id}/$everything`: the patient and every resource in its
 /// compartment, paged by `_count` (default 100, at most 1000) and `_offset`, ordered by
 /// type then id. Pages read the snapshot of the first page (`_snapshot`).
-pub async fn everything(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
-    if state.writer.current("Patient", &id).is_none() {
+pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let id = op.id();
+    if state.writer.current("Patient", id).is_none() {
         return Err(ApiError::NotFound(format!("Patient/{id} does not exist")));
     }
-    let pairs = decode(query.as_deref().unwrap_or(""));
+    let pairs = op.params();
     let count = match param(&pairs, "_count") {
         Some(c) => c
             .parse::<usize>()
@@ -334,11 +302,11 @@ pub async fn everything(
     .clamp(1, state.config.search.search_max_count);
     let offset = offset_param(&pairs)?;
     let tables = match param(&pairs, "_snapshot") {
-        Some(cursor) => Tables::pinned(&state, "Patient", cursor).await?,
-        None => Tables::latest(&state),
+        Some(cursor) => Tables::pinned(state, "Patient", cursor).await?,
+        None => Tables::latest(state),
     };
     let types = state.writer.tables().current_types();
-    let all = fhirlake_query::search::patient_compartment(&tables, &types, &id).await?;
+    let all = fhirlake_query::search::patient_compartment(&tables, &types, id).await?;
     let cursor = tables.cursor();
     let link = |off: usize| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -347,20 +315,17 @@ pub async fn everything(
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.url(&format!("Patient/{id}/$everything")), q.finish())
     };
-    let (mut out, _) = offset_page(&state, all.len() as u64, &all, offset, count, link);
+    let (mut out, _) = offset_page(state, all.len() as u64, &all, offset, count, link);
     out.push_str("]}");
-    Ok(fhir_response(StatusCode::OK, out, None, None))
+    let seen = all.iter().skip(offset).take(count).map(|(t, id, _)| touched(t, id, None)).collect();
+    Ok(Outcome { response: fhir_response(StatusCode::OK, out, None, None), touched: seen })
 }
 
 /// `GET [base]?_type=A,B&...`: the same search on each listed type (its parameters must
 /// apply to every one of them, e.g. `_id`, `_lastUpdated`, `_tag`), results in `_type`
 /// order, paged by `_offset` over the snapshot of the first page (`_snapshot`).
-pub async fn system_search(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let pairs = decode(query.as_deref().unwrap_or(""));
+pub async fn search_system(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let pairs = op.params();
     let Some(types) = param(&pairs, "_type") else {
         return Err(ApiError::BadRequest("a search of the whole server needs _type=Type1,Type2".into()));
     };
@@ -368,13 +333,13 @@ pub async fn system_search(
     for t in &types {
         state.check_type(t).map_err(|_| ApiError::BadRequest(format!("_type: '{t}' is not a resource type")))?;
     }
-    let strict = prefers_strict(&headers);
+    let strict = op.prefs.strict;
     let offset = offset_param(&pairs)?;
     let rest: Vec<(String, String)> =
         pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset" | "_snapshot")).cloned().collect();
     let tables = match param(&pairs, "_snapshot") {
-        Some(cursor) => Tables::pinned(&state, &types[0], cursor).await?,
-        None => Tables::latest(&state),
+        Some(cursor) => Tables::pinned(state, &types[0], cursor).await?,
+        None => Tables::latest(state),
     };
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut ignored = Vec::new();
@@ -407,11 +372,12 @@ pub async fn system_search(
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.config.public_base(), q.finish())
     };
-    let (mut out, first) = offset_page(&state, total, &rows, offset, count, link);
+    let (mut out, first) = offset_page(state, total, &rows, offset, count, link);
     ignored.sort();
     ignored.dedup();
     let notes: Vec<(&str, String)> = ignored.iter().map(|e| ("warning", format!("ignored: {e}"))).collect();
     write_outcome(&mut out, first, &notes);
     out.push_str("]}");
-    Ok(fhir_response(StatusCode::OK, out, None, None))
+    let seen = rows.iter().skip(offset).take(count).map(|(t, id, _)| touched(t, id, None)).collect();
+    Ok(Outcome { response: fhir_response(StatusCode::OK, out, None, None), touched: seen })
 }

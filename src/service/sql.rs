@@ -10,39 +10,29 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::prelude::DataFrame;
 use fhirlake_ingest::TableKind;
 use fhirlake_query::catalog::{SqlLimits, SqlSession, Tables};
 use fhirlake_query::views::output::{Encoder, Format};
 use fhirlake_schemas::Json;
 
-use super::{AppState, parse_json};
+use super::{AppState, Operation, parse_json};
 use crate::error::{ApiError, ApiResult};
 
 /// `POST [base]/$sql`.
-pub async fn sql(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let mime = ct.split(';').next().unwrap_or("").trim().to_string();
+pub async fn sql(state: &AppState, op: &Operation) -> ApiResult<Response> {
+    let mime = op.prefs.content_type.clone().unwrap_or_default();
     let limits = state.config.sql.limits();
-    let bytes = axum::body::to_bytes(body, limits.max_sql_bytes + 64 * 1024)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(format!("the request is over {} bytes", limits.max_sql_bytes)))?;
     let (mut format, mut limit) = (None::<String>, None::<usize>);
     let (text, params) = match mime.as_str() {
-        "application/sql" | "text/plain" | "" => {
-            (String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::BadRequest("the SQL is not UTF-8".into()))?, None)
-        }
+        "application/sql" | "text/plain" | "" => (
+            String::from_utf8(op.body.to_vec()).map_err(|_| ApiError::BadRequest("the SQL is not UTF-8".into()))?,
+            None,
+        ),
         "application/json" | "application/fhir+json" => {
-            let j = parse_json(&state, &bytes)?;
+            let j = parse_json(state, &op.body)?;
             let q = j
                 .get("query")
                 .and_then(Json::as_str)
@@ -70,16 +60,16 @@ pub async fn sql(
             )));
         }
     };
-    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "_format" | "format" => format = Some(v.into_owned()),
+    for (k, v) in op.params() {
+        match k.as_str() {
+            "_format" | "format" => format = Some(v),
             "limit" | "_limit" => {
                 limit = Some(v.parse().map_err(|_| ApiError::BadRequest(format!("limit='{v}' is not a row count")))?)
             }
             other => return Err(ApiError::BadRequest(format!("$sql has no parameter '{other}'"))),
         }
     }
-    let format = choose_format(format.as_deref(), &headers)?;
+    let format = choose_format(format.as_deref(), op.prefs.accept.as_deref())?;
     let limit = limit.unwrap_or(state.config.sql.sql_default_rows);
     if limit > state.config.sql.sql_max_rows {
         return Err(ApiError::BadRequest(format!(
@@ -90,10 +80,7 @@ pub async fn sql(
     if text.trim().is_empty() {
         return Err(ApiError::BadRequest("the SQL text is empty".into()));
     }
-    let session = session(&state, limits).await?;
-    let df = session.plan(&text, params).await;
-    state.metrics.sql_query("http", df.is_ok());
-    let df = df?;
+    let df = plan(state, op, &text, params).await?;
     let df = df.limit(0, Some(limit)).map_err(fhirlake_query::Error::from)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let deadline = tokio::time::Instant::now() + limits.timeout;
@@ -106,15 +93,22 @@ pub async fn sql(
     super::stream::respond(stream, enc, options, |e| ApiError::from(fhirlake_query::Error::from(e))).await
 }
 
+/// Plans a read-only SQL statement for `op` (`$sql`, or a Flight SQL statement) over the
+/// latest snapshots: the one place every SQL front end goes through.
+pub async fn plan(state: &AppState, op: &Operation, text: &str, params: Option<ParamValues>) -> ApiResult<DataFrame> {
+    let session = session(state, state.config.sql.limits()).await?;
+    let df = session.plan(text, params).await;
+    state.metrics.sql_query(op.caller.channel, df.is_ok());
+    Ok(df?)
+}
+
 /// `format`/`_format`, else the first `Accept` type that names one, else JSON.
-pub fn choose_format(named: Option<&str>, headers: &HeaderMap) -> ApiResult<Format> {
+pub fn choose_format(named: Option<&str>, accept: Option<&str>) -> ApiResult<Format> {
     match named {
         Some(f) => Format::parse(f).ok_or_else(|| {
             ApiError::BadRequest(format!("format '{f}' is not one of json, ndjson, csv, arrow, parquet"))
         }),
-        None => Ok(headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
+        None => Ok(accept
             .and_then(|a| a.split(',').find_map(|m| Format::parse(m.split(';').next().unwrap_or(""))))
             .unwrap_or(Format::Json)),
     }

@@ -11,18 +11,18 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, header};
-use axum::response::Response;
 use fhirlake_ingest::{Action, OpOutcome, Precondition, WriteOp};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::json::ParseLimits;
 use fhirlake_schemas::patch::{fhirpath_patch, is_fhirpath_patch, json_patch};
 use fhirlake_schemas::validate::{ValidationOptions, validate_resource};
 
-use super::{AppState, crud, if_match, parse_json, read_body};
+use super::write::{submit_one, written};
+use super::{AppState, Operation, Outcome, Preferences, instance, parse_json};
 use crate::error::{ApiError, ApiResult};
+
+/// The media type of a JSON Patch body.
+pub const JSON_PATCH: &str = "application/json-patch+json";
 
 /// A parsed patch document.
 pub enum PatchDoc {
@@ -32,24 +32,12 @@ pub enum PatchDoc {
     FhirPath(Json),
 }
 
-/// Reads a PATCH body by its media type.
-pub async fn read_patch(state: &AppState, headers: &HeaderMap, body: Body) -> ApiResult<PatchDoc> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    // read_body checks JSON media types; a JSON Patch is JSON too.
-    let mut plain = headers.clone();
-    if ct.starts_with("application/json-patch+json") {
-        plain.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-        let bytes = read_body(&plain, body, state.config.limits.max_resource_bytes).await?;
-        return Ok(PatchDoc::Json(parse_json(state, &bytes)?));
+/// Reads a PATCH body by its media type (the front end admits JSON Patch and FHIR JSON).
+pub fn read_patch(state: &AppState, op: &Operation) -> ApiResult<PatchDoc> {
+    let json = parse_json(state, &op.body)?;
+    if op.prefs.content_type.as_deref() == Some(JSON_PATCH) {
+        return Ok(PatchDoc::Json(json));
     }
-    if !(ct.starts_with("application/fhir+json") || ct.starts_with("application/json")) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "PATCH takes application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath Patch \
-             Parameters), not '{ct}'"
-        )));
-    }
-    let bytes = read_body(headers, body, state.config.limits.max_resource_bytes).await?;
-    let json = parse_json(state, &bytes)?;
     if !is_fhirpath_patch(&json) {
         return Err(ApiError::BadRequest(
             "a FHIR JSON PATCH body must be a Parameters resource (FHIRPath Patch); send JSON Patch as \
@@ -61,27 +49,20 @@ pub async fn read_patch(state: &AppState, headers: &HeaderMap, body: Body) -> Ap
 }
 
 /// `PATCH [base]/{type}/{id}`.
-pub async fn patch(
-    State(state): State<Arc<AppState>>,
-    Path((rt, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    state.check_type(&rt)?;
-    crud::check_id(&id)?;
-    let doc = read_patch(&state, &headers, body).await?;
-    apply(&state, &rt, &id, &doc, &headers).await
+pub async fn patch(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let doc = read_patch(state, op)?;
+    apply(state, op.rt(), op.id(), &doc, &op.prefs).await
 }
 
 /// Applies `doc` to the current version of `rt/id` and writes the result.
-pub async fn apply(state: &AppState, rt: &str, id: &str, doc: &PatchDoc, headers: &HeaderMap) -> ApiResult<Response> {
-    let explicit = match if_match(headers)? {
+pub async fn apply(state: &AppState, rt: &str, id: &str, doc: &PatchDoc, prefs: &Preferences) -> ApiResult<Outcome> {
+    let explicit = match prefs.if_match {
         Precondition::IfMatch(v) => Some(v),
         _ => None,
     };
     let _serial = state.resource_lock(rt, id).lock().await;
     for _ in 0..5 {
-        let (version, raw) = crud::current(state, rt, id).await?;
+        let (version, raw) = instance::current(state, rt, id).await?;
         if let Some(v) = explicit.filter(|v| *v != version) {
             return Err(ApiError::PreconditionFailed(format!(
                 "If-Match does not hold: {rt}/{id} is at version {version}, not {v}"
@@ -107,12 +88,12 @@ pub async fn apply(state: &AppState, rt: &str, id: &str, doc: &PatchDoc, headers
             action: Action::Put(Arc::new(patched)),
             precondition: Precondition::IfMatch(version),
         };
-        match crud::submit_one(state, op).await? {
+        match submit_one(state, op).await? {
             OpOutcome::PreconditionFailed { current } if explicit.is_none() => {
                 tracing::debug!(rt, id, ?current, "patch raced a concurrent write; re-applying");
                 continue;
             }
-            outcome => return crud::written_response(state, rt, id, outcome, headers),
+            outcome => return written(state, rt, id, outcome, prefs),
         }
     }
     Err(ApiError::Conflict(format!("{rt}/{id} kept changing while the patch was applied; retry")))

@@ -7,9 +7,7 @@
 //! the history tables.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use fhirlake_ingest::TableKind;
@@ -18,7 +16,8 @@ use fhirlake_query::history::{merge_newest_first, read_history};
 use fhirlake_query::{HistoryQuery, HistoryRow};
 use fhirlake_schemas::json::write_str;
 
-use super::{AppState, fhir_response, parse_time_param};
+use super::write::touched;
+use super::{AppState, Interaction, Operation, Outcome, fhir_response, parse_time_param};
 use crate::error::{ApiError, ApiResult};
 
 const DEFAULT_COUNT: usize = 50;
@@ -68,54 +67,44 @@ impl Paging {
     }
 }
 
-/// `GET [base]/{type}/{id}/_history`.
-pub async fn instance_history(
-    State(state): State<Arc<AppState>>,
-    Path((rt, id)): Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult<Response> {
-    state.check_type(&rt)?;
-    if state.writer.current(&rt, &id).is_none() {
-        return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
-    }
+/// `GET [base]/{type}/{id}/_history`, `[base]/{type}/_history` and `[base]/_history`.
+pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let params: HashMap<String, String> = op.params().into_iter().collect();
     let p = paging(&params)?;
-    let rows = match state.writer.tables().get(TableKind::History, &rt) {
-        Some(t) => read_history(&rt, &t, &p.query(Some(id.clone()))).await?,
-        None => Vec::new(),
-    };
-    Ok(bundle(&state, &format!("{rt}/{id}/_history"), &p, rows))
-}
-
-/// `GET [base]/{type}/_history`.
-pub async fn type_history(
-    State(state): State<Arc<AppState>>,
-    Path(rt): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult<Response> {
-    state.check_type(&rt)?;
-    let p = paging(&params)?;
-    let rows = match state.writer.tables().get(TableKind::History, &rt) {
-        Some(t) => read_history(&rt, &t, &p.query(None)).await?,
-        None => Vec::new(),
-    };
-    Ok(bundle(&state, &format!("{rt}/_history"), &p, rows))
-}
-
-/// `GET [base]/_history`.
-pub async fn system_history(
-    State(state): State<Arc<AppState>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> ApiResult<Response> {
-    let p = paging(&params)?;
-    let q = p.query(None);
-    let mut parts = Vec::new();
-    for rt in state.writer.tables().current_types() {
-        if let Some(t) = state.writer.tables().get(TableKind::History, &rt) {
-            parts.push(read_history(&rt, &t, &q).await?);
+    let (path, rows) = match op.interaction {
+        Interaction::HistoryInstance => {
+            let (rt, id) = (op.rt(), op.id());
+            if state.writer.current(rt, id).is_none() {
+                return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
+            }
+            let rows = match state.writer.tables().get(TableKind::History, rt) {
+                Some(t) => read_history(rt, &t, &p.query(Some(id.to_string()))).await?,
+                None => Vec::new(),
+            };
+            (format!("{rt}/{id}/_history"), rows)
         }
-    }
-    let rows = merge_newest_first(parts, q.limit);
-    Ok(bundle(&state, "_history", &p, rows))
+        Interaction::HistoryType => {
+            let rt = op.rt();
+            let rows = match state.writer.tables().get(TableKind::History, rt) {
+                Some(t) => read_history(rt, &t, &p.query(None)).await?,
+                None => Vec::new(),
+            };
+            (format!("{rt}/_history"), rows)
+        }
+        _ => {
+            let q = p.query(None);
+            let mut parts = Vec::new();
+            for rt in state.writer.tables().current_types() {
+                if let Some(t) = state.writer.tables().get(TableKind::History, &rt) {
+                    parts.push(read_history(&rt, &t, &q).await?);
+                }
+            }
+            ("_history".to_string(), merge_newest_first(parts, q.limit))
+        }
+    };
+    let seen =
+        rows.iter().skip(p.offset).take(p.count).map(|r| touched(&r.resource_type, &r.id, Some(r.version))).collect();
+    Ok(Outcome { response: bundle(state, &path, &p, rows), touched: seen })
 }
 
 fn link(state: &AppState, path: &str, p: &Paging, offset: usize) -> String {

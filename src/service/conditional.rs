@@ -15,20 +15,17 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use fhirlake_ingest::bundle::{Found, Needs, Resolved};
+use axum::http::StatusCode;
+use fhirlake_ingest::bundle::{Found, Needs, Resolved, move_id_first};
 use fhirlake_ingest::{Action, OpOutcome, Precondition, WriteOp};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::json::ParseLimits;
 
-use super::crud;
-use super::search::{Tables, decode};
-use super::{AppState, fhir_response, info_outcome};
+use super::operation::decode;
+use super::search::Tables;
+use super::write::{set_location, submit_one, touched, written};
+use super::{AppState, Operation, Outcome, check_id, fhir_response, info_outcome, instance, patch};
 use crate::error::{ApiError, ApiResult};
-use fhirlake_ingest::bundle::move_id_first;
 
 /// The resources of `rt` matching `query` (a URL query string), at most `limit + 1` of them
 /// (so "more than `limit`" is visible).
@@ -83,7 +80,7 @@ pub async fn resolve(state: &AppState, needs: &Needs) -> ApiResult<Resolved> {
         r.searches.insert(q.clone(), find(state, rt, query, max).await?);
     }
     for (rt, id) in &needs.reads {
-        let found = match crud::current(state, rt, id).await {
+        let found = match instance::current(state, rt, id).await {
             Ok((version, raw)) => Some(Found { id: id.clone(), version, raw: raw.into() }),
             Err(ApiError::NotFound(_) | ApiError::Gone(_)) => None,
             Err(e) => return Err(e),
@@ -95,20 +92,16 @@ pub async fn resolve(state: &AppState, needs: &Needs) -> ApiResult<Resolved> {
 
 /// `POST /{type}` with `If-None-Exist`: 0 matches create, 1 answers 200 with the match,
 /// more 412.
-pub async fn create_if_none_exist(
-    state: &AppState,
-    rt: &str,
-    criteria: &str,
-    json: Json,
-    headers: &HeaderMap,
-) -> ApiResult<Response> {
+pub async fn create_if_none_exist(state: &AppState, op: &Operation, criteria: &str) -> ApiResult<Outcome> {
+    let rt = op.rt();
+    let json = instance::resource_of_type(state, op)?;
     let _gate = state.conditional.lock().await;
     match find(state, rt, criteria, 1).await?.as_slice() {
-        [] => crud::create_new(state, rt, json, headers).await,
+        [] => instance::create_new(state, op, json).await,
         [one] => {
             let mut r = fhir_response(StatusCode::OK, one.raw.to_string(), Some(one.version), None);
-            crud::set_location(state, &mut r, rt, &one.id, one.version);
-            Ok(r)
+            set_location(state, &mut r, rt, &one.id, one.version);
+            Ok(Outcome { response: r, touched: vec![touched(rt, &one.id, Some(one.version))] })
         }
         _ => Err(ApiError::PreconditionFailed(format!(
             "If-None-Exist '{criteria}' matches more than one {rt}; nothing was created"
@@ -118,19 +111,13 @@ pub async fn create_if_none_exist(
 
 /// `PUT /{type}?criteria`: 0 matches create (with the body's id when it has one), 1 updates
 /// the match, more 412.
-pub async fn update(
-    State(state): State<Arc<AppState>>,
-    Path(rt): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    state.check_type(&rt)?;
-    let criteria = criteria(query, "PUT", &rt)?;
-    let json = crud::read_resource_of_type(&state, &rt, &headers, body).await?;
+pub async fn update(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let rt = op.rt();
+    let criteria = criteria(op, "PUT")?;
+    let json = instance::resource_of_type(state, op)?;
     let body_id = json.get("id").and_then(Json::as_str).map(str::to_string);
     let _gate = state.conditional.lock().await;
-    let (id, precondition) = match find(&state, &rt, &criteria, 1).await?.as_slice() {
+    let (id, precondition) = match find(state, rt, criteria, 1).await?.as_slice() {
         [] => match body_id {
             Some(id) => (id, Precondition::Absent),
             None => (fhirlake_ingest::import::new_id(), Precondition::Absent),
@@ -142,7 +129,7 @@ pub async fn update(
                     one.id
                 )));
             }
-            (one.id.clone(), super::if_match(&headers)?)
+            (one.id.clone(), op.prefs.if_match)
         }
         _ => {
             return Err(ApiError::PreconditionFailed(format!(
@@ -150,33 +137,30 @@ pub async fn update(
             )));
         }
     };
-    crud::check_id(&id)?;
+    check_id(&id)?;
     let mut json = json;
     json.set("id", Json::String(id.clone()));
     move_id_first(&mut json);
-    let op = WriteOp { resource_type: rt.clone(), id: id.clone(), action: Action::Put(Arc::new(json)), precondition };
-    match crud::submit_one(&state, op).await? {
+    let write =
+        WriteOp { resource_type: rt.to_string(), id: id.clone(), action: Action::Put(Arc::new(json)), precondition };
+    match submit_one(state, write).await? {
         OpOutcome::PreconditionFailed { current } if precondition == Precondition::Absent => {
             Err(ApiError::Conflict(format!(
                 "no {rt} matches '{criteria}', but {rt}/{id} exists (version {current:?}) and does not match; not updated"
             )))
         }
-        outcome => crud::written_response(&state, &rt, &id, outcome, &headers),
+        outcome => written(state, rt, &id, outcome, &op.prefs),
     }
 }
 
 /// `DELETE /{type}?criteria`: deletes the matches (at most `conditional_delete_max`; more
 /// is a 412 and deletes nothing); no match is a successful no-op.
-pub async fn delete(
-    State(state): State<Arc<AppState>>,
-    Path(rt): Path<String>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
-    state.check_type(&rt)?;
-    let criteria = criteria(query, "DELETE", &rt)?;
+pub async fn delete(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let rt = op.rt();
+    let criteria = criteria(op, "DELETE")?;
     let max = state.config.limits.conditional_delete_max.max(1);
     let _gate = state.conditional.lock().await;
-    let found = find(&state, &rt, &criteria, max).await?;
+    let found = find(state, rt, criteria, max).await?;
     if found.len() > max {
         return Err(ApiError::PreconditionFailed(format!(
             "the criteria '{criteria}' match more than {max} {rt} resource(s); nothing was deleted \
@@ -184,12 +168,13 @@ pub async fn delete(
         )));
     }
     if found.is_empty() {
-        return Ok(fhir_response(StatusCode::OK, info_outcome(&format!("no {rt} matches '{criteria}'")), None, None));
+        let r = fhir_response(StatusCode::OK, info_outcome(&format!("no {rt} matches '{criteria}'")), None, None);
+        return Ok(Outcome::of(r));
     }
     let ops: Vec<WriteOp> = found
         .iter()
         .map(|f| WriteOp {
-            resource_type: rt.clone(),
+            resource_type: rt.to_string(),
             id: f.id.clone(),
             action: Action::Delete,
             precondition: Precondition::None,
@@ -197,22 +182,17 @@ pub async fn delete(
         .collect();
     state.writer.submit_atomic(ops).await?;
     let ids: Vec<String> = found.iter().map(|f| format!("{rt}/{}", f.id)).collect();
-    Ok(fhir_response(StatusCode::OK, info_outcome(&format!("deleted {}", ids.join(", "))), None, None))
+    let r = fhir_response(StatusCode::OK, info_outcome(&format!("deleted {}", ids.join(", "))), None, None);
+    Ok(Outcome { response: r, touched: found.iter().map(|f| touched(rt, &f.id, Some(f.version))).collect() })
 }
 
 /// `PATCH /{type}?criteria`: patches the one match (0 → 404, more → 412).
-pub async fn patch(
-    State(state): State<Arc<AppState>>,
-    Path(rt): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    state.check_type(&rt)?;
-    let criteria = criteria(query, "PATCH", &rt)?;
-    let patch = super::patch::read_patch(&state, &headers, body).await?;
+pub async fn patch(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
+    let rt = op.rt();
+    let criteria = criteria(op, "PATCH")?;
+    let doc = patch::read_patch(state, op)?;
     let _gate = state.conditional.lock().await;
-    let id = match find(&state, &rt, &criteria, 1).await?.as_slice() {
+    let id = match find(state, rt, criteria, 1).await?.as_slice() {
         [] => return Err(ApiError::NotFound(format!("no {rt} matches '{criteria}'"))),
         [one] => one.id.clone(),
         _ => {
@@ -221,14 +201,16 @@ pub async fn patch(
             )));
         }
     };
-    super::patch::apply(&state, &rt, &id, &patch, &headers).await
+    patch::apply(state, rt, &id, &doc, &op.prefs).await
 }
 
-fn criteria(query: Option<String>, method: &str, rt: &str) -> ApiResult<String> {
-    match query.filter(|q| !q.is_empty()) {
-        Some(q) => Ok(q),
-        None => Err(ApiError::MethodNotAllowed(format!(
-            "{method} /{rt} needs search criteria (conditional {method}) or an id: {method} /{rt}/{{id}}"
+/// The criteria of a conditional interaction: its query (405 without one).
+fn criteria<'a>(op: &'a Operation, method: &str) -> ApiResult<&'a str> {
+    match op.query.as_str() {
+        "" => Err(ApiError::MethodNotAllowed(format!(
+            "{method} /{rt} needs search criteria (conditional {method}) or an id: {method} /{rt}/{{id}}",
+            rt = op.rt()
         ))),
+        q => Ok(q),
     }
 }

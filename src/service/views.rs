@@ -11,8 +11,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::functions_nested::expr_fn::{array_has_any, make_array};
 use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
@@ -25,7 +24,7 @@ use fhirlake_schemas::shape::reserved;
 use fhirlake_schemas::validate::{Issue, IssueCode};
 use fhirlake_schemas::{ShapeOptions, TableShape};
 
-use super::{AppState, parse_json};
+use super::{AppState, Operation, parse_json};
 use crate::error::{ApiError, ApiResult};
 
 /// What `$run` was asked to do.
@@ -38,49 +37,26 @@ struct RunRequest {
     format: Format,
 }
 
-/// `POST [base]/ViewDefinition/$run`.
-pub async fn run_type(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let req = request(&state, None, query.as_deref(), &headers, body).await?;
-    run(&state, req).await
-}
-
-/// `GET|POST [base]/ViewDefinition/{id}/$run`.
-pub async fn run_instance(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let req = request(&state, Some(&id), query.as_deref(), &headers, body).await?;
-    run(&state, req).await
+/// `POST [base]/ViewDefinition/$run` and `GET|POST [base]/ViewDefinition/{id}/$run`.
+pub async fn run(state: &AppState, op: &Operation) -> ApiResult<Response> {
+    let req = request(state, op).await?;
+    run_request(state, req).await
 }
 
 fn invalid(location: &str, message: impl Into<String>) -> ApiError {
     ApiError::Invalid(vec![Issue { code: IssueCode::Invalid, location: location.into(), message: message.into() }])
 }
 
-async fn request(
-    state: &AppState,
-    id: Option<&str>,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult<RunRequest> {
-    let bytes = super::read_body(headers, body, state.config.limits.max_bundle_bytes).await?;
-    let mut view = match id {
+async fn request(state: &AppState, op: &Operation) -> ApiResult<RunRequest> {
+    let bytes = &op.body;
+    let mut view = match op.id.as_deref() {
         Some(id) => Some(stored(state, id).await?),
         None => None,
     };
     let mut resources: Option<Vec<Json>> = None;
     let (mut patient, mut group, mut limit, mut format) = (None, None, None, None);
     if !bytes.is_empty() {
-        let params = parse_json(state, &bytes)?;
+        let params = parse_json(state, bytes)?;
         if params.get("resourceType").and_then(Json::as_str) != Some("Parameters") {
             return Err(ApiError::BadRequest("$run takes a Parameters resource".into()));
         }
@@ -131,18 +107,18 @@ async fn request(
             }
         }
     }
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "_format" => format = Some(v.into_owned()),
+    for (k, v) in op.params() {
+        match k.as_str() {
+            "_format" => format = Some(v),
             "_limit" => {
                 limit = Some(v.parse().map_err(|_| ApiError::BadRequest(format!("_limit='{v}' is not a number")))?)
             }
-            "patient" => patient = Some(reference_id(&Json::String(v.into_owned()))),
-            "group" => group = Some(reference_id(&Json::String(v.into_owned()))),
+            "patient" => patient = Some(reference_id(&Json::String(v))),
+            "group" => group = Some(reference_id(&Json::String(v))),
             other => return Err(ApiError::BadRequest(format!("$run has no parameter '{other}'"))),
         }
     }
-    let format = super::sql::choose_format(format.as_deref(), headers)?;
+    let format = super::sql::choose_format(format.as_deref(), op.prefs.accept.as_deref())?;
     let view = view.ok_or_else(|| ApiError::BadRequest("$run needs viewResource or viewReference".into()))?;
     Ok(RunRequest { view, resources, patient, group, limit, format })
 }
@@ -155,7 +131,7 @@ fn reference_id(v: &Json) -> String {
 
 /// The stored resource `rt/id`, current version.
 async fn read_current(state: &AppState, rt: &str, id: &str) -> ApiResult<Json> {
-    let (_, raw) = super::crud::current(state, rt, id).await?;
+    let (_, raw) = super::instance::current(state, rt, id).await?;
     parse_json(state, raw.as_bytes())
 }
 
@@ -163,7 +139,7 @@ async fn stored(state: &AppState, id: &str) -> ApiResult<Json> {
     read_current(state, "ViewDefinition", id).await
 }
 
-async fn run(state: &AppState, req: RunRequest) -> ApiResult<Response> {
+async fn run_request(state: &AppState, req: RunRequest) -> ApiResult<Response> {
     let model = state.model;
     let view = Arc::new(View::parse(model, &req.view).map_err(|e| {
         let location =
@@ -289,20 +265,16 @@ fn in_compartment(compartment: &PatientCompartment, r: &Json, patients: &[String
 
 /// `POST [base]/ViewDefinition/{id}/$materialize` (`?full=true` to rebuild): builds or
 /// refreshes `views/<name>` and answers with a Parameters of what it did.
-pub async fn materialize(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
+pub async fn materialize(state: &AppState, op: &Operation) -> ApiResult<Response> {
     let mut full = false;
-    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        match (k.as_ref(), v.as_ref()) {
+    for (k, v) in op.params() {
+        match (k.as_str(), v.as_str()) {
             ("full", "true") => full = true,
             ("full", "false") => full = false,
             (k, v) => return Err(ApiError::BadRequest(format!("$materialize takes full=true|false, not {k}={v}"))),
         }
     }
-    let view = stored(&state, &id).await?;
+    let view = stored(state, op.id()).await?;
     let m = crate::materialize::materialize(
         state.writer.root(),
         &view,
