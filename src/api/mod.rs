@@ -238,7 +238,7 @@ async fn read_body(
             limits.max_bundle_bytes
         }
         Interaction::Sql => state.config.sql.limits().max_sql_bytes + 64 * 1024,
-        Interaction::SearchType => limits.max_resource_bytes,
+        // `_search` forms, and the bodies of interactions that read none.
         _ => limits.max_resource_bytes,
     };
     if let Some(len) =

@@ -67,7 +67,7 @@ pub fn parse(args: Vec<OsString>) -> Result<(Cli, Vec<Setting>), ArgsError> {
             all.extend(extra.into_iter().map(|(_, flag)| OsString::from(flag)));
             let m = Cli::command()
                 .try_get_matches_from(all)
-                .map_err(|e| ArgsError::File(format!("{}: {}", path.display(), e.kind_message())))?;
+                .map_err(|e| ArgsError::File(format!("{}: {}", path.display(), message_of(&e))))?;
             (m, keys.into_iter().map(|k| (k, path.clone())).collect())
         }
     };
@@ -76,18 +76,12 @@ pub fn parse(args: Vec<OsString>) -> Result<(Cli, Vec<Setting>), ArgsError> {
     Ok((cli, settings))
 }
 
-trait KindMessage {
-    fn kind_message(&self) -> String;
-}
-
-impl KindMessage for clap::Error {
-    /// The error's text without clap's usage footer.
-    fn kind_message(&self) -> String {
-        let text = self.to_string();
-        let text = text.trim_start_matches("error: ");
-        let text = text.split("\n\nUsage:").next().unwrap_or(text);
-        text.split("\n\nFor more information").next().unwrap_or(text).trim().to_string()
-    }
+/// A clap error's text without its usage footer.
+fn message_of(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let text = text.trim_start_matches("error: ");
+    let text = text.split("\n\nUsage:").next().unwrap_or(text);
+    text.split("\n\nFor more information").next().unwrap_or(text).trim().to_string()
 }
 
 /// The subcommand that runs: its clap command, matches and path (`config print`).
@@ -175,7 +169,7 @@ fn settings_of(matches: &ArgMatches, from_file: &[(String, PathBuf)]) -> Vec<Set
             let key = a.get_long().unwrap_or(id).to_string();
             let values: Vec<String> = match m.get_raw(id) {
                 Some(raw) => raw.map(|v| v.to_string_lossy().into_owned()).collect(),
-                None if m.get_flag_opt(id) => vec!["true".into()],
+                None if matches!(m.try_get_one::<bool>(id), Ok(Some(true))) => vec!["true".into()],
                 None => Vec::new(),
             };
             let source = match (from_file.iter().find(|(k, _)| *k == key), m.value_source(id)) {
@@ -190,16 +184,6 @@ fn settings_of(matches: &ArgMatches, from_file: &[(String, PathBuf)]) -> Vec<Set
             Setting { key, values, source, secret }
         })
         .collect()
-}
-
-trait FlagOpt {
-    fn get_flag_opt(&self, id: &str) -> bool;
-}
-
-impl FlagOpt for ArgMatches {
-    fn get_flag_opt(&self, id: &str) -> bool {
-        matches!(self.try_get_one::<bool>(id), Ok(Some(true)))
-    }
 }
 
 /// The effective settings as a TOML file would set them, each with its source in a

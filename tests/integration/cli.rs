@@ -181,17 +181,17 @@ fn import_refuses_while_a_server_holds_the_root() {
 
 /// Starts `fhirlake serve` on a free port; returns the child and its base URL host:port.
 fn serve(data: &Path) -> (std::process::Child, String) {
-    let mut server = fhirlake()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (server, addr, _) = serve_with(fhirlake().args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data));
+    (server, addr)
+}
+
+/// Starts a `serve` command line; returns the child, its host:port and its first line.
+fn serve_with(command: &mut Command) -> (std::process::Child, String, String) {
+    let mut server = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-    (server, addr)
+    (server, addr, line)
 }
 
 /// A minimal HTTP/1.1 exchange over a fresh connection: (status, headers+body text).
@@ -302,20 +302,10 @@ fn serve_reads_a_toml_config_under_its_flags() {
         ),
     )
     .unwrap();
-    let mut server = fhirlake()
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .args(["--search-max-count", "4"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (mut server, addr, line) =
+        serve_with(fhirlake().arg("serve").arg("--config").arg(&config).args(["--search-max-count", "4"]));
     assert!(line.contains("/api"), "the base path comes from the file: {line}");
     assert!(line.contains(data.to_str().unwrap()), "the data root comes from the file: {line}");
-    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     for _ in 0..5 {
         assert_eq!(http(&addr, "POST", "/api/Patient", r#"{"resourceType":"Patient"}"#).0, 201);
     }
