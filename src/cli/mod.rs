@@ -61,9 +61,14 @@ pub enum ConfigAction {
     Print(Box<serve::ServeArgs>),
 }
 
-/// Where the data lives; shared by every command.
+/// Where the data and the settings live; shared by every command that reads a root.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
+    /// A TOML file of settings: keys are flag names without `--` (`data = "/srv/fhir"`,
+    /// `sql-timeout = "5m"`); flags and FHIRLAKE_* variables override it. One file serves
+    /// every command: a key another command takes is left to it.
+    #[arg(long, env = "FHIRLAKE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Storage root: a local path or a file:// URL.
     #[arg(long, env = "FHIRLAKE_DATA", default_value = "./fhirlake-data")]
     pub data: String,

@@ -14,10 +14,6 @@ use crate::config::ApiConfig;
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A TOML file of settings: keys are these flags without `--` (`listen = "0.0.0.0:8080"`,
-    /// `sql-timeout = "5m"`); flags and FHIRLAKE_* variables override it.
-    #[arg(long, env = "FHIRLAKE_CONFIG")]
-    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Address to listen on; port 0 picks a free port (the bound address is printed).

@@ -1,10 +1,12 @@
 //! Where each setting comes from: flags, `FHIRLAKE_*` environment variables, a `--config`
 //! TOML file, or the default — in that order of precedence — and `fhirlake config print`.
 //!
-//! Owns: reading the TOML file of a command that has `--config` (`serve`, `config print`)
-//! and layering it under the flags and the environment: every key is a flag name without
-//! `--` (`search-default-count = 50`, `sql-timeout = "5m"`); a key that is no flag of the
-//! command is an error naming it; a value is checked by the same parser as the flag. The
+//! Owns: reading the TOML file of a command that has `--config` (every command that reads a
+//! storage root, and `config print`) and layering it under the flags and the environment:
+//! every key is a flag name without `--` (`search-default-count = 50`, `sql-timeout =
+//! "5m"`); one file serves every command, so a key another command takes is left to it,
+//! and a key that is no flag of any command is an error naming it; a value is checked by
+//! the same parser as the flag. The
 //! file is turned into flags that clap parses with the command line, so a setting has one
 //! definition and one parser whatever its source. Sections (`[name]`, `[[name]]`) are kept
 //! for the repeated settings later releases add (instances, issuers, connectors): none is
@@ -111,15 +113,16 @@ fn file_flags(path: &Path, matches: &ArgMatches) -> Result<Vec<(String, String)>
         {
             return Err(err(format!("[{key}] is not a section fhirlake knows (no sections are defined yet)")));
         }
-        let arg = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(key.as_str()) && a.get_id() != "config")
-            .ok_or_else(|| {
-                err(format!(
-                    "unknown key '{key}': the keys are the flags of `fhirlake {command}` without `--` \
-                     (see fhirlake {command} --help)"
-                ))
-            })?;
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(key.as_str()) && a.get_id() != "config")
+        else {
+            if key != "config" && takes_flag(&Cli::command(), &key) {
+                continue; // another command's setting
+            }
+            return Err(err(format!(
+                "unknown key '{key}': the keys are the flags of fhirlake's commands without `--` \
+                 (see fhirlake {command} --help)"
+            )));
+        };
         let id = arg.get_id().as_str();
         if matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
             continue;
@@ -149,6 +152,11 @@ fn file_flags(path: &Path, matches: &ArgMatches) -> Result<Vec<(String, String)>
         }
     }
     Ok(flags)
+}
+
+/// Whether `cmd` or any of its subcommands has the flag `--{long}`.
+fn takes_flag(cmd: &clap::Command, long: &str) -> bool {
+    cmd.get_arguments().any(|a| a.get_long() == Some(long)) || cmd.get_subcommands().any(|c| takes_flag(c, long))
 }
 
 /// Every setting of the command that runs, with its value and source.

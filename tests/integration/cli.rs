@@ -322,6 +322,13 @@ fn serve_reads_a_toml_config_under_its_flags() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(server.wait().unwrap().success());
 
+    // One file serves every command: `compact` takes `data` from it and leaves the serve
+    // settings (listen, search-*, max-resource-bytes) to `serve`.
+    let out = fhirlake().args(["compact", "--config"]).arg(&config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("resources/Patient"), "compact ran on the file's data root: {stdout}");
+
     let out = fhirlake().args(["config", "print", "--config"]).arg(&config).args(["--search-max-count", "4"]).output();
     let text = String::from_utf8(out.unwrap().stdout).unwrap();
     assert!(text.contains(&format!("search-default-count = 2  # file {}", config.display())), "{text}");
