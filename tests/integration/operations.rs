@@ -74,3 +74,23 @@ async fn outcomes_say_what_they_touched() {
     assert_eq!(missing.status(), 404);
     s.stop().await;
 }
+
+/// Once a commit fails part-way, writes are refused until a restart: `/health` says
+/// `degraded` with the reason (503) and `/metrics` reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_once_writes_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the tables' folder should be: the first commit fails.
+    std::fs::write(dir.path().join("resources"), b"not a folder").unwrap();
+    let root = fhirlake_ingest::StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
+    let s = TestServer::start_at(root).await;
+    assert_eq!(s.get("/health").await.status, 200);
+    let r = s.post("/fhir/Patient", r#"{"resourceType":"Patient"}"#).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    let r = s.get("/health").await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains(r#""status":"degraded""#) && r.body.contains("restarts"), "{}", r.body);
+    let metrics = s.get("/metrics").await.body;
+    assert!(metrics.lines().any(|l| l == "fhirlake_writes_stopped 1"), "{metrics}");
+    drop(dir);
+}
