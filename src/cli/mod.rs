@@ -86,7 +86,9 @@ pub fn init_tracing() {
             "warn,fhirlake=info,fhirlake_ingest=info,fhirlake_query=info,deltalake_core::datafile::writer=error",
         )
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only for a terminal: a file or a log collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 /// Parses the process's command line with its config file (usage errors exit here).
