@@ -179,7 +179,7 @@ pub async fn materialize(
         None => Replace::All,
     };
     let version = ViewVersion { source_version, definition_hash: hash };
-    write_view(root, &name, &schema, batches, replace, version).await?;
+    write_view(root, &name, existing, &schema, batches, replace, version).await?;
     progress(&format!("{name}: committed in {:.2} s", started.elapsed().as_secs_f64()));
     Ok(Materialized { name, mode, resources, rows, source_version, fallback })
 }

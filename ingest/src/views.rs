@@ -10,6 +10,7 @@
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
+use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::{ident, lit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -39,10 +40,12 @@ pub enum Replace<'a> {
     Sources(&'a [String]),
 }
 
-/// Commits `batches` (of `schema`) to `views/<name>`, creating the table if needed.
+/// Commits `batches` (of `schema`) to `views/<name>`: to `existing`, the table as the
+/// caller opened it, or to a new table when there is none.
 pub async fn write_view(
     root: &StorageRoot,
     name: &str,
+    existing: Option<DeltaTable>,
     schema: &Schema,
     batches: Vec<RecordBatch>,
     replace: Replace<'_>,
@@ -51,7 +54,7 @@ pub async fn write_view(
     let props = CommitProperties::default()
         .with_application_transaction(Transaction::new(VIEW_SOURCE_APP_ID, version.source_version))
         .with_application_transaction(Transaction::new(VIEW_DEFINITION_APP_ID, version.definition_hash));
-    let table = match root.open_table(TableKind::View, name).await? {
+    let table = match existing {
         Some(t) => t,
         None => root.create_table(TableKind::View, name, schema).await?,
     };

@@ -138,7 +138,8 @@ async fn operation(state: &AppState, req: Request) -> ApiResult<Operation> {
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
     let prefs = preferences(route.interaction, &headers)?;
-    let body = read_body(state, route.interaction, &headers, body).await?;
+    let mime = prefs.content_type.clone().unwrap_or_default();
+    let body = read_body(state, route.interaction, &headers, &mime, body).await?;
     let caller = Caller {
         address,
         user_agent: header_text(&headers, header::USER_AGENT.as_str()),
@@ -205,11 +206,10 @@ async fn read_body(
     state: &AppState,
     interaction: Interaction,
     headers: &HeaderMap,
+    mime: &str,
     body: Body,
 ) -> ApiResult<bytes::Bytes> {
     let limits = &state.config.limits;
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let mime = ct.split(';').next().unwrap_or("").trim();
     let fhir_json = || match mime {
         "" | "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
         other => Err(ApiError::UnsupportedMediaType(format!(
@@ -222,13 +222,13 @@ async fn read_body(
             limits.max_resource_bytes
         }
         Interaction::Patch | Interaction::ConditionalPatch => {
-            if !(ct.starts_with(service::patch::JSON_PATCH)
-                || ct.starts_with("application/fhir+json")
-                || ct.starts_with("application/json"))
+            if !(mime.starts_with(service::patch::JSON_PATCH)
+                || mime.starts_with("application/fhir+json")
+                || mime.starts_with("application/json"))
             {
                 return Err(ApiError::UnsupportedMediaType(format!(
                     "PATCH takes application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath \
-                     Patch Parameters), not '{ct}'"
+                     Patch Parameters), not '{mime}'"
                 )));
             }
             limits.max_resource_bytes

@@ -31,7 +31,7 @@ use crate::error::{ApiError, ApiResult};
 /// (so "more than `limit`" is visible).
 pub async fn find(state: &AppState, rt: &str, query: &str, limit: usize) -> ApiResult<Vec<Found>> {
     state.check_type(rt)?;
-    let pairs: Vec<(String, String)> = decode(query.trim_start_matches('?'))
+    let pairs: Vec<(String, String)> = decode(query)
         .into_iter()
         .filter(|(k, _)| !matches!(k.as_str(), "_count" | "_sort" | "_summary" | "_elements" | "_total" | "_format"))
         .collect();

@@ -77,27 +77,14 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
             if state.writer.current(rt, id).is_none() {
                 return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
             }
-            let rows = match state.writer.tables().get(TableKind::History, rt) {
-                Some(t) => read_history(rt, &t, &p.query(Some(id.to_string()))).await?,
-                None => Vec::new(),
-            };
-            (format!("{rt}/{id}/_history"), rows)
+            (format!("{rt}/{id}/_history"), rows_of(state, rt, &p.query(Some(id.to_string()))).await?)
         }
-        Interaction::HistoryType => {
-            let rt = op.rt();
-            let rows = match state.writer.tables().get(TableKind::History, rt) {
-                Some(t) => read_history(rt, &t, &p.query(None)).await?,
-                None => Vec::new(),
-            };
-            (format!("{rt}/_history"), rows)
-        }
+        Interaction::HistoryType => (format!("{}/_history", op.rt()), rows_of(state, op.rt(), &p.query(None)).await?),
         _ => {
             let q = p.query(None);
             let mut parts = Vec::new();
             for rt in state.writer.tables().current_types() {
-                if let Some(t) = state.writer.tables().get(TableKind::History, &rt) {
-                    parts.push(read_history(&rt, &t, &q).await?);
-                }
+                parts.push(rows_of(state, &rt, &q).await?);
             }
             ("_history".to_string(), merge_newest_first(parts, q.limit))
         }
@@ -105,6 +92,14 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let seen =
         rows.iter().skip(p.offset).take(p.count).map(|r| touched(&r.resource_type, &r.id, Some(r.version))).collect();
     Ok(Outcome { response: bundle(state, &path, &p, rows), touched: seen })
+}
+
+/// The versions of `rt` that `q` selects (none before the type has a history table).
+async fn rows_of(state: &AppState, rt: &str, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
+    match state.writer.tables().get(TableKind::History, rt) {
+        Some(t) => Ok(read_history(rt, &t, q).await?),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn link(state: &AppState, path: &str, p: &Paging, offset: usize) -> String {

@@ -14,7 +14,7 @@ use axum::response::Response;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::prelude::DataFrame;
 use fhirlake_ingest::TableKind;
-use fhirlake_query::catalog::{SqlLimits, SqlSession, Tables};
+use fhirlake_query::catalog::{SqlSession, Tables};
 use fhirlake_query::views::output::{Encoder, Format};
 use fhirlake_schemas::Json;
 
@@ -96,7 +96,7 @@ pub async fn sql(state: &AppState, op: &Operation) -> ApiResult<Response> {
 /// Plans a read-only SQL statement for `op` (`$sql`, or a Flight SQL statement) over the
 /// latest snapshots: the one place every SQL front end goes through.
 pub async fn plan(state: &AppState, op: &Operation, text: &str, params: Option<ParamValues>) -> ApiResult<DataFrame> {
-    let session = session(state, state.config.sql.limits()).await?;
+    let session = session(state).await?;
     let df = session.plan(text, params).await;
     state.metrics.sql_query(op.caller.channel, df.is_ok());
     Ok(df?)
@@ -142,7 +142,7 @@ fn params_of(j: &Json) -> ApiResult<ParamValues> {
 }
 
 /// A session over the writer's latest snapshots and the materialized views.
-pub async fn session(state: &AppState, limits: SqlLimits) -> ApiResult<SqlSession> {
+pub async fn session(state: &AppState) -> ApiResult<SqlSession> {
     // One snapshot of every table: never half of a group commit (or of a transaction).
     let mut tables = Tables::default();
     for (kind, rt, t) in state.writer.tables().snapshot() {
@@ -158,5 +158,5 @@ pub async fn session(state: &AppState, limits: SqlLimits) -> ApiResult<SqlSessio
             tables.views.push((name, t));
         }
     }
-    Ok(SqlSession::with_tables(tables, limits)?)
+    Ok(SqlSession::with_tables(tables, state.config.sql.limits())?)
 }
