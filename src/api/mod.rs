@@ -71,6 +71,13 @@ impl AppState {
         format!("{}/{relative}", self.config.public_base())
     }
 
+    /// The part of `path` after the FHIR base (`""` for the base itself), or `None` when
+    /// the path is not under it.
+    pub fn under_base<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let rest = path.strip_prefix(self.config.base_path.trim_end_matches('/'))?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
+
     /// 404 unless `rt` is an R4 resource type.
     pub fn check_type(&self, rt: &str) -> ApiResult<()> {
         if self.model.is_resource_type(rt) {
@@ -114,12 +121,11 @@ pub fn starting_router() -> Router {
 /// Every request but `/health` and `/metrics`: under the FHIR base, translated into an
 /// operation and executed; elsewhere a 404.
 async fn fhir(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let base = state.config.base_path.trim_end_matches('/');
-    let path = req.uri().path();
-    if !(path == base || path.starts_with(&format!("{base}/"))) {
-        return ApiError::NotFound(format!("no FHIR interaction at {} {path}", req.method())).into_response();
-    }
-    match operation(&state, req).await {
+    let Some(rest) = state.under_base(req.uri().path()).map(str::to_string) else {
+        return ApiError::NotFound(format!("no FHIR interaction at {} {}", req.method(), req.uri().path()))
+            .into_response();
+    };
+    match operation(&state, &rest, req).await {
         Ok(op) => match service::execute(&state, op).await {
             Ok(outcome) => outcome.response,
             Err(e) => e.into_response(),
@@ -128,11 +134,9 @@ async fn fhir(State(state): State<Arc<AppState>>, req: Request) -> Response {
     }
 }
 
-/// The operation an HTTP request under the base asks for.
-async fn operation(state: &AppState, req: Request) -> ApiResult<Operation> {
-    let base = state.config.base_path.trim_end_matches('/');
-    let path = req.uri().path().strip_prefix(base).unwrap_or(req.uri().path()).to_string();
-    let route = service::route(req.method(), &path)?;
+/// The operation an HTTP request asks for; `path` is its path after the base.
+async fn operation(state: &AppState, path: &str, req: Request) -> ApiResult<Operation> {
+    let route = service::route(req.method(), path)?;
     let query = req.uri().query().unwrap_or("").to_string();
     let address = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();

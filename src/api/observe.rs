@@ -232,12 +232,9 @@ fn request_id(req: &Request) -> HeaderValue {
 /// The middleware of every request: correlation id, span, metrics.
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = request_id(&req);
-    let base = state.config.base_path.trim_end_matches('/');
     // The interaction as the service routes it (`other` where no interaction lives).
-    let interaction = req
-        .uri()
-        .path()
-        .strip_prefix(base)
+    let interaction = state
+        .under_base(req.uri().path())
         .map(|rest| crate::service::route(req.method(), rest).map_or("other", |r| r.interaction.name()));
     let span = tracing::info_span!(
         "request",
