@@ -107,6 +107,44 @@ impl SearchSettings {
     }
 }
 
+/// The write path: when acknowledged writes reach Delta, and how much may wait.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Writes")]
+pub struct WriteSettings {
+    /// Acknowledged writes are flushed to the Delta tables once the oldest waiting one is
+    /// this old, e.g. 5s: external Delta readers (and `fhirlake sql --data`) lag the server
+    /// by at most this plus a flush.
+    #[arg(long, env = "FHIRLAKE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Flush at once when this much is waiting (estimated memory), e.g. 256MiB.
+    #[arg(long, env = "FHIRLAKE_FLUSH_BUFFER", default_value = "256MiB", value_parser = parse_size)]
+    pub flush_buffer: usize,
+    /// Refuse writes (503, Retry-After) while this much is waiting to be flushed, e.g.
+    /// when flushes fail: memory stays bounded.
+    #[arg(long, env = "FHIRLAKE_FLUSH_BUFFER_LIMIT", default_value = "1GiB", value_parser = parse_size)]
+    pub flush_buffer_limit: usize,
+    /// Page cache of the serving store (reads by id and history), e.g. 256MiB.
+    #[arg(long, env = "FHIRLAKE_STORE_CACHE", default_value = "256MiB", value_parser = parse_size)]
+    pub store_cache: usize,
+}
+
+impl WriteSettings {
+    /// The writer's options with these settings.
+    pub fn writer_options(&self, holder: &str) -> fhirlake_ingest::WriterOptions {
+        fhirlake_ingest::WriterOptions {
+            holder: holder.to_string(),
+            flush: fhirlake_ingest::writer::FlushPolicy {
+                interval: self.flush_interval,
+                soft_bytes: self.flush_buffer as u64,
+            },
+            hard_buffer_bytes: self.flush_buffer_limit.max(self.flush_buffer) as u64,
+            store_cache_bytes: self.store_cache,
+            fail_flush_marker: std::env::var_os("FHIRLAKE_TEST_FAIL_FLUSH").map(std::path::PathBuf::from),
+            ..Default::default()
+        }
+    }
+}
+
 /// Bounds of one SQL query, wherever it runs (`$sql`, Flight SQL, `fhirlake sql`).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "SQL")]

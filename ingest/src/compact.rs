@@ -154,6 +154,8 @@ pub(crate) async fn rewrite(
         TableKind::Current => &["_patient", "id"],
         TableKind::History => &["id", "_version_id"],
         TableKind::View => &["_source_id"],
+        // Append-only tables keep arrival order.
+        TableKind::System => &[],
     };
     let sort_columns: Vec<SortColumn> = keys
         .iter()

@@ -1,17 +1,12 @@
-//! The write-ahead journal: what makes a group commit durable and multi-table atomic.
+//! The write-ahead journal of storage roots written before the serving store.
 //!
-//! Owns: persisting one group commit's versions as `journal/<seq>.ndjson` before any Delta
-//! table is touched (on `file://` through [`crate::durable::SyncingLocalStore`], so the
-//! entry is fsynced), listing entries left by a crash, and removing an entry once every
-//! table carries the entry's sequence number as a Delta `txn` action
-//! (app id [`JOURNAL_APP_ID`]). Replay is therefore idempotent: a table whose txn version
-//! is already >= seq is skipped. Must not: decide versions (that is [`crate::writer`]).
-
-use std::sync::Arc;
+//! Owns: reading the `journal/<seq>.ndjson` entries such a root may hold after a crash
+//! (the upgrade replays them into the tables whose Delta `txn` is behind, then removes
+//! them), and writing one (tests of that upgrade). The serving store's log replaced it.
+//! Must not: decide versions (that is [`crate::writer`]).
 
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
 
 use crate::store::StorageRoot;
 use crate::{Error, Result};
@@ -19,29 +14,7 @@ use crate::{Error, Result};
 /// The Delta `txn` application id under which journal sequence numbers are recorded.
 pub use fhirlake_schemas::layout::JOURNAL_APP_ID;
 
-/// One stored version of one resource.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionRecord {
-    /// Resource type.
-    #[serde(rename = "t")]
-    pub resource_type: String,
-    /// Resource id.
-    pub id: String,
-    /// Version id.
-    #[serde(rename = "v")]
-    pub version: i64,
-    /// Last-updated, epoch microseconds UTC.
-    #[serde(rename = "ts")]
-    pub last_updated_us: i64,
-    /// True for a delete.
-    #[serde(rename = "d")]
-    pub deleted: bool,
-    /// Content hash (FNV-1a 64 of the resource without server meta).
-    #[serde(rename = "h")]
-    pub hash: u64,
-    /// The JSON served for this version (`None` for deletes).
-    pub raw: Option<Arc<str>>,
-}
+pub use crate::writer::VersionRecord;
 
 /// The journal of a storage root.
 #[derive(Debug, Clone)]

@@ -2,23 +2,21 @@
 //!
 //! Owns JSON -> Arrow flattening ([`flatten`]), patient-compartment membership
 //! ([`compartment`]), the storage root and its Delta tables ([`store`]), durable local
-//! storage ([`durable`]), the write-ahead journal ([`journal`]), the group-committing
-//! writer ([`writer`]) with its compaction and vacuum ([`compact`]), Bundle processing
+//! storage ([`durable`]), the group-committing writer with its serving store and Delta
+//! flusher ([`writer`]), compaction and vacuum ([`compact`]), the journal of older roots
+//! ([`journal`]), Bundle processing
 //! ([`bundle`]), bulk import ([`import`]) and the commits of materialized views
 //! ([`views`]).
 //!
 //! Must not: speak HTTP, or depend on `fhirlake-query` (the root composes the two).
 
-mod apply;
 pub mod bundle;
 pub mod compact;
 pub mod compartment;
-mod decide;
 pub mod durable;
 pub mod flatten;
 pub mod import;
 pub mod journal;
-mod pipeline;
 pub mod store;
 pub mod views;
 pub mod writer;
@@ -72,6 +70,15 @@ pub enum Error {
     /// The writer is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The serving store failed.
+    #[error("serving store: {0}")]
+    Store(String),
+    /// Flushing to Delta failed (acknowledged writes are safe in the serving store).
+    #[error("flushing to Delta failed (acknowledged writes are safe and the flush is retried): {0}")]
+    FlushFailed(String),
+    /// Too much is waiting to be flushed to Delta: writes are refused for a moment.
+    #[error("{0}")]
+    Backpressure(String),
     /// I/O error reading import files.
     #[error("{path}: {source}")]
     Io {
@@ -89,7 +96,9 @@ impl Error {
         match self {
             Error::Schemas(e) => e.kind(),
             // Another process holds the root; the request may succeed once it is released.
-            Error::LeaseHeld { .. } | Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::LeaseHeld { .. } | Error::ShuttingDown | Error::FlushFailed(_) | Error::Backpressure(_) => {
+                ErrorKind::Unavailable
+            }
             Error::Config(_)
             | Error::Flatten(_)
             | Error::Arrow(_)
@@ -99,6 +108,7 @@ impl Error {
             | Error::Json(_)
             | Error::Journal(_)
             | Error::CommitFailed(_)
+            | Error::Store(_)
             | Error::Io { .. } => ErrorKind::Internal,
         }
     }

@@ -67,6 +67,11 @@ impl StorageRoot {
         &self.url
     }
 
+    /// The root's folder when it is local.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        self.local.as_deref()
+    }
+
     /// The object store the root lives in (rooted at the store's root, not at `url`).
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
@@ -139,21 +144,24 @@ impl StorageRoot {
             schema.try_into_kernel().map_err(|e| Error::Flatten(format!("schema of {resource_type}: {e}")))?;
         let stats_columns = match kind {
             TableKind::Current => {
-                format!("id,{},{},{}", reserved::PATIENT, reserved::LAST_UPDATED, reserved::VERSION_ID)
+                Some(format!("id,{},{},{}", reserved::PATIENT, reserved::LAST_UPDATED, reserved::VERSION_ID))
             }
-            TableKind::History => format!(
+            TableKind::History => Some(format!(
                 "id,{},{},{},{}",
                 reserved::VERSION_ID,
                 reserved::LAST_UPDATED,
                 reserved::DELETED,
                 reserved::PATIENT
-            ),
-            TableKind::View => reserved::SOURCE_ID.to_string(),
+            )),
+            TableKind::View => Some(reserved::SOURCE_ID.to_string()),
+            // Their own schemas: statistics on the leading columns (Delta's default).
+            TableKind::System => None,
         };
-        let config: HashMap<String, Option<String>> = HashMap::from([
-            ("delta.dataSkippingStatsColumns".to_string(), Some(stats_columns)),
-            ("delta.checkpointInterval".to_string(), Some("20".to_string())),
-        ]);
+        let mut config: HashMap<String, Option<String>> =
+            HashMap::from([("delta.checkpointInterval".to_string(), Some("20".to_string()))]);
+        if let Some(columns) = stats_columns {
+            config.insert("delta.dataSkippingStatsColumns".to_string(), Some(columns));
+        }
         let created = table
             .create()
             .with_table_name(format!("{}_{}", kind.folder(), resource_type.to_lowercase()))

@@ -204,6 +204,9 @@ impl SqlSession {
                     TableKind::Current => tables.current.push((name, table)),
                     TableKind::History => tables.history.push((name, table)),
                     TableKind::View => tables.views.push((name, table)),
+                    // fhirlake's own tables (audit, device data) get their access rules with
+                    // the features that write them; not in the SQL catalog until then.
+                    TableKind::System => {}
                 }
             }
         }

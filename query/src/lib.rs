@@ -9,12 +9,10 @@
 
 pub mod catalog;
 pub mod functions;
-pub mod history;
 pub mod search;
 pub mod views;
 
 pub use catalog::SqlSession;
-pub use history::{HistoryQuery, HistoryRow};
 
 /// Errors of the read side.
 #[derive(Debug, thiserror::Error)]

@@ -43,11 +43,14 @@ pub enum TableKind {
     History,
     /// `views/<name>`: a materialized SQL-on-FHIR view (the name is the view's).
     View,
+    /// `system/<name>`: one of fhirlake's own append-only tables (audit rows, device
+    /// measurements, job state), flushed from the serving store like resources.
+    System,
 }
 
 impl TableKind {
     /// Every kind, in folder order.
-    pub const ALL: [TableKind; 3] = [TableKind::Current, TableKind::History, TableKind::View];
+    pub const ALL: [TableKind; 4] = [TableKind::Current, TableKind::History, TableKind::View, TableKind::System];
 
     /// The folder under the root.
     pub fn folder(self) -> &'static str {
@@ -55,6 +58,7 @@ impl TableKind {
             TableKind::Current => "resources",
             TableKind::History => "history",
             TableKind::View => "views",
+            TableKind::System => "system",
         }
     }
 

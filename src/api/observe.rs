@@ -149,7 +149,23 @@ impl Collector for StoreCollector {
             "Write operations per group commit",
             &SizeHistogramMetric(&stats.batch_ops),
         )?;
-        put(&mut e, "delta_commits", "Delta commits made by group commits", &counter(&stats.commits))?;
+        put(&mut e, "delta_commits", "Delta commits made by flushes and maintenance", &counter(&stats.commits))?;
+        put(&mut e, "flush_rounds", "Flush rounds committed to Delta", &counter(&stats.flush_rounds))?;
+        put(&mut e, "flush_failures", "Flush rounds that failed (and were retried)", &counter(&stats.flush_failures))?;
+        let gauge =
+            |a: &std::sync::atomic::AtomicU64| ConstGauge::new(i64::try_from(a.load(Relaxed)).unwrap_or(i64::MAX));
+        put(
+            &mut e,
+            "buffered_versions",
+            "Acknowledged versions not yet flushed to Delta",
+            &gauge(&stats.buffered_rows),
+        )?;
+        put(
+            &mut e,
+            "buffered_bytes",
+            "Estimated memory of acknowledged writes not yet flushed to Delta",
+            &gauge(&stats.buffered_bytes),
+        )?;
         put(&mut e, "compaction_rounds", "Compaction rounds committed", &counter(&stats.compaction_rounds))?;
         put(
             &mut e,
@@ -159,9 +175,9 @@ impl Collector for StoreCollector {
         )?;
         put(
             &mut e,
-            "writes_stopped",
-            "1 when writes are refused until a restart (a commit failed part-way)",
-            &ConstGauge::new(i64::from(stats.stopped.get().is_some())),
+            "flush_failing",
+            "1 while flushes to Delta fail (writes are acknowledged until the buffer's hard cap)",
+            &ConstGauge::new(i64::from(stats.flush_error().is_some())),
         )?;
         let bytes = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
         put(&mut e, "search_postings_bytes", "Bytes of token postings held", &bytes(self.postings.bytes()))?;
@@ -190,16 +206,17 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::He
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], state.metrics.encode(open)).into_response()
 }
 
-/// `GET /health`: `ready` (200), or `degraded` with the reason (503) when writes are
-/// refused until a restart. While the server starts (recovering its storage root) the same
-/// path answers [`starting`].
+/// `GET /health`: `ready` (200), or `degraded` with the reason (503) while flushes to
+/// Delta fail (writes are still acknowledged until the buffer's hard cap; searches and SQL
+/// cannot see them). While the server starts (recovering its storage root) the same path
+/// answers [`starting`].
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    match state.writer.stats().stopped.get() {
+    match state.writer.stats().flush_error() {
         None => health_response(StatusCode::OK, "ready", None),
         Some(why) => health_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "degraded",
-            Some(&format!("writes are refused until fhirlake restarts: {why}")),
+            Some(&format!("flushing to Delta fails (acknowledged writes are safe; retrying): {why}")),
         ),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use fhirlake_ingest::import::{ImportOptions, import_paths};
-use fhirlake_ingest::{StorageRoot, Writer, WriterOptions};
+use fhirlake_ingest::{StorageRoot, Writer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CliResult, DataArgs, EXIT_REJECTED};
@@ -27,6 +27,8 @@ pub struct ImportArgs {
     /// what they were created with.
     #[arg(long, env = "FHIRLAKE_NO_SEARCH_INDEX")]
     no_search_index: bool,
+    #[command(flatten)]
+    writes: crate::config::WriteSettings,
     /// Do not draw a progress bar.
     #[arg(long, env = "FHIRLAKE_NO_PROGRESS")]
     no_progress: bool,
@@ -38,7 +40,7 @@ pub struct ImportArgs {
 /// Runs the import.
 pub async fn run(a: ImportArgs) -> CliResult<ExitCode> {
     let root = StorageRoot::open(&a.data.data)?;
-    let mut options = WriterOptions { holder: "fhirlake import".into(), ..Default::default() };
+    let mut options = a.writes.writer_options("fhirlake import");
     options.shape.search_index = !a.no_search_index;
     let (writer, task) = Writer::start(root, options).await?;
     let bar = if a.no_progress { ProgressBar::hidden() } else { ProgressBar::new(0) };

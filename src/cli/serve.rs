@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use fhirlake_ingest::{StorageRoot, Writer, WriterOptions};
+use fhirlake_ingest::{StorageRoot, Writer};
 
 use super::{CliResult, DataArgs};
 use crate::api::{AppState, app};
@@ -32,6 +32,8 @@ pub struct ServeArgs {
     search: crate::config::SearchSettings,
     #[command(flatten)]
     sql: crate::config::SqlSettings,
+    #[command(flatten)]
+    writes: crate::config::WriteSettings,
     /// Background compaction: check the tables this often, e.g. 60s (0s: off).
     #[arg(long, env = "FHIRLAKE_COMPACT_EVERY", default_value = "60s", value_parser = crate::config::parse_duration)]
     compact_every: std::time::Duration,
@@ -63,7 +65,7 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
             .await
     });
     let root = StorageRoot::open(&a.data.data)?;
-    let options = WriterOptions { holder: "fhirlake serve".into(), ..Default::default() };
+    let options = a.writes.writer_options("fhirlake serve");
     let started = Writer::start(root.clone(), options).await;
     let _ = started_tx.send(());
     early.await.map_err(|e| format!("start-up server: {e}"))??;

@@ -3,17 +3,14 @@
 //! Owns: `_count`, `_since`, `_at` and stable paging. Each page link carries `_till`, the
 //! newest `_last_updated` of the first page's query time, and `_offset`; history is
 //! append-only with increasing times, so the versions at or before `_till` never change
-//! and offsets stay stable while new versions arrive. Must not: read tables other than
-//! the history tables.
+//! and offsets stay stable while new versions arrive. Versions are read from the serving
+//! store (no Delta scan). Must not: read the Delta tables.
 
 use std::collections::HashMap;
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use fhirlake_ingest::TableKind;
-use fhirlake_ingest::writer::format_instant;
-use fhirlake_query::history::{merge_newest_first, read_history};
-use fhirlake_query::{HistoryQuery, HistoryRow};
+use fhirlake_ingest::writer::{HistoryQuery, HistoryRow, format_instant, merge_newest_first};
 use fhirlake_schemas::json::write_str;
 
 use super::write::touched;
@@ -77,14 +74,14 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
             if state.writer.current(rt, id).is_none() {
                 return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
             }
-            (format!("{rt}/{id}/_history"), rows_of(state, rt, &p.query(Some(id.to_string()))).await?)
+            (format!("{rt}/{id}/_history"), rows_of(state, rt, &p.query(Some(id.to_string())))?)
         }
-        Interaction::HistoryType => (format!("{}/_history", op.rt()), rows_of(state, op.rt(), &p.query(None)).await?),
+        Interaction::HistoryType => (format!("{}/_history", op.rt()), rows_of(state, op.rt(), &p.query(None))?),
         _ => {
             let q = p.query(None);
             let mut parts = Vec::new();
-            for rt in state.writer.tables().current_types() {
-                parts.push(rows_of(state, &rt, &q).await?);
+            for rt in state.writer.types() {
+                parts.push(rows_of(state, &rt, &q)?);
             }
             ("_history".to_string(), merge_newest_first(parts, q.limit))
         }
@@ -94,12 +91,9 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     Ok(Outcome { response: bundle(state, &path, &p, rows), touched: seen })
 }
 
-/// The versions of `rt` that `q` selects (none before the type has a history table).
-async fn rows_of(state: &AppState, rt: &str, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
-    match state.writer.tables().get(TableKind::History, rt) {
-        Some(t) => Ok(read_history(rt, &t, q).await?),
-        None => Ok(Vec::new()),
-    }
+/// The versions of `rt` that `q` selects, from the serving store.
+fn rows_of(state: &AppState, rt: &str, q: &HistoryQuery) -> ApiResult<Vec<HistoryRow>> {
+    Ok(state.writer.history(rt, q)?)
 }
 
 fn link(state: &AppState, path: &str, p: &Paging, offset: usize) -> String {

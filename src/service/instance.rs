@@ -10,9 +10,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, StatusCode, header};
 use fhirlake_ingest::bundle::move_id_first;
 use fhirlake_ingest::import::new_id;
-use fhirlake_ingest::{Action, OpOutcome, Precondition, TableKind, WriteOp};
-use fhirlake_query::HistoryQuery;
-use fhirlake_query::history::read_history;
+use fhirlake_ingest::{Action, OpOutcome, Precondition, WriteOp};
 use fhirlake_schemas::Json;
 use fhirlake_schemas::validate::{ValidationOptions, validate_resource};
 
@@ -138,27 +136,17 @@ pub async fn current(state: &AppState, rt: &str, id: &str) -> ApiResult<(i64, St
     if entry.deleted {
         return Err(ApiError::Gone(format!("{rt}/{id} was deleted (version {})", entry.version)));
     }
-    let table = state
+    state
         .writer
-        .tables()
-        .get(TableKind::History, rt)
-        .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} does not exist")))?;
-    let q = HistoryQuery { id: Some(id.to_string()), version: Some(entry.version), ..Default::default() };
-    read_history(rt, &table, &q)
-        .await?
-        .into_iter()
-        .find_map(|r| r.raw.filter(|_| !r.deleted))
+        .version(rt, id, entry.version)?
+        .and_then(|r| r.raw.filter(|_| !r.deleted))
         .map(|raw| (entry.version, raw))
         .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} has no version {}", entry.version)))
 }
 
+/// One version of `rt/id`, from the serving store.
 async fn serve_version(state: &AppState, rt: &str, id: &str, version: i64) -> ApiResult<Outcome> {
-    let Some(table) = state.writer.tables().get(TableKind::History, rt) else {
-        return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
-    };
-    let q = HistoryQuery { id: Some(id.to_string()), version: Some(version), ..Default::default() };
-    let rows = read_history(rt, &table, &q).await?;
-    let Some(row) = rows.into_iter().next() else {
+    let Some(row) = state.writer.version(rt, id, version)? else {
         return Err(ApiError::NotFound(format!("{rt}/{id} has no version {version}")));
     };
     match row.raw {

@@ -38,20 +38,21 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    /// The latest published tables, all read at one instant.
-    pub(crate) fn latest(state: &AppState) -> Self {
-        Tables {
+    /// The tables with every acknowledged write flushed, all read at one instant.
+    pub(crate) async fn latest(state: &AppState) -> ApiResult<Self> {
+        state.writer.sync().await?;
+        Ok(Tables {
             tables: state.writer.tables().snapshot_of(TableKind::Current),
             read: Default::default(),
             postings: state.postings.clone(),
-        }
+        })
     }
 
     /// The tables a page cursor (`_snapshot`, as written by [`Tables::cursor`]) pins;
     /// types it does not name read their latest version. A bare number is the searched
     /// type's version (cursors of earlier releases).
     pub(crate) async fn pinned(state: &AppState, rt: &str, cursor: &str) -> ApiResult<Self> {
-        let mut tables = Self::latest(state);
+        let mut tables = Self::latest(state).await?;
         let bad = || ApiError::BadRequest(format!("_snapshot='{cursor}' is not a page cursor"));
         for part in cursor.split(',') {
             let (ty, version) = match part.split_once(':') {
@@ -179,7 +180,7 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, strict: b
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
     let tables = match &snapshot {
         Some(cursor) => Tables::pinned(state, rt, cursor).await?,
-        None => Tables::latest(state),
+        None => Tables::latest(state).await?,
     };
     let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
     let page = search(&tables, &req, offset, count, want_total).await?;
@@ -303,7 +304,7 @@ pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> 
     let offset = offset_param(&pairs)?;
     let tables = match param(&pairs, "_snapshot") {
         Some(cursor) => Tables::pinned(state, "Patient", cursor).await?,
-        None => Tables::latest(state),
+        None => Tables::latest(state).await?,
     };
     let types = state.writer.tables().current_types();
     let all = fhirlake_query::search::patient_compartment(&tables, &types, id).await?;
@@ -339,7 +340,7 @@ pub async fn search_system(state: &AppState, op: &Operation) -> ApiResult<Outcom
         pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset" | "_snapshot")).cloned().collect();
     let tables = match param(&pairs, "_snapshot") {
         Some(cursor) => Tables::pinned(state, &types[0], cursor).await?,
-        None => Tables::latest(state),
+        None => Tables::latest(state).await?,
     };
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut ignored = Vec::new();

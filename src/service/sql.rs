@@ -143,13 +143,15 @@ fn params_of(j: &Json) -> ApiResult<ParamValues> {
 
 /// A session over the writer's latest snapshots and the materialized views.
 pub async fn session(state: &AppState) -> ApiResult<SqlSession> {
-    // One snapshot of every table: never half of a group commit (or of a transaction).
+    // Every acknowledged write, then one snapshot of every table: never half of a flush
+    // round (or of a transaction).
+    state.writer.sync().await?;
     let mut tables = Tables::default();
     for (kind, rt, t) in state.writer.tables().snapshot() {
         match kind {
             TableKind::Current => tables.current.push((rt, t)),
             TableKind::History => tables.history.push((rt, t)),
-            TableKind::View => {}
+            TableKind::View | TableKind::System => {}
         }
     }
     let root = state.writer.root();

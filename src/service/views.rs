@@ -177,6 +177,7 @@ async fn run_request(state: &AppState, req: RunRequest) -> ApiResult<Response> {
         out.extend(enc.finish()?);
         return Ok(respond(req.format, Body::from(out), "reference runner (inline resources)"));
     }
+    state.writer.sync().await?;
     let Some(table) = state.writer.tables().get(TableKind::Current, &view.resource) else {
         // Nothing of this type stored: no rows, in the requested format.
         let schema = views::row_schema(&columns);
@@ -275,6 +276,8 @@ pub async fn materialize(state: &AppState, op: &Operation) -> ApiResult<Response
         }
     }
     let view = stored(state, op.id()).await?;
+    // The view reads the tables as the directory holds them: flush every acknowledged write.
+    state.writer.sync().await?;
     let m = crate::materialize::materialize(
         state.writer.root(),
         &view,

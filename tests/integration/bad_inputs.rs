@@ -330,7 +330,7 @@ async fn state_of(s: &TestServer) -> Vec<(String, Option<u64>)> {
     let mut v = Vec::new();
     for rt in ["Patient", "Observation"] {
         for kind in [TableKind::Current, TableKind::History] {
-            v.push((format!("{rt}/{kind:?}"), s.state.writer.tables().get(kind, rt).and_then(|t| t.version())));
+            v.push((format!("{rt}/{kind:?}"), s.flushed().await.get(kind, rt).and_then(|t| t.version())));
         }
     }
     v

@@ -69,8 +69,21 @@ impl TestServer {
         s
     }
 
+    /// A server over a fresh temporary root with these writer options.
+    pub async fn start_writing(options: WriterOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = StorageRoot::open(dir.path().to_str().expect("utf-8 path")).expect("root");
+        let mut s = Self::start_full(root, ApiConfig::default(), options).await;
+        s._dir = Some(dir);
+        s
+    }
+
     async fn start_configured(root: StorageRoot, config: ApiConfig) -> Self {
-        let (writer, task) = Writer::start(root.clone(), WriterOptions::default()).await.expect("writer");
+        Self::start_full(root, config, WriterOptions::default()).await
+    }
+
+    async fn start_full(root: StorageRoot, config: ApiConfig, options: WriterOptions) -> Self {
+        let (writer, task) = Writer::start(root.clone(), options).await.expect("writer");
         let config = ApiConfig { public_url: "http://fhirlake.test/fhir".into(), ..config };
         let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4().expect("model")));
         Self { state, root, task: Some(task), _dir: None }
@@ -125,13 +138,21 @@ impl TestServer {
         task.shutdown().await.expect("shutdown");
     }
 
+    /// The writer's Delta tables once every acknowledged write is flushed to them.
+    pub async fn flushed(&self) -> &Arc<fhirlake_ingest::writer::TableSet> {
+        self.state.writer.sync().await.expect("flush");
+        self.state.writer.tables()
+    }
+
     /// Rows of a query, via a fresh SQL session over the root.
     pub async fn sql(&self, query: &str) -> Vec<serde_json::Value> {
         sql_rows(&self.session().await, query).await
     }
 
-    /// A SQL session over every table of the root.
+    /// A SQL session over every table of the root, as an external reader opens it once
+    /// every acknowledged write is flushed.
     pub async fn session(&self) -> fhirlake_query::SqlSession {
+        self.state.writer.sync().await.expect("flush");
         fhirlake_query::SqlSession::open_root(
             self.root.url(),
             self.root.object_store().clone(),

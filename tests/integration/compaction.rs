@@ -15,7 +15,7 @@ use crate::common::TestServer;
 /// Active files, bytes and the largest file of every current and history table.
 async fn files(s: &TestServer) -> Vec<(String, usize, i64, i64)> {
     let mut out = Vec::new();
-    for (kind, rt, t) in s.state.writer.tables().snapshot() {
+    for (kind, rt, t) in s.flushed().await.snapshot() {
         if matches!(kind, TableKind::Current | TableKind::History) {
             let f = active_files(&t).await.expect("files");
             out.push((
@@ -49,7 +49,10 @@ const CLIENTS: usize = 512;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_writes_and_five_thousand_updates_stay_compact() {
-    let s = TestServer::start().await;
+    // Flushes every few milliseconds: many small files for compaction to merge while the
+    // flusher keeps replacing rows in them.
+    let flush = fhirlake_ingest::writer::FlushPolicy { interval: Duration::from_millis(20), soft_bytes: 64 << 20 };
+    let s = TestServer::start_writing(fhirlake_ingest::WriterOptions { flush, ..Default::default() }).await;
     let opts = CompactOptions { target_file_bytes: 256 << 10, min_small_files: 8, ..Default::default() };
     // 20,000 creates (Patients and Observations) from concurrent clients, with a
     // compaction round after every 2,500 writes running while the next writes arrive.

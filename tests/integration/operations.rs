@@ -75,22 +75,30 @@ async fn outcomes_say_what_they_touched() {
     s.stop().await;
 }
 
-/// Once a commit fails part-way, writes are refused until a restart: `/health` says
-/// `degraded` with the reason (503) and `/metrics` reports it.
+/// When flushes to Delta fail, writes are still acknowledged (they are durable in the
+/// serving store and readable by id), searches that need them get 503, `/health` says
+/// `degraded` with the reason and `/metrics` reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_degraded_once_writes_stop() {
+async fn health_is_degraded_while_flushes_fail() {
     let dir = tempfile::tempdir().unwrap();
-    // A file where the tables' folder should be: the first commit fails.
+    // A file where the tables' folder should be: every flush fails.
     std::fs::write(dir.path().join("resources"), b"not a folder").unwrap();
     let root = fhirlake_ingest::StorageRoot::open(dir.path().to_str().unwrap()).unwrap();
     let s = TestServer::start_at(root).await;
     assert_eq!(s.get("/health").await.status, 200);
-    let r = s.post("/fhir/Patient", r#"{"resourceType":"Patient"}"#).await;
-    assert_eq!(r.status, 500, "{}", r.body);
+    let r = s.post("/fhir/Patient", r#"{"resourceType":"Patient","active":true}"#).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let location = r.headers.get("location").and_then(|v| v.to_str().ok()).unwrap().to_string();
+    let path = location.split("/fhir/").nth(1).unwrap().split("/_history").next().unwrap().to_string();
+    let read = s.get(&format!("/fhir/{path}")).await;
+    assert_eq!(read.status, 200, "an acknowledged write is read from the serving store: {}", read.body);
+    let search = s.get("/fhir/Patient?active=true").await;
+    assert_eq!(search.status, 503, "{}", search.body);
     let r = s.get("/health").await;
     assert_eq!(r.status, 503);
-    assert!(r.body.contains(r#""status":"degraded""#) && r.body.contains("restarts"), "{}", r.body);
+    assert!(r.body.contains(r#""status":"degraded""#) && r.body.contains("flushing to Delta"), "{}", r.body);
     let metrics = s.get("/metrics").await.body;
-    assert!(metrics.lines().any(|l| l == "fhirlake_writes_stopped 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "fhirlake_flush_failing 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "fhirlake_buffered_versions 1"), "{metrics}");
     drop(dir);
 }

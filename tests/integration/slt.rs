@@ -84,6 +84,8 @@ fn render(batches: &[RecordBatch]) -> Result<DBOutput<DefaultColumnType>, arrow:
 async fn slt_files_pass() {
     let server = TestServer::start().await;
     server.load_synthea().await;
+    // The files are read as an external reader opens them, once the writes are flushed.
+    server.flushed().await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("tests/sql")

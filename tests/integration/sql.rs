@@ -239,9 +239,8 @@ async fn time_travel_and_fhir_helper_functions() {
     let server = loaded(ApiConfig::default()).await;
     let patients = load("Patient.ndjson");
     let version = server
-        .state
-        .writer
-        .tables()
+        .flushed()
+        .await
         .get(fhirlake_ingest::TableKind::Current, "Patient")
         .and_then(|t| t.version())
         .expect("patient table version");

@@ -173,7 +173,7 @@ async fn validate_operation_reports_without_storing() {
     let r = s.post("/fhir/Patient/$validate", wrapped).await;
     assert!(r.body.contains("Patient.birthDate"), "{}", r.body);
     assert!(
-        s.state.writer.tables().get(fhirlake_ingest::TableKind::Current, "Patient").is_none(),
+        s.flushed().await.get(fhirlake_ingest::TableKind::Current, "Patient").is_none(),
         "$validate stored something"
     );
     s.stop().await;

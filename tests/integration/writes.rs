@@ -108,7 +108,7 @@ async fn synthea_transaction_bundles_load_with_every_reference_resolving() {
 /// The Delta version of every table, and the files under the root.
 async fn table_state(s: &TestServer) -> (BTreeMap<String, Option<u64>>, BTreeSet<String>) {
     let versions =
-        s.state.writer.tables().snapshot().into_iter().map(|(k, rt, t)| (format!("{k:?}/{rt}"), t.version())).collect();
+        s.flushed().await.snapshot().into_iter().map(|(k, rt, t)| (format!("{k:?}/{rt}"), t.version())).collect();
     let mut files = BTreeSet::new();
     let root = s.root.url().to_file_path().expect("a local root");
     for dir in ["resources", "history"] {
@@ -514,6 +514,7 @@ async fn concurrent_patches_without_if_match_lose_no_update() {
 async fn readers_of_the_directory_open_tables_at_the_watermark() {
     let s = TestServer::start().await;
     assert_eq!(s.post("/fhir/Patient", r#"{"resourceType":"Patient"}"#).await.status, 201);
+    s.flushed().await;
     let root = s.root.url().to_file_path().expect("local root");
     let path = root.join("_fhirlake/watermark.json");
     let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -523,6 +524,7 @@ async fn readers_of_the_directory_open_tables_at_the_watermark() {
       {"resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}},
       {"resource":{"resourceType":"Observation","status":"final","code":{"text":"w"}},"request":{"method":"POST","url":"Observation"}}]}"#;
     assert_eq!(s.post("/fhir", tx).await.status, 200);
+    s.flushed().await;
     let now: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(now["tables"]["resources/Patient"].as_u64().unwrap() > v1);
     assert_eq!(s.sql("SELECT count(*) AS n FROM patient").await[0]["n"], json!(2));

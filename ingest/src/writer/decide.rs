@@ -5,15 +5,13 @@
 //! staged batches, earlier operations of the batch), and the served JSON with the server's
 //! `meta` (built in parallel, in place when possible). Must not: do I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fhirlake_schemas::Json;
 
-use crate::journal::VersionRecord;
-use crate::writer::{
-    Action, IndexEntry, OWNER_NONE, OWNER_UNKNOWN, OpOutcome, Precondition, Request, ResourceIndex, WriteOp,
-};
+use super::index::{IndexEntry, OWNER_NONE, OWNER_UNKNOWN, ResourceIndex};
+use super::ops::{Action, OpOutcome, Precondition, Request, VersionRecord, WriteOp};
 
 /// FNV-1a 64 of the resource's JSON without `meta.versionId` / `meta.lastUpdated`.
 pub fn content_hash(resource: &Json) -> u64 {
@@ -90,7 +88,6 @@ pub(crate) struct Decided {
     pub(crate) out: Vec<OpOutcome>,
     pub(crate) records: Vec<VersionRecord>,
     pub(crate) pending: HashMap<(String, String), IndexEntry>,
-    pub(crate) existed: HashSet<(String, String)>,
     /// Served JSON still to build: (index into `out`, index into `records` for a new
     /// version, the resource, version, last-updated).
     pub(crate) builds: Vec<Build>,
@@ -106,17 +103,12 @@ pub(crate) struct Build {
 
 /// Decides `ops` against the index plus earlier decisions of the batch (`batch`). `hashes`
 /// holds the content hash of each op (0 for deletes). Served JSON is built afterwards, in
-/// parallel ([`build_served`]): the `raw` of the outcomes and records is filled in then.
-/// What is known before a batch: the committed index and the staged batches' decisions.
-pub(crate) struct Known<'a> {
-    pub(crate) index: &'a ResourceIndex,
-    pub(crate) overlay: &'a HashMap<(String, String), (IndexEntry, i64)>,
-}
-
+/// parallel ([`build_served`]): the `raw` of the outcomes and records is filled in then,
+/// and the owners of the pending entries.
 pub(crate) fn decide(
     ops: &[WriteOp],
     hashes: &[u64],
-    known: &Known<'_>,
+    index: &ResourceIndex,
     batch: &HashMap<(String, String), IndexEntry>,
     ts: i64,
 ) -> Decided {
@@ -124,22 +116,13 @@ pub(crate) fn decide(
         out: Vec::with_capacity(ops.len()),
         records: Vec::new(),
         pending: HashMap::new(),
-        existed: HashSet::new(),
         builds: Vec::new(),
     };
     let placeholder: Arc<str> = Arc::from("");
     for (op, &hash) in ops.iter().zip(hashes) {
         let key = (op.resource_type.clone(), op.id.clone());
-        let cur = d
-            .pending
-            .get(&key)
-            .or_else(|| batch.get(&key))
-            .or_else(|| known.overlay.get(&key).map(|(e, _)| e))
-            .copied()
-            .or_else(|| known.index.get(&op.resource_type, &op.id));
-        if cur.is_some_and(|c| !c.deleted) {
-            d.existed.insert(key.clone());
-        }
+        let cur =
+            d.pending.get(&key).or_else(|| batch.get(&key)).copied().or_else(|| index.get(&op.resource_type, &op.id));
         let live = cur.filter(|c| !c.deleted);
         let holds = match op.precondition {
             Precondition::None => true,
@@ -192,6 +175,7 @@ pub(crate) fn decide(
                         hash,
                         last_updated_us: ts,
                         owner: OWNER_UNKNOWN,
+                        flushed_owner: OWNER_UNKNOWN,
                     },
                 );
                 d.out.push(OpOutcome::Written {
@@ -223,6 +207,7 @@ pub(crate) fn decide(
                         hash: 0,
                         last_updated_us: ts,
                         owner: OWNER_NONE,
+                        flushed_owner: OWNER_UNKNOWN,
                     },
                 );
                 d.out.push(OpOutcome::Deleted { version: Some(next_version) });
