@@ -78,7 +78,7 @@ impl CompactTuning {
 pub async fn run(a: CompactArgs) -> CliResult<ExitCode> {
     let root = StorageRoot::open(&a.data.data)?;
     let options = WriterOptions { holder: "fhirlake compact".into(), ..Default::default() };
-    let (writer, task) = Writer::start(root, options).await?;
+    let (writer, task) = Writer::start(root.clone(), options).await?;
     let opts = a.tuning.options(a.full);
     let started = std::time::Instant::now();
     let result = writer.compact(opts, &mut |r: &TableReport| crate::outln!("{}", describe(r))).await;
@@ -91,6 +91,9 @@ pub async fn run(a: CompactArgs) -> CliResult<ExitCode> {
     let reports = result?;
     let rewritten: usize = reports.iter().map(|r| r.rows).sum();
     crate::outln!("compacted {} tables, {rewritten} rows rewritten in {:.1?}", reports.len(), started.elapsed());
+    if let Some((before, after)) = fhirlake_ingest::writer::compact_store(&root, "fhirlake compact").await? {
+        crate::outln!("serving store: {:.1} MiB -> {:.1} MiB", before as f64 / 1048576.0, after as f64 / 1048576.0);
+    }
     if let Some(v) = vacuumed {
         crate::outln!("vacuum: {} unreferenced files older than {} h deleted", v?, a.tuning.retention().num_hours());
     }

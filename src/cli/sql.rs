@@ -79,6 +79,7 @@ pub async fn run(a: SqlArgs) -> CliResult<ExitCode> {
         Some(url) => Target::Remote(url.trim_end_matches('/').to_string()),
         None => {
             let root = StorageRoot::open(&a.data.data)?;
+            warn_if_served(&root).await;
             Target::Local(SqlSession::open_root(root.url(), root.object_store().clone(), a.limits.limits()).await?)
         }
     };
@@ -93,6 +94,30 @@ pub async fn run(a: SqlArgs) -> CliResult<ExitCode> {
     };
     let rendered = target.run(&query, a.format).await?;
     print(&rendered)
+}
+
+/// When a process holds the root (a server), says how old the tables read here are: the
+/// files hold what its last flush wrote (the watermark), not every acknowledged write.
+async fn warn_if_served(root: &StorageRoot) {
+    use datafusion::object_store::ObjectStoreExt;
+    use fhirlake_schemas::layout::{self, LeaseRecord, Watermark};
+    let read = |relative: &str| {
+        let path = root.path(relative);
+        async move { root.object_store().get(&path).await.ok()?.bytes().await.ok() }
+    };
+    let Some(lease) = read(layout::LEASE_PATH).await else { return };
+    let holder =
+        layout::decode::<LeaseRecord>(layout::LEASE_PATH, &lease).map_or_else(|_| "a writer".into(), |l| l.holder);
+    let as_of = match read(layout::WATERMARK_PATH)
+        .await
+        .and_then(|w| layout::decode::<Watermark>(layout::WATERMARK_PATH, &w).ok())
+    {
+        Some(w) => fhirlake_ingest::writer::format_instant(w.seq),
+        None => "its start".into(),
+    };
+    eprintln!(
+        "note: {holder} holds this root; its tables are read as of its last flush to Delta ({as_of}; flushes run every few seconds). `fhirlake sql --url <server>` reads every acknowledged write."
+    );
 }
 
 fn print(bytes: &[u8]) -> CliResult<ExitCode> {

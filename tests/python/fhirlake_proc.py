@@ -20,10 +20,11 @@ def import_synthea(data: Path):
                     str(FIXTURES / "synthea" / "ndjson")], check=True, capture_output=True)
 
 
-def serve(data: Path):
-    """Starts `fhirlake serve` on `data`; returns (process, FHIR base URL, Flight SQL URL)."""
-    p = subprocess.Popen([BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def serve(data: Path, *extra: str):
+    """Starts `fhirlake serve` on `data` (with `extra` flags); returns (process, FHIR base URL,
+    Flight SQL URL)."""
+    p = subprocess.Popen([BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0",
+                          *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     http = grpc = None
     deadline = time.time() + 60
     while time.time() < deadline and not (http and grpc):

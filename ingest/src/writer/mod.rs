@@ -105,6 +105,23 @@ impl WriterTask {
     }
 }
 
+/// Compacts the serving store of `root` (no writer may run: the lease is taken for it).
+/// Returns its size before and after (bytes); `None` when the root has no store yet.
+pub async fn compact_store(root: &StorageRoot, holder: &str) -> Result<Option<(u64, u64)>> {
+    if root.local_path().is_none_or(|p| !p.join(SERVING_PATH).exists()) {
+        return Ok(None);
+    }
+    let lease = Lease::acquire(root, holder).await?;
+    let r = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || ServingStore::open(&root, 1 << 20).and_then(|(s, _)| s.compact()))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))
+    };
+    lease.release().await?;
+    Ok(Some(r??))
+}
+
 /// A handle to the writer of a storage root; cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
