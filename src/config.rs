@@ -116,10 +116,11 @@ pub struct WriteSettings {
     /// by at most this plus a flush.
     #[arg(long, env = "FHIRLAKE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub flush_interval: Duration,
-    /// Flush at once when this much is waiting (estimated memory), e.g. 256MiB.
-    #[arg(long, env = "FHIRLAKE_FLUSH_BUFFER", default_value = "256MiB", value_parser = parse_size)]
+    /// Flush at once when this much JSON is waiting, e.g. 64MiB (a flush round holds a few
+    /// times this in memory while it flattens and writes).
+    #[arg(long, env = "FHIRLAKE_FLUSH_BUFFER", default_value = "64MiB", value_parser = parse_size)]
     pub flush_buffer: usize,
-    /// Refuse writes (503, Retry-After) while this much is waiting to be flushed, e.g.
+    /// Refuse writes (503, Retry-After) while this much JSON is waiting to be flushed, e.g.
     /// when flushes fail: memory stays bounded.
     #[arg(long, env = "FHIRLAKE_FLUSH_BUFFER_LIMIT", default_value = "1GiB", value_parser = parse_size)]
     pub flush_buffer_limit: usize,

@@ -116,7 +116,7 @@ impl TableSet {
 pub(crate) struct PreparedType {
     rt: String,
     history: RecordBatch,
-    current: RecordBatch,
+    current: Vec<RecordBatch>,
     /// Every id of the type in this entry (the `replaceWhere` set).
     ids: Vec<String>,
     /// True when none of the ids has a row in Delta: the current table is appended to.
@@ -240,14 +240,10 @@ impl Applier {
     }
 
     /// Builds the history and current batches of every type in `records` (in order; the
-    /// last version of an id decides its current row). `parsed` holds the served JSON
-    /// where the caller has it (recovery parses `raw`). Every current row is replaced by id
-    /// unless the caller sets [`PreparedType::all_new`].
-    pub(crate) async fn prepare(
-        &self,
-        records: &[VersionRecord],
-        parsed: Vec<Option<Arc<Json>>>,
-    ) -> Result<Vec<PreparedType>> {
+    /// last version of an id decides its current row), parsing the stored JSON a chunk at
+    /// a time. Every current row is replaced by id unless the caller sets
+    /// [`PreparedType::all_new`].
+    pub(crate) async fn prepare(&self, records: &[VersionRecord]) -> Result<Vec<PreparedType>> {
         let mut by_type: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, r) in records.iter().enumerate() {
             match by_type.iter_mut().find(|(t, _)| *t == r.resource_type) {
@@ -258,14 +254,11 @@ impl Applier {
         let mut work = Vec::with_capacity(by_type.len());
         for (rt, rows) in by_type {
             let recs: Vec<VersionRecord> = rows.iter().map(|&i| records[i].clone()).collect();
-            let docs: Vec<Option<Arc<Json>>> = rows.iter().map(|&i| parsed.get(i).cloned().flatten()).collect();
-            work.push((rt.clone(), self.flattener(&rt).await?, recs, docs));
+            work.push((rt.clone(), self.flattener(&rt).await?, recs));
         }
         let compartment = self.compartment.clone();
         tokio::task::spawn_blocking(move || {
-            work.into_iter()
-                .map(|(rt, f, recs, docs)| prepare_type(&compartment, rt, &f, recs, docs))
-                .collect::<Result<Vec<_>>>()
+            work.into_iter().map(|(rt, f, recs)| prepare_type(&compartment, rt, &f, recs)).collect::<Result<Vec<_>>>()
         })
         .await
         .map_err(|e| Error::Flatten(e.to_string()))?
@@ -297,7 +290,7 @@ impl Applier {
             if !done.contains(&(TableKind::Current, rt.clone())) {
                 let part = CurrentPart {
                     ids: p.ids,
-                    batch: p.current,
+                    batches: p.current,
                     all_new: p.all_new,
                     new_rows: p.new_rows,
                     old_owners: p.old_owners,
@@ -395,11 +388,8 @@ impl Applier {
             return Ok(None);
         }
         if part.all_new {
-            let t = current
-                .write(vec![part.batch])
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(txn(seq))
-                .await?;
+            let t =
+                current.write(part.batches).with_save_mode(SaveMode::Append).with_commit_properties(txn(seq)).await?;
             self.stats.commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Some(t));
         }
@@ -409,14 +399,14 @@ impl Applier {
         for (n, ids) in chunks.into_iter().enumerate() {
             let props = if n == last { txn(seq) } else { no_txn() };
             let predicate = replace_predicate(ids, part.old_owners.as_ref(), &new_rows);
-            let batch = if last == 0 { part.batch.clone() } else { rows_of(&part.batch, ids)? };
-            current = if batch.num_rows() == 0 {
+            let batches = if last == 0 { part.batches.clone() } else { rows_of(&part.batches, ids)? };
+            current = if batches.iter().all(|b| b.num_rows() == 0) {
                 current.delete().with_predicate(predicate).with_commit_properties(props).await?.0
             } else {
                 // Rewritten files keep the compacted size (delta-rs' default is ~100 MiB,
                 // which would make the next update of any of those rows rewrite it all).
                 current
-                    .write(vec![batch])
+                    .write(batches)
                     .with_save_mode(SaveMode::Overwrite)
                     .with_replace_where(predicate)
                     .with_target_file_size(std::num::NonZeroU64::new(crate::compact::DEFAULT_TARGET_FILE_BYTES))
@@ -435,21 +425,29 @@ const REPLACE_CHUNK: usize = 256;
 /// What a round changes in one current table.
 struct CurrentPart {
     ids: Vec<String>,
-    batch: RecordBatch,
+    batches: Vec<RecordBatch>,
     all_new: bool,
     new_rows: Vec<(String, NewRow)>,
     old_owners: Option<HashMap<String, Option<String>>>,
 }
 
-/// The rows of `batch` whose `id` is one of `ids`.
-fn rows_of(batch: &RecordBatch, ids: &[String]) -> Result<RecordBatch> {
+/// The rows of `batches` whose `id` is one of `ids`.
+fn rows_of(batches: &[RecordBatch], ids: &[String]) -> Result<Vec<RecordBatch>> {
     let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let column = batch.column_by_name("id").ok_or_else(|| Error::Flatten("a current batch has no id column".into()))?;
-    let column = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
-    let column = column.as_string::<i32>();
-    let mask: BooleanArray =
-        (0..column.len()).map(|i| Some(column.is_valid(i) && wanted.contains(column.value(i)))).collect();
-    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+    let mut out = Vec::new();
+    for batch in batches {
+        let column =
+            batch.column_by_name("id").ok_or_else(|| Error::Flatten("a current batch has no id column".into()))?;
+        let column = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)?;
+        let column = column.as_string::<i32>();
+        let mask: BooleanArray =
+            (0..column.len()).map(|i| Some(column.is_valid(i) && wanted.contains(column.value(i)))).collect();
+        let rows = arrow::compute::filter_record_batch(batch, &mask)?;
+        if rows.num_rows() > 0 {
+            out.push(rows);
+        }
+    }
+    Ok(out)
 }
 
 /// The rows a flush replaces in a current table: `id IN (ids)`, narrowed by the owning
@@ -513,44 +511,54 @@ fn prepare_type(
     rt: String,
     flattener: &Flattener,
     recs: Vec<VersionRecord>,
-    docs: Vec<Option<Arc<Json>>>,
 ) -> Result<PreparedType> {
-    let limits = ParseLimits::STORED;
-    let docs: Vec<Option<Arc<Json>>> = recs
-        .iter()
-        .zip(docs)
-        .map(|(r, d)| match (d, &r.raw) {
-            (Some(d), _) => Ok(Some(d)),
-            (None, Some(raw)) => Ok(Some(Arc::new(Json::parse(raw.as_bytes(), limits)?))),
-            (None, None) => Ok(None),
-        })
-        .collect::<Result<_>>()?;
-    let owners: Vec<(Option<String>, Vec<String>)> = recs
-        .iter()
-        .zip(&docs)
-        .map(|(r, d)| d.as_ref().map(|d| compartment.members(&rt, &r.id, d)).unwrap_or_default())
-        .collect();
-    let history = history_batch(&recs, &owners)?;
-    // The last version of each id in this entry decides its current row.
+    // The last version of each id decides its current row.
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (k, r) in recs.iter().enumerate() {
         last.insert(r.id.as_str(), k);
     }
-    let mut keep: Vec<usize> = last.values().copied().filter(|&k| !recs[k].deleted).collect();
-    keep.sort_unstable();
-    let metas: Vec<RowMeta> = keep
-        .iter()
-        .map(|&k| RowMeta {
-            version: recs[k].version,
-            last_updated_us: recs[k].last_updated_us,
-            raw: recs[k].raw.clone().unwrap_or_else(|| Arc::from("")),
-            patient: owners[k].0.clone(),
-            compartment: owners[k].1.clone(),
-        })
-        .collect();
-    let input: Vec<(&Json, &RowMeta)> =
-        keep.iter().zip(&metas).filter_map(|(&k, m)| docs[k].as_deref().map(|d| (d, m))).collect();
-    let current = flattener.to_batch(&input)?;
+    let is_last = |k: usize| last.get(recs[k].id.as_str()) == Some(&k);
+    // Parsed a chunk at a time: the trees of a whole round would take several times its
+    // JSON in memory.
+    let mut owners: Vec<(Option<String>, Vec<String>)> = vec![Default::default(); recs.len()];
+    let mut current = Vec::new();
+    let order: Vec<usize> = (0..recs.len()).collect();
+    for chunk in order.chunks(FLATTEN_CHUNK) {
+        let docs: Vec<Option<Json>> = chunk
+            .iter()
+            .map(|&k| recs[k].raw.as_ref().map(|raw| Json::parse(raw.as_bytes(), ParseLimits::STORED)).transpose())
+            .collect::<std::result::Result<_, _>>()?;
+        for (&k, d) in chunk.iter().zip(&docs) {
+            if let Some(d) = d {
+                owners[k] = compartment.members(&rt, &recs[k].id, d);
+            }
+        }
+        let keep: Vec<(usize, &Json)> = chunk
+            .iter()
+            .zip(&docs)
+            .filter(|(k, _)| is_last(**k) && !recs[**k].deleted)
+            .filter_map(|(&k, d)| d.as_ref().map(|d| (k, d)))
+            .collect();
+        if keep.is_empty() {
+            continue;
+        }
+        let metas: Vec<RowMeta> = keep
+            .iter()
+            .map(|&(k, _)| RowMeta {
+                version: recs[k].version,
+                last_updated_us: recs[k].last_updated_us,
+                raw: recs[k].raw.clone().unwrap_or_else(|| Arc::from("")),
+                patient: owners[k].0.clone(),
+                compartment: owners[k].1.clone(),
+            })
+            .collect();
+        let input: Vec<(&Json, &RowMeta)> = keep.iter().zip(&metas).map(|(&(_, d), m)| (d, m)).collect();
+        current.push(flattener.to_batch(&input)?);
+    }
+    if current.is_empty() {
+        current.push(flattener.to_batch(&[])?);
+    }
+    let history = history_batch(&recs, &owners)?;
     let ids = last.keys().map(|s| s.to_string()).collect();
     let new_rows = last
         .iter()
@@ -560,6 +568,9 @@ fn prepare_type(
         .collect();
     Ok(PreparedType { rt, history, current, ids, all_new: false, new_rows, old_owners: None })
 }
+
+/// Resources parsed and flattened at a time when a round is prepared.
+const FLATTEN_CHUNK: usize = 2000;
 
 async fn applied(table: &DeltaTable, seq: i64) -> Result<bool> {
     let v = table.snapshot()?.transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID).await?;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::protocol::DeltaOperation;
-use fhirlake_schemas::Json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::delta::{Applier, NewRow, PreparedType, TableResult};
@@ -35,8 +34,6 @@ use crate::{Error, Result};
 pub(crate) struct Committed {
     pub(crate) seq: i64,
     pub(crate) records: Vec<VersionRecord>,
-    /// The served JSON of each record, parsed (`None` for deletes).
-    pub(crate) docs: Vec<Option<Arc<Json>>>,
     pub(crate) appends: Vec<AppendRow>,
     /// Estimated memory held (counted in [`super::WriterStats::buffered_bytes`]).
     pub(crate) bytes: u64,
@@ -44,10 +41,10 @@ pub(crate) struct Committed {
 }
 
 impl Committed {
-    /// Estimated memory of a group commit's buffered versions: the served JSON and its
-    /// parsed tree (a few times the text).
+    /// Estimated memory of a group commit's buffered versions: the served JSON and the
+    /// record around it (a round parses and flattens it a chunk at a time).
     pub(crate) fn estimate(records: &[VersionRecord], appends: &[AppendRow]) -> u64 {
-        let json: usize = records.iter().map(|r| r.raw.as_ref().map_or(0, |s| s.len() * 4) + 128).sum();
+        let json: usize = records.iter().map(|r| r.raw.as_ref().map_or(0, |s| s.len()) + 128).sum();
         (json + appends.iter().map(|a| a.json.len() + 64).sum::<usize>()) as u64
     }
 }
@@ -169,6 +166,14 @@ impl Flusher {
             for (_, reply) in ready {
                 let _ = reply.send(Ok(()));
             }
+            if retry_at.is_some() {
+                // Flushes are failing: a reader asking for fresh tables is told so at once
+                // rather than waiting out the backoff.
+                let why = self.applier.stats.flush_error().unwrap_or_default();
+                for (_, reply) in self.waiters.drain(..) {
+                    let _ = reply.send(Err(Error::FlushFailed(why.clone())));
+                }
+            }
             if !open && frozen.is_none() && self.buffer.is_empty() {
                 break;
             }
@@ -270,16 +275,14 @@ impl Flusher {
     /// its append-only rows per table.
     async fn prepare(&self, round: &Frozen) -> Result<(Vec<PreparedType>, Vec<(AppendTable, Vec<Vec<u8>>)>)> {
         let mut records = Vec::new();
-        let mut docs = Vec::new();
         let mut appends: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
         for c in &round.batches {
             records.extend(c.records.iter().cloned());
-            docs.extend(c.docs.iter().cloned());
             for a in &c.appends {
                 appends.entry(a.table.as_str()).or_default().push(a.json.clone());
             }
         }
-        let mut prepared = self.applier.prepare(&records, docs).await?;
+        let mut prepared = self.applier.prepare(&records).await?;
         {
             // The rows each flush replaces are the ones in Delta: narrow by their owners.
             let index = self.index.read().expect("index lock");

@@ -79,7 +79,7 @@ impl Default for WriterOptions {
             linger: Duration::from_millis(2),
             shape: ShapeOptions::default(),
             holder: "fhirlake".into(),
-            flush: FlushPolicy { interval: Duration::from_secs(5), soft_bytes: 256 << 20 },
+            flush: FlushPolicy { interval: Duration::from_secs(5), soft_bytes: 64 << 20 },
             hard_buffer_bytes: 1 << 30,
             store_cache_bytes: 256 << 20,
             append_tables: Vec::new(),

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
-use fhirlake_schemas::Json;
 use tokio::sync::mpsc;
 
 use super::WriterOptions;
@@ -165,7 +164,6 @@ impl Core {
                 owners[i] = owner;
             }
         }
-        let mut docs: Vec<Option<Arc<Json>>> = vec![None; records.len()];
         for b in built {
             match &mut answers[b.request][b.out] {
                 OpOutcome::Written { raw: slot, .. } | OpOutcome::Unchanged { raw: slot, .. } => *slot = b.raw.clone(),
@@ -173,7 +171,6 @@ impl Core {
             }
             if let Some(i) = b.record {
                 records[i].raw = Some(b.raw);
-                docs[i] = Some(Arc::new(b.served));
             }
         }
         if records.is_empty() && appends.is_empty() {
@@ -228,7 +225,7 @@ impl Core {
         for (reply, out) in replies.into_iter().zip(answers) {
             let _ = reply.send(Ok(out));
         }
-        let committed = Committed { seq, records, docs, appends, bytes, at: std::time::Instant::now() };
+        let committed = Committed { seq, records, appends, bytes, at: std::time::Instant::now() };
         if self.flush.send(FlushMessage::Committed(committed)).is_err() {
             tracing::error!(seq, "the flusher stopped; the group commit is flushed from the store at the next start");
         }
