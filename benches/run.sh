@@ -11,6 +11,7 @@
 #   sql         the SQL queries vs DuckDB on the same Parquet and on NDJSON          (sql_bench.py)
 #   views       ViewDefinitions vs fhir4ds / pysof                                   (views_bench.py)
 #   writes      updates, deletes and group commits on a large root                   (write_bench.py)
+#   restart     serve start-up on ~1M resources (clean, kill -9), store vs Delta disk (restart_bench.py)
 #   fhirpath    the FHIRPath engine vs fhirpath.js                                   (fhirpath_bench.py)
 #   generate    fhirlake generate speed (to disk and discarded)
 #   all         every scenario above in turn (rest covers rest-write, read, search-peer)
@@ -23,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenario="${1:-}"
-[ -n "$scenario" ] || { sed -n '2,20p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,21p' "$0"; exit 2; }
 shift
 quick=""
 args=()
@@ -58,6 +59,7 @@ run() {
     sql)        python3 benches/sql_bench.py "${mode[@]}" "$@" ;;
     views)      python3 benches/views_bench.py "${mode[@]}" "$@" ;;
     writes)     python3 benches/write_bench.py "${mode[@]}" "$@" ;;
+    restart)    python3 benches/restart_bench.py "${mode[@]}" "$@" ;;
     fhirpath)   if [ -n "$quick" ]; then python3 benches/fhirpath_bench.py --quick "$@"; else python3 benches/fhirpath_bench.py "$@"; fi ;;
     generate)   python3 benches/generate_bench.py "${mode[@]}" "$@" ;;
     *) echo "unknown scenario '$name' (see benches/run.sh without arguments)" >&2; exit 2 ;;
@@ -65,7 +67,7 @@ run() {
 }
 
 if [ "$scenario" = all ]; then
-  for s in generate import rest search sql views writes fhirpath; do run "$s" "${args[@]+"${args[@]}"}"; done
+  for s in generate import rest search sql views writes restart fhirpath; do run "$s" "${args[@]+"${args[@]}"}"; done
 else
   run "$scenario" "${args[@]+"${args[@]}"}"
 fi

@@ -1,5 +1,10 @@
 //! The `fhirlake` binary.
 
+/// mimalloc: glibc's per-thread arenas (tokio workers, rayon, the blocking pool) held about
+/// 25% more resident memory under the REST benchmark.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let (cli, settings) = fhirlake::cli::parse();
     fhirlake::cli::init_tracing();

@@ -7,6 +7,7 @@ mod common;
 mod compaction;
 mod concurrency;
 mod examples;
+mod freshness;
 mod generate;
 mod operations;
 mod search;

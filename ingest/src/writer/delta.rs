@@ -301,7 +301,10 @@ impl Applier {
                 }));
             }
         }
-        futures::future::join_all(jobs).await
+        // A few tables at a time: each write holds its Parquet row groups (and a replace its
+        // scan) in memory, and two cores gain nothing from more.
+        use futures::StreamExt;
+        futures::stream::iter(jobs).buffer_unordered(TABLE_COMMITS_AT_ONCE).collect().await
     }
 
     /// Appends rows (JSON objects) to the append-only table `t`.
@@ -418,6 +421,9 @@ impl Applier {
         Ok(Some(current))
     }
 }
+
+/// Tables a flush round commits concurrently.
+const TABLE_COMMITS_AT_ONCE: usize = 4;
 
 /// Most ids one `replaceWhere` names.
 const REPLACE_CHUNK: usize = 256;
