@@ -13,6 +13,8 @@ entries, shared Organizations/Practitioners as PUT). Each server starts empty an
               for --seconds.
   search      the searches of the search issue, (a) to (d), one client, --search-seconds
               each: latency, and for (b) resources counted per second.
+  busy        search (b) again, one client, while single creates run beside it at
+              --concurrency (reads that must see every acknowledged write).
 
 Peak RSS of each server process is read from /proc at the end (VmHWM). --quick (CI) uses
 a few patients, the debug binaries and Helios only if it is already built; its numbers
@@ -81,6 +83,22 @@ def run_server(server, a, lg, bundles_file, entries, bundles, work):
         if r["errors"]:
             print(f"{server.name}: {r['errors']} creates failed; first: {r['first_error'][:800]}")
         out["create"] = r
+    if "busy" in a.phases:
+        import threading
+        bodies = work / f"busy-{server.name}.ndjson"
+        observation_bodies(bundles_file, patients, bodies)
+        writes = {}
+        writer = threading.Thread(target=lambda: writes.update(peers.loadgen(
+            lg, server.base, method="POST", paths=["/Observation"], bodies_file=bodies, concurrency=a.concurrency,
+            duration=a.search_seconds + 2)))
+        writer.start()
+        paths = work / f"busy-search-{server.name}.txt"
+        paths.write_text(SEARCHES["b"] + "\n")
+        r = peers.loadgen(lg, server.base, paths_file=paths, concurrency=1, duration=a.search_seconds)
+        writer.join()
+        out["busy"] = dict(r, writes_rps=writes.get("rps"))
+        print(f"{server.name}: search (b) while writing p50 {r['latency_ms']['p50']:.1f} ms, "
+              f"creates beside it {writes.get('rps', 0):,.0f}/s", flush=True)
     if "read" in a.phases:
         ids = ids_of(server, "Observation", 1000)
         if not ids:
@@ -139,7 +157,7 @@ def main():
     ap.add_argument("--quick", "--smoke", action="store_true", dest="quick", help="tiny data, debug binaries (CI)")
     ap.add_argument("--bin", help="fhirlake binary (default: release build, or debug with --quick)")
     ap.add_argument("--patients", type=int, help="patients generated (default 3,900 = ~1.02M resources; --quick 3)")
-    ap.add_argument("--phases", default="tx,create,read,search", help="comma list of tx, create, read, search")
+    ap.add_argument("--phases", default="tx,create,read,search,busy", help="comma list of tx, create, read, search, busy")
     ap.add_argument("--search-seconds", type=float, help="duration of each search run (default 15; --quick 1)")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight for creates and reads")
     ap.add_argument("--tx-concurrency", type=int, default=16, help="transactions in flight")
@@ -223,6 +241,11 @@ def report(a, results):
         hc = ht * hr if ht is not None and hr else None
         rows.append(["search (b) resources counted/s", fmt(fc, ",.0f"), fmt(hc, ",.0f"), peers.ratio(fc, hc)])
         rows.append(["search (b) total (same data: should agree)", fmt(ft, ","), fmt(ht, ","), ""])
+    if "busy" in a.phases:
+        fv, hv = dig(f, "busy", "latency_ms", "p50"), dig(h, "busy", "latency_ms", "p50")
+        rows.append(["search (b) p50 ms while creates run", fmt(fv, ".1f"), fmt(hv, ".1f"), peers.ratio(hv, fv)])
+        fv, hv = dig(f, "busy", "writes_rps"), dig(h, "busy", "writes_rps")
+        rows.append([f"creates/s beside it (concurrency {a.concurrency})", fmt(fv, ",.0f"), fmt(hv, ",.0f"), peers.ratio(fv, hv)])
     rows.append(["peak RSS MiB", fmt(f.get("rss_mib"), ".0f"), fmt(h.get("rss_mib"), ".0f"), peers.ratio(h.get("rss_mib"), f.get("rss_mib"))])
     peers.table("REST: fhirlake vs Helios (ratio = how many times better fhirlake is)", rows,
                 ["measure", "fhirlake", "Helios", "ratio"])

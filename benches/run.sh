@@ -7,7 +7,7 @@
 #   read        read by id over HTTP vs Helios                                       (rest_bench.py)
 #   search      the searches of the search issue on >= 1M Observations               (search_bench.py)
 #   search-peer the same searches vs Helios, both loaded with the same Bundles       (rest_bench.py)
-#   rest        rest-write + read + search-peer over one load of both servers        (rest_bench.py)
+#   rest        rest-write + read + search-peer (+ search while writing), both servers (rest_bench.py)
 #   sql         the SQL queries vs DuckDB on the same Parquet and on NDJSON          (sql_bench.py)
 #   views       ViewDefinitions vs fhir4ds / pysof                                   (views_bench.py)
 #   writes      updates, deletes and group commits on a large root                   (write_bench.py)
@@ -54,7 +54,7 @@ run() {
     rest-write) python3 benches/rest_bench.py --phases tx,create "${mode[@]}" "$@" ;;
     read)       python3 benches/rest_bench.py --phases tx,read "${mode[@]}" "$@" ;;
     search-peer) python3 benches/rest_bench.py --phases tx,search "${mode[@]}" "$@" ;;
-    rest)       python3 benches/rest_bench.py --phases tx,create,read,search "${mode[@]}" "$@" ;;
+    rest)       python3 benches/rest_bench.py --phases tx,create,read,search,busy "${mode[@]}" "$@" ;;
     search)     python3 benches/search_bench.py "${mode[@]}" "$@" ;;
     sql)        python3 benches/sql_bench.py "${mode[@]}" "$@" ;;
     views)      python3 benches/views_bench.py "${mode[@]}" "$@" ;;

@@ -8,7 +8,7 @@
 //! rows from the current table with the view's plan (`fhirlake_query::views`) and replaces
 //! their old rows in one commit (`fhirlake_ingest::views::write_view`). It falls back to a
 //! full rebuild when the table is new, the ViewDefinition changed, or the old history
-//! version is no longer readable. The current table is read at a snapshot whose journal
+//! version is no longer readable. The current table is read at a snapshot whose flushed
 //! sequence is at least the history snapshot's, so no change the diff found is missing
 //! from it. Must not: plan views, read history files or write Delta itself.
 
@@ -184,7 +184,7 @@ pub async fn materialize(
     Ok(Materialized { name, mode, resources, rows, source_version, fallback })
 }
 
-/// The current table at a snapshot that includes everything up to journal sequence `seq`
+/// The current table at a snapshot that includes everything up to flushed sequence `seq`
 /// (the writer commits a group's history and current tables side by side).
 async fn consistent_current(root: &StorageRoot, rt: &str, seq: i64) -> Result<DeltaTable> {
     for _ in 0..200 {

@@ -1,4 +1,4 @@
-//! The storage root: where an instance's Delta tables, journal and lease live.
+//! The storage root: where an instance's Delta tables, serving store and lease live.
 //!
 //! Owns: resolving `--data` (a path or a URL) to an object store, creating and opening
 //! the Delta tables with fhirlake's table properties, and the single-writer lease. The

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// fhirlake's own state under the root: lease, watermark, table shapes.
 pub const STATE_DIR: &str = "_fhirlake";
-/// Write-ahead journal entries not yet applied (normally empty).
+/// Write-ahead journal entries of roots written before the serving store (replayed and
+/// removed by the upgrade).
 pub const JOURNAL_DIR: &str = "journal";
 /// The single-writer lease, relative to the root.
 pub const LEASE_PATH: &str = "_fhirlake/lease.json";
@@ -24,8 +25,8 @@ pub const WATERMARK_PATH: &str = "_fhirlake/watermark.json";
 /// The format version this release writes (and the newest it reads).
 pub const FORMAT: u32 = 1;
 
-/// Delta application id (`txn`) whose version is the journal sequence a resource table
-/// holds everything up to.
+/// Delta application id (`txn`) whose version is the group-commit sequence a table holds
+/// everything up to (the name is from when it was the journal's).
 pub const JOURNAL_APP_ID: &str = "fhirlake-journal";
 /// Delta application id whose version is the source history version a view table
 /// reflects.
@@ -117,7 +118,7 @@ pub struct Watermark {
     /// Format version.
     #[serde(default = "format_1")]
     pub format: u32,
-    /// The journal sequence of that group commit.
+    /// The sequence of the last group commit every listed table holds (a time in µs).
     pub seq: i64,
     /// Table path (`resources/Patient`, see [`TableKind::table_path`]) → Delta version.
     pub tables: BTreeMap<String, u64>,

@@ -141,7 +141,7 @@ impl PreparedType {
     }
 }
 
-/// Prepares and commits journal entries.
+/// Prepares and commits versions to the Delta tables.
 pub(crate) struct Applier {
     pub(crate) root: StorageRoot,
     pub(crate) tables: Arc<TableSet>,
@@ -339,11 +339,11 @@ impl Applier {
         Ok(table.snapshot()?.transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID).await?)
     }
 
-    /// Persists the watermark: the version of every table after the last fully applied
-    /// group commit (`_fhirlake/watermark.json`). Readers of the directory (`fhirlake sql
+    /// Persists the watermark: the version of every table after the last complete flush
+    /// round (`_fhirlake/watermark.json`). Readers of the directory (`fhirlake sql
     /// --data`, or anyone reading the file) open each table at that version and so never
     /// see half of a transaction. Best effort and not fsynced: a stale watermark is only
-    /// older, still consistent; start-up rewrites it after the journal replay.
+    /// older, still consistent; start-up rewrites it once the tables hold the store's log.
     pub(crate) async fn write_watermark(&self, seq: i64) {
         let mut watermark = Watermark { format: layout::FORMAT, seq, tables: Default::default() };
         for (kind, rt, version) in self.tables.versions() {
