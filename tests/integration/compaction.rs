@@ -84,16 +84,21 @@ async fn twenty_thousand_writes_and_five_thousand_updates_stay_compact() {
             tokio::spawn(async move { writer.compact(opts, &mut |_| {}).await })
         };
         let server = &s;
-        let created: Vec<(String, String)> = futures::stream::iter(bodies.iter())
-            .map(|(rt, b)| async move {
-                let r = server.request(Method::POST, &format!("/fhir/{rt}"), Some(b), &[]).await;
-                assert_eq!(r.status, 201, "{}", r.body);
-                (rt.clone(), r.json().get("id").and_then(fhirlake_schemas::Json::as_str).unwrap().to_string())
-            })
-            .buffer_unordered(CLIENTS)
-            .collect()
-            .await;
-        ids.extend(created);
+        // A flush after every 250 writes: many small files, as a slow trickle of writes
+        // leaves them.
+        for part in bodies.chunks(250) {
+            let created: Vec<(String, String)> = futures::stream::iter(part.iter())
+                .map(|(rt, b)| async move {
+                    let r = server.request(Method::POST, &format!("/fhir/{rt}"), Some(b), &[]).await;
+                    assert_eq!(r.status, 201, "{}", r.body);
+                    (rt.clone(), r.json().get("id").and_then(fhirlake_schemas::Json::as_str).unwrap().to_string())
+                })
+                .buffer_unordered(CLIENTS)
+                .collect()
+                .await;
+            ids.extend(created);
+            s.flushed().await;
+        }
         compactions.push(compacting.await.expect("join").expect("compaction"));
         eprintln!("chunk {chunk}: {:?}", t0.elapsed());
     }

@@ -375,10 +375,10 @@ impl Applier {
         Ok(Some(t))
     }
 
-    /// Replaces the current rows of a round's ids. Large rounds are committed in chunks of
-    /// [`REPLACE_CHUNK`] ids (the predicate becomes a nested expression in delta-rs, whose
-    /// depth grows with its list); only the last chunk carries the round's `txn`, so a
-    /// crash between chunks leaves the table behind and recovery replaces those ids again.
+    /// Replaces the current rows of a round's ids, in chunks of [`REPLACE_CHUNK`] ids (delta-rs
+    /// turns the list into an expression nested as deep as it is long: the flusher's thread
+    /// has the stack for it); only the last chunk carries the round's `txn`, so a crash
+    /// between chunks leaves the table behind and recovery replaces those ids again.
     async fn commit_current(
         &self,
         seq: i64,
@@ -425,8 +425,9 @@ impl Applier {
 /// Tables a flush round commits concurrently.
 const TABLE_COMMITS_AT_ONCE: usize = 4;
 
-/// Most ids one `replaceWhere` names.
-const REPLACE_CHUNK: usize = 256;
+/// Most ids one `replaceWhere` names: each chunk rewrites every file holding one of its
+/// rows, so fewer, larger chunks rewrite less (random updates touch most files of a table).
+const REPLACE_CHUNK: usize = 50_000;
 
 /// What a round changes in one current table.
 struct CurrentPart {

@@ -57,7 +57,43 @@ pub(crate) enum FlushMessage {
     Sync(i64, oneshot::Sender<Result<()>>),
     /// Commit table maintenance between rounds.
     Maintenance(Maintenance),
+    /// Stop at once without flushing, as a killed process would (tests).
+    #[cfg(test)]
+    Halt,
 }
+
+/// Starts the flusher on a thread of its own: a large stack (delta-rs turns a
+/// `replaceWhere` id list into an expression nested as deep as the list is long) and a
+/// lower scheduling priority (flushes yield the CPU to requests), with a current-thread
+/// runtime (its blocking pool inherits both).
+pub(crate) fn spawn(
+    flusher: Flusher,
+    rx: mpsc::UnboundedReceiver<FlushMessage>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fhirlake-flush".into())
+        .stack_size(FLUSH_STACK_BYTES)
+        .spawn(move || {
+            // On Linux a thread id names one thread to setpriority; failing leaves the default
+            // priority, which is harmless.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), FLUSH_NICE);
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_stack_size(FLUSH_STACK_BYTES)
+                .build()
+            {
+                Ok(rt) => rt.block_on(flusher.run(rx)),
+                Err(e) => tracing::error!(error = %e, "cannot start the flusher; writes stay in the serving store"),
+            }
+        })
+        .map_err(|e| Error::Config(format!("cannot start the flusher thread: {e}")))
+}
+
+/// Stack of the flusher's threads (virtual memory; only what is used is resident).
+const FLUSH_STACK_BYTES: usize = 512 << 20;
+
+/// Nice value of the flusher's threads.
+const FLUSH_NICE: i32 = 5;
 
 /// Table maintenance that must commit between flush rounds (see `compact.rs`).
 pub(crate) enum Maintenance {
@@ -99,6 +135,8 @@ pub(crate) struct Flusher {
     pub(crate) fail_marker: Option<std::path::PathBuf>,
     pub(crate) buffer: Vec<Committed>,
     pub(crate) waiters: Vec<(i64, oneshot::Sender<Result<()>>)>,
+    /// Set by [`FlushMessage::Halt`] (tests).
+    pub(crate) halted: bool,
 }
 
 /// A round being committed (kept across retries).
@@ -131,6 +169,9 @@ impl Flusher {
                 }
                 while let Ok(m) = rx.try_recv() {
                     self.take(m).await;
+                }
+                if self.halted {
+                    return;
                 }
             }
             let due = !open
@@ -198,6 +239,8 @@ impl Flusher {
     async fn take(&mut self, m: FlushMessage) {
         match m {
             FlushMessage::Committed(c) => self.buffer.push(c),
+            #[cfg(test)]
+            FlushMessage::Halt => self.halted = true,
             FlushMessage::Sync(seq, reply) => self.waiters.push((seq, reply)),
             FlushMessage::Maintenance(Maintenance::Compact(round, reply)) => {
                 let _ = reply.send(self.commit_round(round).await);

@@ -91,16 +91,18 @@ impl Default for WriterOptions {
 /// Owns the writer's tasks; [`WriterTask::shutdown`] drains them and releases the lease.
 pub struct WriterTask {
     stage: tokio::task::JoinHandle<()>,
-    flusher: tokio::task::JoinHandle<()>,
+    flusher: Option<std::thread::JoinHandle<()>>,
     lease: Lease,
 }
 
 impl WriterTask {
     /// Waits until every handle is dropped, queued writes are acknowledged and flushed to
     /// Delta, then releases the lease.
-    pub async fn shutdown(self) -> Result<()> {
-        let _ = self.stage.await;
-        let _ = self.flusher.await;
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = (&mut self.stage).await;
+        if let Some(f) = self.flusher.take() {
+            let _ = tokio::task::spawn_blocking(move || f.join()).await;
+        }
         self.lease.release().await
     }
 }
@@ -172,6 +174,7 @@ impl Writer {
             fail_marker: options.fail_flush_marker.clone(),
             buffer: Vec::new(),
             waiters: Vec::new(),
+            halted: false,
         };
         let core = stage::Core {
             store: store.clone(),
@@ -194,8 +197,8 @@ impl Writer {
             append_tables: Arc::new(options.append_tables.clone()),
         };
         let stage = tokio::spawn(core.run(rx, index));
-        let flusher = tokio::spawn(flusher.run(flush_rx));
-        Ok((writer, WriterTask { stage, flusher, lease }))
+        let flusher = flush::spawn(flusher, flush_rx)?;
+        Ok((writer, WriterTask { stage, flusher: Some(flusher), lease }))
     }
 
     /// Submits operations as one request; they are committed together (a request is never
@@ -366,11 +369,13 @@ impl Writer {
 impl WriterTask {
     /// Stops both tasks where they are, as a killed process would (tests): nothing is
     /// flushed; the lease is released so that a new writer can start.
-    async fn crash(self) {
+    async fn crash(mut self, flush: mpsc::UnboundedSender<FlushMessage>) {
         self.stage.abort();
-        self.flusher.abort();
-        let _ = self.stage.await;
-        let _ = self.flusher.await;
+        let _ = (&mut self.stage).await;
+        let _ = flush.send(FlushMessage::Halt);
+        if let Some(f) = self.flusher.take() {
+            let _ = tokio::task::spawn_blocking(move || f.join()).await;
+        }
         self.lease.release().await.unwrap();
     }
 }
@@ -489,8 +494,9 @@ mod tests {
         // Two more writes, then the process dies before any flush.
         w.submit(vec![put("c", "Three", Precondition::None), put("a", "Uno", Precondition::None)]).await.unwrap();
         assert!(w.stats().flushed_seq.load(Relaxed) < w.stats().acked_seq.load(Relaxed), "not flushed yet");
+        let flush = w.flush.clone();
         drop(w);
-        task.crash().await;
+        task.crash(flush).await;
 
         let (w, task) = Writer::start(root.clone(), lazy()).await.unwrap();
         assert_eq!(w.current("Patient", "a").map(|e| e.version), Some(2));
@@ -583,8 +589,9 @@ mod tests {
         assert_eq!(count_rows(&events).await, 3);
         // Rows not yet flushed survive a crash.
         w.submit_with_rows(vec![], vec![row(4)]).await.unwrap();
+        let flush = w.flush.clone();
         drop(w);
-        task.crash().await;
+        task.crash(flush).await;
         let (w, task) = Writer::start(root.clone(), options).await.unwrap();
         let events = w.tables().get(TableKind::System, "events").unwrap();
         assert_eq!(count_rows(&events).await, 4);
