@@ -39,6 +39,11 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
+def disk(data: Path) -> dict:
+    """Bytes of the serving store and of the Delta tables (current + history)."""
+    return {"store": du(data / "_fhirlake" / "serving.redb"), "delta": du(data / "resources") + du(data / "history")}
+
+
 def start(binary, data, *extra):
     """Spawns serve; returns (process, base URL, seconds until /health is 200)."""
     t0 = time.monotonic()
@@ -96,8 +101,7 @@ def main():
                        capture_output=True)
         imported = time.monotonic() - t0
         print(f"import: {resources:,} resources in {imported:.1f} s = {resources / imported:,.0f} resources/s", flush=True)
-        sizes = {"store": du(data / "_fhirlake" / "serving.redb"),
-                 "delta": du(data / "resources") + du(data / "history")}
+        sizes = disk(data)
         p, base, first = start(binary, data)
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=300)
@@ -114,8 +118,7 @@ def main():
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=300)
         subprocess.run([str(binary), "compact", "--data", str(data)], check=True, capture_output=True)
-        compacted = {"store": du(data / "_fhirlake" / "serving.redb"),
-                     "delta": du(data / "resources") + du(data / "history")}
+        compacted = disk(data)
         mib = lambda b: f"{b / 1048576:,.0f}"  # noqa: E731
         peers.table("Restart and disk (fhirlake)", [
             ["resources", f"{resources:,}"],
