@@ -196,8 +196,14 @@ impl Writer {
             flush: flush_tx,
             append_tables: Arc::new(options.append_tables.clone()),
         };
+        let flusher = match flush::spawn(flusher, flush_rx) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
         let stage = tokio::spawn(core.run(rx, index));
-        let flusher = flush::spawn(flusher, flush_rx)?;
         Ok((writer, WriterTask { stage, flusher: Some(flusher), lease }))
     }
 
