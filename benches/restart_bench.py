@@ -67,6 +67,12 @@ def start(binary, data, *extra):
         time.sleep(0.02)
 
 
+def stop(p):
+    """SIGTERM and wait: the server flushes, releases the lease and exits."""
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=300)
+
+
 def write_for(base, seconds):
     """Single Patient creates for `seconds`; returns how many were acknowledged."""
     n = 0
@@ -103,20 +109,17 @@ def main():
         print(f"import: {resources:,} resources in {imported:.1f} s = {resources / imported:,.0f} resources/s", flush=True)
         sizes = disk(data)
         p, base, first = start(binary, data)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=300)
+        stop(p)
         p, base, clean = start(binary, data)
         print(f"start after a clean stop: {clean:.2f} s (first start after the import: {first:.2f} s)", flush=True)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=300)
+        stop(p)
         p, base, _ = start(binary, data, "--flush-interval", "1h", "--flush-buffer", "1GiB")
         written = write_for(base, 2 if a.quick else 5)
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
         p, base, killed = start(binary, data)
         print(f"start after kill -9 with {written:,} acknowledged writes not in Delta: {killed:.2f} s", flush=True)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=300)
+        stop(p)
         subprocess.run([str(binary), "compact", "--data", str(data)], check=True, capture_output=True)
         compacted = disk(data)
         mib = lambda b: f"{b / 1048576:,.0f}"  # noqa: E731

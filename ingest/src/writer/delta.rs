@@ -243,17 +243,17 @@ impl Applier {
     /// last version of an id decides its current row), parsing the stored JSON a chunk at
     /// a time. Every current row is replaced by id unless the caller sets
     /// [`PreparedType::all_new`].
-    pub(crate) async fn prepare(&self, records: &[VersionRecord]) -> Result<Vec<PreparedType>> {
-        let mut by_type: Vec<(String, Vec<usize>)> = Vec::new();
-        for (i, r) in records.iter().enumerate() {
+    pub(crate) async fn prepare(&self, records: Vec<VersionRecord>) -> Result<Vec<PreparedType>> {
+        // Grouped by type, in order, moving the records (no copy of their JSON).
+        let mut by_type: Vec<(String, Vec<VersionRecord>)> = Vec::new();
+        for r in records {
             match by_type.iter_mut().find(|(t, _)| *t == r.resource_type) {
-                Some((_, v)) => v.push(i),
-                None => by_type.push((r.resource_type.clone(), vec![i])),
+                Some((_, v)) => v.push(r),
+                None => by_type.push((r.resource_type.clone(), vec![r])),
             }
         }
         let mut work = Vec::with_capacity(by_type.len());
-        for (rt, rows) in by_type {
-            let recs: Vec<VersionRecord> = rows.iter().map(|&i| records[i].clone()).collect();
+        for (rt, recs) in by_type {
             work.push((rt.clone(), self.flattener(&rt).await?, recs));
         }
         let compartment = self.compartment.clone();

@@ -325,7 +325,7 @@ impl Flusher {
                 appends.entry(a.table.as_str()).or_default().push(a.json.clone());
             }
         }
-        let mut prepared = self.applier.prepare(&records).await?;
+        let mut prepared = self.applier.prepare(records).await?;
         {
             // The rows each flush replaces are the ones in Delta: narrow by their owners.
             let index = self.index.read().expect("index lock");

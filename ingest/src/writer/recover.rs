@@ -109,7 +109,7 @@ async fn flush_behind(applier: &Applier, store: &ServingStore, options: &WriterO
             seq,
             "flushing group commits the table lacks"
         );
-        let prepared = applier.prepare(&records).await?;
+        let prepared = applier.prepare(records).await?;
         let other = match kind {
             TableKind::History => TableKind::Current,
             _ => TableKind::History,
@@ -143,7 +143,7 @@ async fn upgrade(root: &StorageRoot, applier: &Applier, store: &ServingStore) ->
     for (seq, records) in journal.pending().await? {
         if !records.is_empty() {
             tracing::info!(seq, versions = records.len(), "replaying a journal entry left by an earlier run");
-            let prepared = applier.prepare(&records).await?;
+            let prepared = applier.prepare(records).await?;
             let mut committed = Vec::new();
             for (k, name, r) in applier.commit_tables(seq, prepared, &HashSet::new(), true).await {
                 committed.extend(r?.map(|t| (k, name, t)));
