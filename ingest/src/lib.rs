@@ -22,7 +22,7 @@ pub mod views;
 pub mod writer;
 
 pub use store::{StorageRoot, TableKind};
-pub use writer::{Action, OpOutcome, Precondition, WriteOp, Writer, WriterOptions, WriterTask};
+pub use writer::{Action, CurrentRows, OpOutcome, Precondition, ReadView, WriteOp, Writer, WriterOptions, WriterTask};
 
 /// Errors of the write path.
 #[derive(Debug, thiserror::Error)]

@@ -11,26 +11,23 @@
 //! or answer callers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::{SessionContext, col, lit};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use fhirlake_schemas::json::ParseLimits;
-use fhirlake_schemas::layout::{self, ShapeRecord, Watermark};
+use fhirlake_schemas::layout::{self, Watermark};
 use fhirlake_schemas::shape::history_schema;
-use fhirlake_schemas::{Json, Model, ShapeOptions, TableShape};
-use object_store::ObjectStoreExt;
-use tokio::sync::Mutex;
+use fhirlake_schemas::{Json, Model, ShapeOptions};
 
-use super::flush::AppendTable;
-use super::ops::VersionRecord;
+use super::ops::{AppendTable, VersionRecord};
+use super::rows::{Shapes, history_batch};
 use super::stats::WriterStats;
+use super::view::TableSet;
 use crate::compartment::PatientCompartment;
 use crate::flatten::{Flattener, RowMeta};
 use crate::store::{StorageRoot, TableKind};
@@ -49,67 +46,6 @@ pub(crate) enum NewRow {
     Deleted,
     /// A row owned by this patient (or none).
     Live(Option<String>),
-}
-
-/// Latest snapshot of every table, shared with readers.
-#[derive(Default)]
-pub struct TableSet {
-    tables: RwLock<HashMap<(TableKind, String), DeltaTable>>,
-}
-
-impl TableSet {
-    /// The latest known state of a table (a cheap clone), if it exists.
-    pub fn get(&self, kind: TableKind, rt: &str) -> Option<DeltaTable> {
-        self.tables.read().expect("table set lock").get(&(kind, rt.to_string())).cloned()
-    }
-
-    pub(crate) fn put(&self, kind: TableKind, rt: &str, t: DeltaTable) {
-        self.tables.write().expect("table set lock").insert((kind, rt.to_string()), t);
-    }
-
-    /// Publishes several new table versions at once (one group commit).
-    pub(crate) fn put_all(&self, tables: Vec<(TableKind, String, DeltaTable)>) {
-        let mut set = self.tables.write().expect("table set lock");
-        for (kind, rt, t) in tables {
-            set.insert((kind, rt), t);
-        }
-    }
-
-    /// Every table's latest version, read at one instant (never half of a group commit).
-    pub fn snapshot(&self) -> Vec<(TableKind, String, DeltaTable)> {
-        self.tables.read().expect("table set lock").iter().map(|((k, rt), t)| (*k, rt.clone(), t.clone())).collect()
-    }
-
-    /// The latest version of every table of one kind, by type, read at one instant.
-    pub fn snapshot_of(&self, kind: TableKind) -> HashMap<String, DeltaTable> {
-        self.tables
-            .read()
-            .expect("table set lock")
-            .iter()
-            .filter(|((k, _), _)| *k == kind)
-            .map(|((_, rt), t)| (rt.clone(), t.clone()))
-            .collect()
-    }
-
-    /// Every table's latest version, read at one instant (for the watermark; no table is
-    /// cloned).
-    pub(crate) fn versions(&self) -> Vec<(TableKind, String, Option<u64>)> {
-        self.tables.read().expect("table set lock").iter().map(|((k, rt), t)| (*k, rt.clone(), t.version())).collect()
-    }
-
-    /// Types that have a current table.
-    pub fn current_types(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .tables
-            .read()
-            .expect("table set lock")
-            .keys()
-            .filter(|(k, _)| *k == TableKind::Current)
-            .map(|(_, t)| t.clone())
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 /// The batches of one type, ready to commit.
@@ -146,71 +82,22 @@ pub(crate) struct Applier {
     pub(crate) root: StorageRoot,
     pub(crate) tables: Arc<TableSet>,
     pub(crate) stats: Arc<WriterStats>,
-    flatteners: Mutex<HashMap<String, Arc<Flattener>>>,
-    pub(crate) compartment: Arc<PatientCompartment>,
-    shape: ShapeOptions,
+    /// Table shapes, flatteners and compartments (shared with read views).
+    pub(crate) shapes: Arc<Shapes>,
 }
 
 impl Applier {
     pub(crate) fn new(root: StorageRoot, shape: ShapeOptions, model: &Model) -> Self {
         Self {
-            root,
+            root: root.clone(),
             tables: Arc::new(TableSet::default()),
             stats: Arc::new(WriterStats::default()),
-            flatteners: Mutex::new(HashMap::new()),
-            compartment: Arc::new(PatientCompartment::new(model)),
-            shape,
+            shapes: Arc::new(Shapes::new(root.clone(), shape, model)),
         }
     }
 
-    /// Where the shape options of a type's current table are recorded when it is created:
-    /// the recursion depth is fixed per table, whatever later defaults say.
-    fn shape_path(&self, rt: &str) -> object_store::path::Path {
-        self.root.path(&layout::shape_path(rt))
-    }
-
-    /// The shape options of `rt`'s current table: as recorded, or the configured ones for a
-    /// table that does not exist yet.
-    async fn shape_options(&self, rt: &str) -> Result<ShapeOptions> {
-        match self.root.object_store().get(&self.shape_path(rt)).await {
-            Ok(r) => {
-                let path = layout::shape_path(rt);
-                let record: ShapeRecord = layout::decode(&path, &r.bytes().await?).map_err(Error::Config)?;
-                if record.max_depth < 1 {
-                    return Err(Error::Config(format!("{path} has no valid maxDepth")));
-                }
-                Ok(ShapeOptions { max_depth: record.max_depth, search_index: record.search_index })
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(self.shape),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn record_shape_options(&self, rt: &str, options: ShapeOptions) -> Result<()> {
-        let record = ShapeRecord {
-            format: layout::FORMAT,
-            resource_type: rt.to_string(),
-            max_depth: options.max_depth,
-            search_index: options.search_index,
-        };
-        let body = layout::encode(&record);
-        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
-        match self.root.object_store().put_opts(&self.shape_path(rt), body.into(), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn flattener(&self, rt: &str) -> Result<Arc<Flattener>> {
-        let mut f = self.flatteners.lock().await;
-        if let Some(x) = f.get(rt) {
-            return Ok(x.clone());
-        }
-        let options = self.shape_options(rt).await?;
-        let shape = TableShape::try_new(Model::r4()?, rt, options)?;
-        let x = Arc::new(Flattener::new(Arc::new(shape)));
-        f.insert(rt.to_string(), x.clone());
-        Ok(x)
+    pub(crate) async fn flattener(&self, rt: &str) -> Result<Arc<Flattener>> {
+        self.shapes.flattener(rt).await
     }
 
     /// The latest state of a table, creating it on first use.
@@ -225,7 +112,7 @@ impl Applier {
                     TableKind::History => history_schema(),
                     TableKind::Current => {
                         let f = self.flattener(rt).await?;
-                        self.record_shape_options(rt, f.shape().options).await?;
+                        self.shapes.record_shape_options(rt, f.shape().options).await?;
                         f.schema().as_ref().clone()
                     }
                     TableKind::View | TableKind::System => {
@@ -256,7 +143,7 @@ impl Applier {
         for (rt, recs) in by_type {
             work.push((rt.clone(), self.flattener(&rt).await?, recs));
         }
-        let compartment = self.compartment.clone();
+        let compartment = self.shapes.compartment.clone();
         tokio::task::spawn_blocking(move || {
             work.into_iter().map(|(rt, f, recs)| prepare_type(&compartment, rt, &f, recs)).collect::<Result<Vec<_>>>()
         })
@@ -582,23 +469,6 @@ const FLATTEN_CHUNK: usize = 2000;
 async fn applied(table: &DeltaTable, seq: i64) -> Result<bool> {
     let v = table.snapshot()?.transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID).await?;
     Ok(v.is_some_and(|v| v >= seq))
-}
-
-fn history_batch(recs: &[VersionRecord], owners: &[(Option<String>, Vec<String>)]) -> Result<RecordBatch> {
-    let schema = Arc::new(history_schema());
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(recs.iter().map(|r| r.id.as_str()))),
-        Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.version))),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(recs.iter().map(|r| r.last_updated_us)).with_timezone("UTC"),
-        ),
-        Arc::new(BooleanArray::from(recs.iter().map(|r| r.deleted).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(owners.iter().map(|o| o.0.as_deref()).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(recs.iter().map(|r| r.raw.as_deref()).collect::<Vec<_>>())),
-        // The hash's bits, stored as a signed 64-bit integer.
-        Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.hash as i64))),
-    ];
-    Ok(RecordBatch::try_new(schema, cols)?)
 }
 
 /// Every version in the history `table` of `rt`, handed to `sink` in batches with each

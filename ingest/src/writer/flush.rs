@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::delta::{Applier, NewRow, PreparedType, TableResult};
 use super::index::{OWNER_ABSENT, OWNER_UNKNOWN, ResourceIndex};
-use super::ops::{AppendRow, VersionRecord};
+use super::ops::{AppendRow, AppendTable, VersionRecord};
 use super::serving::ServingStore;
 use crate::compact::{self, Round};
 use crate::store::TableKind;
@@ -111,17 +111,6 @@ pub struct FlushPolicy {
     pub interval: Duration,
     /// Flush at once when the buffer holds more than this (bytes, estimated).
     pub soft_bytes: u64,
-}
-
-/// An append-only table of fhirlake's own (audit rows, device measurements, job state):
-/// rows are stored with the group commit that produced them and flushed to
-/// `system/<name>` like resources.
-#[derive(Debug, Clone)]
-pub struct AppendTable {
-    /// Table name (also its folder under `system/`).
-    pub name: String,
-    /// Its Arrow schema; rows are JSON objects of these columns.
-    pub schema: arrow::datatypes::SchemaRef,
 }
 
 /// The flusher task's state.
@@ -285,8 +274,9 @@ impl Flusher {
         if let Some(e) = failure {
             return Err((round, e));
         }
-        // Every table of the round is committed: publish them together.
-        self.applier.tables.put_all(std::mem::take(&mut round.published));
+        // Every table of the round is committed: publish them together, in place of the
+        // buffered versions they now hold.
+        self.applier.tables.publish(std::mem::take(&mut round.published), seq);
         {
             let mut index = self.index.write().expect("index lock");
             for (rt, rows) in new_rows {

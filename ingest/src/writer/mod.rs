@@ -22,9 +22,11 @@ mod flush;
 mod index;
 mod ops;
 mod recover;
+mod rows;
 mod serving;
 mod stage;
 mod stats;
+mod view;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,12 +37,13 @@ use fhirlake_schemas::ShapeOptions;
 use tokio::sync::{mpsc, oneshot};
 
 pub use decide::{content_hash, format_instant, set_server_meta, with_server_meta};
-pub use delta::{JOURNAL_APP_ID, TableSet};
-pub use flush::{AppendTable, FlushPolicy};
+pub use delta::JOURNAL_APP_ID;
+pub use flush::FlushPolicy;
 pub use index::{IndexEntry, OWNER_ABSENT, OWNER_NONE, OWNER_UNKNOWN, ResourceIndex};
-pub use ops::{Action, AppendRow, OpOutcome, Precondition, VersionRecord, WriteOp};
+pub use ops::{Action, AppendRow, AppendTable, OpOutcome, Precondition, VersionRecord, WriteOp};
 pub use serving::{HistoryQuery, HistoryRow, LAYOUT_VERSION, SERVING_PATH, ServingStore, merge_newest_first};
 pub use stats::{SizeHistogram, WriterStats};
+pub use view::{CurrentRows, ReadView, TableSet};
 
 use crate::compact::{self, CompactOptions, TableReport};
 use crate::store::{Lease, StorageRoot, TableKind};
@@ -135,6 +138,7 @@ pub struct Writer {
     stats: Arc<WriterStats>,
     flush: mpsc::UnboundedSender<FlushMessage>,
     append_tables: Arc<Vec<AppendTable>>,
+    applier: Arc<delta::Applier>,
 }
 
 impl Writer {
@@ -162,6 +166,7 @@ impl Writer {
         let stats = applier.stats.clone();
         stats.acked_seq.store(last_seq, Relaxed);
         stats.flushed_seq.store(last_seq, Relaxed);
+        applier.tables.start_at(last_seq);
         let (tx, rx) = mpsc::channel(1024);
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let last_ts = index.read().expect("index lock").newest_update_us();
@@ -178,7 +183,8 @@ impl Writer {
         };
         let core = stage::Core {
             store: store.clone(),
-            compartment: applier.compartment.clone(),
+            tables: applier.tables.clone(),
+            compartment: applier.shapes.compartment.clone(),
             flush: flush_tx.clone(),
             stats: stats.clone(),
             options: options.clone(),
@@ -195,6 +201,7 @@ impl Writer {
             stats,
             flush: flush_tx,
             append_tables: Arc::new(options.append_tables.clone()),
+            applier: applier.clone(),
         };
         let flusher = match flush::spawn(flusher, flush_rx) {
             Ok(f) => f,
@@ -247,6 +254,12 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         self.flush.send(FlushMessage::Sync(acked, reply)).map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// The instance as of now: the Delta tables plus every acknowledged write they do not
+    /// hold yet ([`ReadView`]); reading it answers as a fully flushed store would.
+    pub fn view(&self) -> ReadView {
+        self.tables.view(self.applier.shapes.clone())
     }
 
     /// What the index knows of `rt/id`.

@@ -119,7 +119,7 @@ pub struct VersionRecord {
     pub raw: Option<Arc<str>>,
 }
 
-/// A row for one of fhirlake's own append-only tables (see [`super::AppendTable`]): stored
+/// A row for one of fhirlake's own append-only tables (see [`AppendTable`]): stored
 /// in the same group commit as the writes beside it, flushed to Delta with them.
 #[derive(Debug, Clone)]
 pub struct AppendRow {
@@ -134,4 +134,15 @@ pub(crate) struct Request {
     pub(crate) appends: Vec<AppendRow>,
     pub(crate) atomic: bool,
     pub(crate) reply: oneshot::Sender<Result<Vec<OpOutcome>>>,
+}
+
+/// An append-only table of fhirlake's own (audit rows, device measurements, job state):
+/// rows are stored with the group commit that produced them and flushed to
+/// `system/<name>` like resources.
+#[derive(Debug, Clone)]
+pub struct AppendTable {
+    /// Table name (also its folder under `system/`).
+    pub name: String,
+    /// Its Arrow schema; rows are JSON objects of these columns.
+    pub schema: arrow::datatypes::SchemaRef,
 }

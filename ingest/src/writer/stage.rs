@@ -21,11 +21,13 @@ use super::index::{IndexEntry, OWNER_ABSENT, ResourceIndex};
 use super::ops::{AppendRow, OpOutcome, Request, VersionRecord};
 use super::serving::ServingStore;
 use super::stats::WriterStats;
+use super::view::{Buffered, TableSet};
 use crate::compartment::PatientCompartment;
 use crate::{Clock, Error};
 
 pub(crate) struct Core {
     pub(crate) store: ServingStore,
+    pub(crate) tables: Arc<TableSet>,
     pub(crate) compartment: Arc<PatientCompartment>,
     pub(crate) flush: mpsc::UnboundedSender<FlushMessage>,
     pub(crate) stats: Arc<WriterStats>,
@@ -216,6 +218,10 @@ impl Core {
                 idx.set(&r.resource_type, &r.id, e);
             }
         }
+        // Readers see it from now on (before anyone is told it is written).
+        let buffered: Vec<Buffered> =
+            records.iter().zip(&owners).map(|(r, o)| Buffered { seq, record: r.clone(), owner: o.clone() }).collect();
+        self.tables.buffer(seq, buffered);
         let bytes = Committed::estimate(&records, &appends);
         self.stats.acked_seq.store(seq, Relaxed);
         self.stats.batches.fetch_add(1, Relaxed);
