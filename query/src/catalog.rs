@@ -30,6 +30,7 @@ use url::Url;
 
 use fhirlake_schemas::layout::{self, TableKind};
 
+use crate::buffered::{TableView, Unflushed, history_provider};
 use crate::{Error, Result};
 
 /// The session configuration used for all fhirlake SQL.
@@ -72,7 +73,40 @@ impl SqlLimits {
 #[derive(Default)]
 struct TableSchema {
     /// lower-case name -> (display name, table)
-    tables: BTreeMap<String, (String, DeltaTable)>,
+    tables: BTreeMap<String, (String, Source)>,
+}
+
+/// Where a table's rows come from: its Delta table and, for the current and history
+/// tables of a live instance, the acknowledged writes it does not hold yet.
+#[derive(Clone)]
+struct Source {
+    delta: Option<DeltaTable>,
+    unflushed: Option<(Arc<dyn Unflushed>, Layer)>,
+}
+
+#[derive(Clone)]
+enum Layer {
+    Current(String),
+    History(String),
+}
+
+impl Source {
+    fn delta(t: DeltaTable) -> Self {
+        Source { delta: Some(t), unflushed: None }
+    }
+
+    async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
+        match &self.unflushed {
+            None => match &self.delta {
+                Some(t) => Ok(t.table_provider().await?),
+                None => Err(Error::BadSql("a table with no rows source".into())),
+            },
+            Some((u, Layer::Current(rt))) => {
+                TableView { delta: self.delta.clone(), buffered: u.current(rt).await? }.provider().await
+            }
+            Some((u, Layer::History(rt))) => history_provider(self.delta.as_ref(), u.history(rt)?).await,
+        }
+    }
 }
 
 impl fmt::Debug for TableSchema {
@@ -89,7 +123,7 @@ impl SchemaProvider for TableSchema {
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         match self.tables.get(&name.to_lowercase()) {
-            Some((_, t)) => Ok(Some(t.table_provider().await.map_err(|e| DataFusionError::External(Box::new(e)))?)),
+            Some((_, t)) => Ok(Some(t.provider().await.map_err(|e| DataFusionError::External(Box::new(e)))?)),
             None => Ok(None),
         }
     }
@@ -108,6 +142,9 @@ pub struct Tables {
     pub history: Vec<(String, DeltaTable)>,
     /// Materialized views by name.
     pub views: Vec<(String, DeltaTable)>,
+    /// Acknowledged writes the current and history tables do not hold yet (a live
+    /// instance); their types get tables even before a first flush.
+    pub unflushed: Option<Arc<dyn Unflushed>>,
 }
 
 /// A read-only SQL session.
@@ -134,27 +171,49 @@ impl SqlSession {
         let mut views = TableSchema::default();
         for (rt, t) in tables.current {
             t.update_datafusion_session(&ctx.state())?;
-            public.tables.insert(rt.to_lowercase(), (rt, t));
+            public.tables.insert(rt.to_lowercase(), (rt, Source::delta(t)));
         }
         for (rt, t) in tables.history {
             t.update_datafusion_session(&ctx.state())?;
-            // `patient_history` in the default schema too (the name earlier releases used).
-            public.tables.insert(format!("{}_history", rt.to_lowercase()), (format!("{rt}_history"), t.clone()));
-            history.tables.insert(rt.to_lowercase(), (rt, t));
+            history.tables.insert(rt.to_lowercase(), (rt, Source::delta(t)));
+        }
+        if let Some(u) = &tables.unflushed {
+            for rt in u.types() {
+                for (schema, layer) in
+                    [(&mut public, Layer::Current(rt.clone())), (&mut history, Layer::History(rt.clone()))]
+                {
+                    let entry = schema
+                        .tables
+                        .entry(rt.to_lowercase())
+                        .or_insert_with(|| (rt.clone(), Source { delta: None, unflushed: None }));
+                    entry.1.unflushed = Some((u.clone(), layer));
+                }
+            }
+        }
+        // `patient_history` in the default schema too (the name earlier releases used).
+        for (k, (rt, source)) in history.tables.clone() {
+            public.tables.insert(format!("{k}_history"), (format!("{rt}_history"), source));
         }
         for (name, t) in tables.views {
             t.update_datafusion_session(&ctx.state())?;
-            views.tables.insert(name.to_lowercase(), (name, t));
+            views.tables.insert(name.to_lowercase(), (name, Source::delta(t)));
         }
+        // Time travel reads Delta versions: the state flushed by then.
         let mut all: BTreeMap<String, DeltaTable> = BTreeMap::new();
         for (k, (_, t)) in &public.tables {
-            all.insert(k.clone(), t.clone());
+            if let Some(d) = &t.delta {
+                all.insert(k.clone(), d.clone());
+            }
         }
         for (k, (_, t)) in &history.tables {
-            all.insert(format!("history.{k}"), t.clone());
+            if let Some(d) = &t.delta {
+                all.insert(format!("history.{k}"), d.clone());
+            }
         }
         for (k, (_, t)) in &views.tables {
-            all.insert(format!("views.{k}"), t.clone());
+            if let Some(d) = &t.delta {
+                all.insert(format!("views.{k}"), d.clone());
+            }
         }
         ctx.register_udtf("as_of", Arc::new(AsOf { tables: all }));
         let catalog = ctx.catalog("datafusion").ok_or_else(|| Error::BadSql("no default catalog".into()))?;

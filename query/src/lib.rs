@@ -7,6 +7,7 @@
 //! compiled to plans, their output encodings and refresh reads ([`views`]). Must not: write, or depend on `fhirlake-ingest`; it is handed Delta
 //! tables or a storage-root URL and object store by the root crate.
 
+pub mod buffered;
 pub mod catalog;
 pub mod functions;
 pub mod search;

@@ -21,6 +21,7 @@ use datafusion::prelude::{DataFrame, Expr, SessionContext, col, ident, lit};
 pub use deltalake::DeltaTable;
 use fhirlake_schemas::search::{Clause, HasCondition, SearchRequest};
 
+use crate::buffered::TableView;
 use crate::catalog;
 
 /// The search session: fhirlake's SQL settings plus Parquet filter pushdown, so the
@@ -33,8 +34,9 @@ use matcher::{ClauseMatcher, string_at};
 
 /// The tables a search may read: the current table of a type, at the snapshot to search.
 pub trait SearchTables: Send + Sync {
-    /// The current table of `resource_type`, or `None` when nothing of that type exists.
-    fn current(&self, resource_type: &str) -> Option<DeltaTable>;
+    /// The current table of `resource_type` (its Delta table and the acknowledged rows it
+    /// does not hold yet), or `None` when nothing of that type exists.
+    fn current<'a>(&'a self, resource_type: &'a str) -> futures::future::BoxFuture<'a, Result<Option<TableView>>>;
 
     /// The token postings cache, when counts and pages may use one ([`postings`]).
     fn postings(&self) -> Option<&postings::PostingsCache> {
@@ -307,13 +309,15 @@ fn owner_filter(resource_type: &str, c: &Clause) -> Option<Expr> {
     (!ids.is_empty()).then(|| col("_patient").in_list(ids, false))
 }
 
-/// A DataFrame over `table` in a fresh search session.
-fn scan(table: &DeltaTable) -> futures::future::BoxFuture<'static, Result<DataFrame>> {
+/// A DataFrame over `table` (Delta and buffered rows) in a fresh search session.
+fn scan(table: &TableView) -> futures::future::BoxFuture<'static, Result<DataFrame>> {
     let table = table.clone();
     Box::pin(async move {
         let ctx = SessionContext::new_with_config_rt(session_config(), search_runtime());
-        table.update_datafusion_session(&ctx.state())?;
-        let provider = table.table_provider().await?;
+        if let Some(delta) = &table.delta {
+            delta.update_datafusion_session(&ctx.state())?;
+        }
+        let provider = table.provider().await?;
         Ok(ctx.read_table(provider)?)
     })
 }
@@ -346,7 +350,7 @@ fn matching_ids<'a>(
     has: &'a [fhirlake_schemas::search::Has],
 ) -> futures::future::BoxFuture<'a, Result<Vec<String>>> {
     Box::pin(async move {
-        let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
+        let Some(table) = tables.current(resource_type).await? else { return Ok(vec![]) };
         let mut df = scan(&table).await?;
         for f in clause_filters(tables, resource_type, clauses).await? {
             df = df.filter(f)?;
@@ -389,7 +393,7 @@ fn has_filter<'a>(
     h: &'a fhirlake_schemas::search::Has,
 ) -> futures::future::BoxFuture<'a, Result<Expr>> {
     Box::pin(async move {
-        let Some(table) = tables.current(&h.source_type) else { return Ok(lit(false)) };
+        let Some(table) = tables.current(&h.source_type).await? else { return Ok(lit(false)) };
         let mut df = scan(&table).await?;
         match &h.condition {
             HasCondition::Clause(c) => {
@@ -428,7 +432,7 @@ pub async fn search(
     count: usize,
     want_total: bool,
 ) -> Result<SearchPage> {
-    let Some(table) = tables.current(&req.resource_type) else {
+    let Some(table) = tables.current(&req.resource_type).await? else {
         return Ok(SearchPage {
             rows: vec![],
             more: false,
@@ -441,16 +445,19 @@ pub async fn search(
     // Postings first: when they answer both the total and the page, no scan is planned.
     let wants_total = want_total || count == 0;
     let pageable = postings::pageable(req, count);
-    let matched = match tables.postings() {
-        Some(cache) if req.has.is_empty() && (wants_total || pageable) => {
-            postings::matches(cache, &table, &req.clauses).await?
+    // Postings index the Delta files: they answer only while nothing of the type is
+    // buffered (the union below is scanned otherwise).
+    let flushed = table.delta.as_ref().filter(|_| table.is_flushed());
+    let matched = match (tables.postings(), flushed) {
+        (Some(cache), Some(delta)) if req.has.is_empty() && (wants_total || pageable) => {
+            postings::matches(cache, delta, &req.clauses).await?
         }
         _ => None,
     };
     let counted = if wants_total { matched.as_ref().map(postings::Matches::counted) } else { None };
     let columns = include_columns(req);
-    if let (Some(cache), Some(m), true) = (tables.postings(), matched, pageable) {
-        let p = postings::page(cache, &table, m, offset, count, &columns).await?;
+    if let (Some(cache), Some(m), Some(delta), true) = (tables.postings(), matched, flushed, pageable) {
+        let p = postings::page(cache, delta, m, offset, count, &columns).await?;
         let mut references: References = Default::default();
         for (c, values) in &p.extra {
             for a in values {
@@ -511,7 +518,7 @@ pub async fn search(
 
 /// Rows `(id, served JSON)` of `resource_type` with the given ids.
 async fn fetch(tables: &dyn SearchTables, resource_type: &str, ids: &[String]) -> Result<Vec<(String, String)>> {
-    let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
+    let Some(table) = tables.current(resource_type).await? else { return Ok(vec![]) };
     if ids.is_empty() {
         return Ok(vec![]);
     }
@@ -584,7 +591,7 @@ async fn targets_of(
     ids: &[String],
     columns: &[String],
 ) -> Result<Vec<(String, String)>> {
-    let Some(table) = tables.current(resource_type) else { return Ok(vec![]) };
+    let Some(table) = tables.current(resource_type).await? else { return Ok(vec![]) };
     if ids.is_empty() || columns.is_empty() {
         return Ok(vec![]);
     }
@@ -647,7 +654,7 @@ pub async fn included(
         for inc in req.revincludes.iter().filter(|i| round == 0 || i.iterate) {
             let ix = SearchIndex::for_type(model, &inc.source_type);
             let targets: HashSet<(String, String)> = frontier.iter().cloned().collect();
-            let Some(table) = tables.current(&inc.source_type) else { continue };
+            let Some(table) = tables.current(&inc.source_type).await? else { continue };
             let mut filter: Option<Expr> = None;
             for p in ix
                 .params
@@ -702,7 +709,7 @@ pub async fn patient_compartment(
     let mut types: Vec<&String> = types.iter().collect();
     types.sort();
     for rt in types {
-        let Some(table) = tables.current(rt) else { continue };
+        let Some(table) = tables.current(rt).await? else { continue };
         let df = scan(&table).await?;
         let filter = if rt == "Patient" {
             col("id").eq(lit(patient_id))
@@ -778,8 +785,8 @@ mod tests {
     struct NoTables;
 
     impl SearchTables for NoTables {
-        fn current(&self, _: &str) -> Option<DeltaTable> {
-            None
+        fn current<'a>(&'a self, _: &'a str) -> futures::future::BoxFuture<'a, Result<Option<TableView>>> {
+            Box::pin(async { Ok(None) })
         }
     }
 
