@@ -49,12 +49,12 @@ pub async fn find(state: &AppState, rt: &str, query: &str, limit: usize) -> ApiR
             list.join("; ")
         )));
     }
-    let page = fhirlake_query::search::search(&Tables::latest(state).await?, &req, 0, limit + 1, false).await.map_err(
-        |e| match ApiError::from(e) {
+    let page = fhirlake_query::search::search(&Tables::live(state), &req, 0, limit + 1, false).await.map_err(|e| {
+        match ApiError::from(e) {
             ApiError::BadRequest(m) => ApiError::BadRequest(format!("conditional criteria '{query}': {m}")),
             other => other,
-        },
-    )?;
+        }
+    })?;
     page.rows.into_iter().map(|(id, raw)| Ok(Found { version: served_version(&raw)?, id, raw: raw.into() })).collect()
 }
 

@@ -15,6 +15,7 @@ pub mod capabilities;
 pub mod conditional;
 pub mod history;
 pub mod instance;
+pub(crate) mod live;
 pub mod operation;
 pub mod patch;
 pub mod search;

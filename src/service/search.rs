@@ -16,10 +16,12 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::Response;
 use fhirlake_ingest::TableKind;
+use fhirlake_query::buffered::TableView;
 use fhirlake_query::search::{DeltaTable, SearchTables, search};
 use fhirlake_schemas::json::write_str;
 use fhirlake_schemas::search::{SearchRequest, Summary, Total};
 
+use super::live::Live;
 use super::operation::decode;
 use super::write::touched;
 use super::{AppState, Operation, Outcome, Touched, fhir_response, param};
@@ -28,31 +30,70 @@ use crate::error::{ApiError, ApiResult};
 /// The current tables one search request reads: all as of one instant, some pinned at
 /// the versions of a page cursor.
 pub(crate) struct Tables {
-    /// The current tables as of one instant (the request's start), with the ones a page
-    /// cursor names loaded at the cursor's versions.
+    /// The Delta current tables as of one instant (the request's start), with the ones a
+    /// page cursor names loaded at the cursor's versions.
     tables: std::collections::HashMap<String, DeltaTable>,
-    /// Every type the search read, with the version read: the next page's cursor.
+    /// The acknowledged writes those tables do not hold yet, when the search reads the
+    /// live instance (a first page); `None` for a page cursor, which reads flushed state.
+    live: Option<Live>,
+    /// Every type the search read, with the Delta version read: the next page's cursor.
     read: std::sync::Mutex<std::collections::BTreeMap<String, Option<u64>>>,
+    /// Whether any table read had rows not in Delta (a cursor cannot pin those).
+    buffered: std::sync::atomic::AtomicBool,
     /// Token postings for counts and pages.
     postings: Arc<fhirlake_query::search::postings::PostingsCache>,
 }
 
 impl Tables {
-    /// The tables with every acknowledged write flushed, all read at one instant.
-    pub(crate) async fn latest(state: &AppState) -> ApiResult<Self> {
+    /// The instance as of now: the published Delta tables plus every acknowledged write
+    /// they do not hold yet (no flush is waited for).
+    pub(crate) fn live(state: &AppState) -> Self {
+        let live = Live::new(state.writer.view());
+        Tables {
+            tables: live.delta_tables(),
+            live: Some(live),
+            read: Default::default(),
+            buffered: Default::default(),
+            postings: state.postings.clone(),
+        }
+    }
+
+    /// The tables with every acknowledged write flushed, all read at one instant: what a
+    /// page cursor can pin.
+    pub(crate) async fn flushed(state: &AppState) -> ApiResult<Self> {
         state.writer.sync().await?;
         Ok(Tables {
             tables: state.writer.tables().snapshot_of(TableKind::Current),
+            live: None,
             read: Default::default(),
+            buffered: Default::default(),
             postings: state.postings.clone(),
         })
+    }
+
+    /// Whether a table read had rows not in Delta yet: a page sequence cannot start from
+    /// this instant (see [`first_page`]).
+    pub(crate) fn read_buffered(&self) -> bool {
+        self.buffered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Types with a current table or rows not in Delta yet.
+    pub(crate) fn current_types(&self) -> Vec<String> {
+        match &self.live {
+            Some(l) => l.current_types(),
+            None => {
+                let mut v: Vec<String> = self.tables.keys().cloned().collect();
+                v.sort();
+                v
+            }
+        }
     }
 
     /// The tables a page cursor (`_snapshot`, as written by [`Tables::cursor`]) pins;
     /// types it does not name read their latest version. A bare number is the searched
     /// type's version (cursors of earlier releases).
     pub(crate) async fn pinned(state: &AppState, rt: &str, cursor: &str) -> ApiResult<Self> {
-        let mut tables = Self::latest(state).await?;
+        let mut tables = Self::flushed(state).await?;
         let bad = || ApiError::BadRequest(format!("_snapshot='{cursor}' is not a page cursor"));
         for part in cursor.split(',') {
             let (ty, version) = match part.split_once(':') {
@@ -78,8 +119,13 @@ impl Tables {
         Ok(tables)
     }
 
-    /// The cursor pinning every table read so far: `Type:version,...` (`-`: no table).
+    /// The cursor pinning every table read so far: `Type:version,...` (`-`: no table);
+    /// empty when a table read had rows not in Delta (a single page of the live instance,
+    /// which no cursor can pin: its links search again).
     pub(crate) fn cursor(&self) -> String {
+        if self.read_buffered() {
+            return String::new();
+        }
         let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.iter()
             .map(|(t, v)| format!("{t}:{}", v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())))
@@ -89,15 +135,47 @@ impl Tables {
 }
 
 impl SearchTables for Tables {
-    fn current(&self, resource_type: &str) -> Option<DeltaTable> {
-        let t = self.tables.get(resource_type).cloned();
-        let version = t.as_ref().and_then(DeltaTable::version);
-        self.read.lock().unwrap_or_else(|p| p.into_inner()).insert(resource_type.to_string(), version);
-        t
+    fn current<'a>(
+        &'a self,
+        resource_type: &'a str,
+    ) -> futures::future::BoxFuture<'a, fhirlake_query::Result<Option<TableView>>> {
+        Box::pin(async move {
+            let delta = self.tables.get(resource_type).cloned();
+            let version = delta.as_ref().and_then(DeltaTable::version);
+            self.read.lock().unwrap_or_else(|p| p.into_inner()).insert(resource_type.to_string(), version);
+            let view = match &self.live {
+                Some(live) => live.current(resource_type, delta).await?,
+                None => delta.map(TableView::of),
+            };
+            if view.as_ref().is_some_and(|v| !v.is_flushed()) {
+                self.buffered.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(view)
+        })
     }
 
     fn postings(&self) -> Option<&fhirlake_query::search::postings::PostingsCache> {
         (self.postings.capacity() > 0).then_some(&*self.postings)
+    }
+}
+
+impl Tables {
+    /// The tables a request reads: a page cursor's pinned tables, or the live instance.
+    pub(crate) async fn for_page(state: &AppState, cursor: Option<&str>, rt: &str) -> ApiResult<Self> {
+        match cursor {
+            Some(c) => Self::pinned(state, rt, c).await,
+            None => Ok(Self::live(state)),
+        }
+    }
+
+    /// A first page that read rows not yet in Delta cannot be continued by a cursor (it
+    /// pins Delta versions): when `more` pages follow, the page is run again on the
+    /// flushed tables this returns, and later pages read exactly that snapshot.
+    pub(crate) async fn to_continue(&self, state: &AppState, more: bool) -> ApiResult<Option<Self>> {
+        if self.live.is_none() || !more || !self.read_buffered() {
+            return Ok(None);
+        }
+        Ok(Some(Self::flushed(state).await?))
     }
 }
 
@@ -178,16 +256,20 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, strict: b
     }
     let count = req.count.unwrap_or(state.config.search.default_count()).min(state.config.search.search_max_count);
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
-    let tables = match &snapshot {
-        Some(cursor) => Tables::pinned(state, rt, cursor).await?,
-        None => Tables::latest(state).await?,
-    };
     let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
-    let page = search(&tables, &req, offset, count, want_total).await?;
-    let included = if req.includes.is_empty() && req.revincludes.is_empty() {
-        Vec::new()
-    } else {
-        fhirlake_query::search::included(&tables, state.model, &req, &page).await?
+    let mut tables = Tables::for_page(state, snapshot.as_deref(), rt).await?;
+    let (page, included) = loop {
+        let page = search(&tables, &req, offset, count, want_total).await?;
+        if let Some(flushed) = tables.to_continue(state, page.more).await? {
+            tables = flushed;
+            continue;
+        }
+        let included = if req.includes.is_empty() && req.revincludes.is_empty() {
+            Vec::new()
+        } else {
+            fhirlake_query::search::included(&tables, state.model, &req, &page).await?
+        };
+        break (page, included);
     };
     let cursor = tables.cursor();
     let mut seen: Vec<Touched> = page.rows.iter().map(|(id, _)| touched(rt, id, None)).collect();
@@ -302,17 +384,22 @@ pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> 
     }
     .clamp(1, state.config.search.search_max_count);
     let offset = offset_param(&pairs)?;
-    let tables = match param(&pairs, "_snapshot") {
-        Some(cursor) => Tables::pinned(state, "Patient", cursor).await?,
-        None => Tables::latest(state).await?,
+    let mut tables = Tables::for_page(state, param(&pairs, "_snapshot"), "Patient").await?;
+    let all = loop {
+        let types = tables.current_types();
+        let all = fhirlake_query::search::patient_compartment(&tables, &types, id).await?;
+        match tables.to_continue(state, all.len() > offset + count).await? {
+            Some(flushed) => tables = flushed,
+            None => break all,
+        }
     };
-    let types = state.writer.tables().current_types();
-    let all = fhirlake_query::search::patient_compartment(&tables, &types, id).await?;
     let cursor = tables.cursor();
     let link = |off: usize| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         q.append_pair("_count", &count.to_string());
-        q.append_pair("_snapshot", &cursor);
+        if !cursor.is_empty() {
+            q.append_pair("_snapshot", &cursor);
+        }
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.url(&format!("Patient/{id}/$everything")), q.finish())
     };
@@ -338,14 +425,10 @@ pub async fn search_system(state: &AppState, op: &Operation) -> ApiResult<Outcom
     let offset = offset_param(&pairs)?;
     let rest: Vec<(String, String)> =
         pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_type" | "_offset" | "_snapshot")).cloned().collect();
-    let tables = match param(&pairs, "_snapshot") {
-        Some(cursor) => Tables::pinned(state, &types[0], cursor).await?,
-        None => Tables::latest(state).await?,
-    };
-    let mut rows: Vec<(String, String, String)> = Vec::new();
+    // Parsed up front: a bad parameter is refused before anything is read.
+    let mut requests = Vec::with_capacity(types.len());
     let mut ignored = Vec::new();
     let mut count = state.config.search.default_count();
-    let mut total = 0u64;
     for t in &types {
         let req =
             fhirlake_schemas::search::parse(state.model, t, &rest).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -357,10 +440,22 @@ pub async fn search_system(state: &AppState, op: &Operation) -> ApiResult<Outcom
         }
         ignored.extend(req.ignored.iter().map(ToString::to_string));
         count = req.count.unwrap_or(state.config.search.default_count()).min(state.config.search.search_max_count);
-        let page = search(&tables, &req, 0, offset + count + 1, true).await?;
-        total += page.total.unwrap_or(0);
-        rows.extend(page.rows.into_iter().map(|(id, raw)| (t.clone(), id, raw)));
+        requests.push(req);
     }
+    let mut tables = Tables::for_page(state, param(&pairs, "_snapshot"), &types[0]).await?;
+    let (rows, total) = loop {
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        let mut total = 0u64;
+        for req in &requests {
+            let page = search(&tables, req, 0, offset + count + 1, true).await?;
+            total += page.total.unwrap_or(0);
+            rows.extend(page.rows.into_iter().map(|(id, raw)| (req.resource_type.clone(), id, raw)));
+        }
+        match tables.to_continue(state, rows.len() > offset + count).await? {
+            Some(flushed) => tables = flushed,
+            None => break (rows, total),
+        }
+    };
     let cursor = tables.cursor();
     let link = |off: usize| {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -369,7 +464,9 @@ pub async fn search_system(state: &AppState, op: &Operation) -> ApiResult<Outcom
             q.append_pair(k, v);
         }
         q.append_pair("_count", &count.to_string());
-        q.append_pair("_snapshot", &cursor);
+        if !cursor.is_empty() {
+            q.append_pair("_snapshot", &cursor);
+        }
         q.append_pair("_offset", &off.to_string());
         format!("{}?{}", state.config.public_base(), q.finish())
     };

@@ -18,6 +18,7 @@ use fhirlake_query::catalog::{SqlSession, Tables};
 use fhirlake_query::views::output::{Encoder, Format};
 use fhirlake_schemas::Json;
 
+use super::live::Live;
 use super::{AppState, Operation, parse_json};
 use crate::error::{ApiError, ApiResult};
 
@@ -141,19 +142,17 @@ fn params_of(j: &Json) -> ApiResult<ParamValues> {
     }
 }
 
-/// A session over the writer's latest snapshots and the materialized views.
+/// A session over the instance as of now: the published Delta tables, the acknowledged
+/// writes they do not hold yet (no flush is waited for), and the materialized views.
 pub async fn session(state: &AppState) -> ApiResult<SqlSession> {
-    // Every acknowledged write, then one snapshot of every table: never half of a flush
-    // round (or of a transaction).
-    state.writer.sync().await?;
-    let mut tables = Tables::default();
-    for (kind, rt, t) in state.writer.tables().snapshot() {
-        match kind {
-            TableKind::Current => tables.current.push((rt, t)),
-            TableKind::History => tables.history.push((rt, t)),
-            TableKind::View | TableKind::System => {}
-        }
-    }
+    // One view of every table: never half of a flush round (or of a transaction).
+    let live = Live::new(state.writer.view());
+    let mut tables = Tables {
+        current: live.view().tables_of(TableKind::Current).into_iter().collect(),
+        history: live.view().tables_of(TableKind::History).into_iter().collect(),
+        ..Default::default()
+    };
+    tables.unflushed = Some(Arc::new(live));
     let root = state.writer.root();
     for name in root.existing_tables(TableKind::View).await? {
         if let Some(t) = root.open_table(TableKind::View, &name).await? {
