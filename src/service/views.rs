@@ -177,8 +177,10 @@ async fn run_request(state: &AppState, req: RunRequest) -> ApiResult<Response> {
         out.extend(enc.finish()?);
         return Ok(respond(req.format, Body::from(out), "reference runner (inline resources)"));
     }
-    state.writer.sync().await?;
-    let Some(table) = state.writer.tables().get(TableKind::Current, &view.resource) else {
+    // The live instance: the Delta table and the acknowledged rows it does not hold yet.
+    let live = super::live::Live::new(state.writer.view());
+    let delta = live.view().table(TableKind::Current, &view.resource);
+    let Some(table) = live.current(&view.resource, delta).await? else {
         // Nothing of this type stored: no rows, in the requested format.
         let schema = views::row_schema(&columns);
         let mut enc = Encoder::new(req.format, columns, schema)?;
@@ -187,8 +189,10 @@ async fn run_request(state: &AppState, req: RunRequest) -> ApiResult<Response> {
         return Ok(respond(req.format, Body::from(out), "compiled"));
     };
     let ctx = SessionContext::new_with_config(fhirlake_query::catalog::scan_session_config());
-    table.update_datafusion_session(&ctx.state()).map_err(fhirlake_query::Error::from)?;
-    let provider = table.table_provider().await.map_err(fhirlake_query::Error::from)?;
+    if let Some(delta) = &table.delta {
+        delta.update_datafusion_session(&ctx.state()).map_err(fhirlake_query::Error::from)?;
+    }
+    let provider = table.provider().await?;
     let mut df: DataFrame = ctx.read_table(provider).map_err(fhirlake_query::Error::from)?;
     if let Some(ps) = &patients {
         // Every resource in one of the compartments (not only those they own).

@@ -64,6 +64,14 @@ async fn answers(s: &TestServer) -> Vec<String> {
     ] {
         out.push(format!("{q}: {}", sql_rows(s, q).await));
     }
+    // A ViewDefinition run over the store (compiled plan), rows in id order.
+    let view = r#"{"resourceType":"Parameters","parameter":[{"name":"viewResource","resource":{"resourceType":"ViewDefinition","status":"active","resource":"Observation","select":[{"column":[{"name":"id","path":"id"},{"name":"subject","path":"subject.reference"},{"name":"code","path":"code.text"}]}]}}]}"#;
+    let r = s.post("/fhir/ViewDefinition/$run?_format=ndjson", view).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut lines: Vec<&str> = r.body.lines().collect();
+    lines.sort();
+    assert!(lines.iter().any(|l| l.contains("Patient/")), "$run found no Observation: {}", r.body);
+    out.push(format!("$run: {lines:?}"));
     out
 }
 
