@@ -445,16 +445,25 @@ pub async fn search(
     // Postings first: when they answer both the total and the page, no scan is planned.
     let wants_total = want_total || count == 0;
     let pageable = postings::pageable(req, count);
-    // Postings index the Delta files: they answer only while nothing of the type is
-    // buffered (the union below is scanned otherwise).
+    // Postings index the Delta files. They answer a page only while nothing of the type is
+    // buffered, and a total also while every buffered row is a new id (nothing in Delta is
+    // shadowed): the Delta postings plus the buffered rows that match, counted by
+    // filtering those rows alone. Otherwise the union is scanned.
     let flushed = table.delta.as_ref().filter(|_| table.is_flushed());
-    let matched = match (tables.postings(), flushed) {
-        (Some(cache), Some(delta)) if req.has.is_empty() && (wants_total || pageable) => {
+    let only_new = table.buffered.as_ref().is_none_or(|b| b.shadow.is_empty());
+    let countable = table.delta.as_ref().filter(|_| only_new);
+    let matched = match (tables.postings(), countable) {
+        (Some(cache), Some(delta)) if req.has.is_empty() && (wants_total || (pageable && flushed.is_some())) => {
             postings::matches(cache, delta, &req.clauses).await?
         }
         _ => None,
     };
-    let counted = if wants_total { matched.as_ref().map(postings::Matches::counted) } else { None };
+    let mut counted = if wants_total { matched.as_ref().map(postings::Matches::counted) } else { None };
+    if let (Some(c), Some(b)) = (counted.as_mut(), table.buffered.as_ref().filter(|b| !b.batches.is_empty())) {
+        let alone = TableView { delta: None, buffered: Some(b.clone()) };
+        c.buffered = filtered(tables, scan(&alone).await?, req).await?.count().await? as u64;
+        c.total += c.buffered;
+    }
     let columns = include_columns(req);
     if let (Some(cache), Some(m), Some(delta), true) = (tables.postings(), matched, flushed, pageable) {
         let p = postings::page(cache, delta, m, offset, count, &columns).await?;
@@ -565,8 +574,15 @@ fn add_references(references: &mut References, column: &str, a: &dyn Array, i: u
 /// The `_explain` line of a total counted from postings.
 fn total_note(c: postings::Counted) -> String {
     format!(
-        "\nTotal: {} counted from token postings and file row counts ({} files, {} read now to build postings); no rows scanned",
-        c.total, c.files, c.built
+        "\nTotal: {} counted from token postings and file row counts ({} files, {} read now to build postings){}",
+        c.total,
+        c.files,
+        c.built,
+        if c.buffered > 0 {
+            format!(", plus {} matching rows not in Delta yet (filtered alone); no Delta rows scanned", c.buffered)
+        } else {
+            "; no rows scanned".to_string()
+        }
     )
 }
 

@@ -252,6 +252,7 @@ impl Matches {
             total: self.files.iter().map(|(_, rows)| rows.len()).sum(),
             files: self.files.len(),
             built: self.built,
+            buffered: 0,
         }
     }
 }
@@ -510,6 +511,9 @@ pub struct Counted {
     pub files: usize,
     /// Postings built by this count (files read), the others came from the cache.
     pub built: usize,
+    /// Matching rows among the acknowledged writes not in Delta yet (all new ids), counted
+    /// by filtering those rows alone; included in `total`.
+    pub buffered: u64,
 }
 
 /// Reads `column` of one data file and builds its postings; `None` when the file has no
