@@ -4,10 +4,12 @@
 //! Owns: decoding the query, `Prefer: handling=strict|lenient`, `_count` (default and
 //! maximum from `ApiConfig`: `serve --search-default-count 20 --search-max-count 1000`),
 //! `_summary=count`, `_total`, `_explain` (the plan as an `outcome` entry) and page
-//! links. A page sequence reads one snapshot: a request reads every table as of
-//! one instant, and links carry `_snapshot` (the Delta version of every table the search
-//! read: the searched one, chain and `_has` targets, included types) and `_offset`, so the
-//! next page searches those versions and concurrent writes neither repeat nor skip a
+//! links. A first page reads the live instance (the Delta tables unioned with the
+//! acknowledged writes they lack, `super::live`). A page sequence reads one snapshot: a
+//! request reads every table as of one instant (a first page that read unflushed rows and
+//! has more pages after it runs again on the flushed tables), and links carry
+//! `_snapshot` (the Delta version of every table the search read: the searched one, chain
+//! and `_has` targets, included types) and `_offset`, so the next page searches those versions and concurrent writes neither repeat nor skip a
 //! resource. A cursor lives as long as vacuum keeps the files of its versions
 //! (`--retention`, default 168h). Must not: plan or match (that is `fhirlake-query`).
 
@@ -72,7 +74,7 @@ impl Tables {
     }
 
     /// Whether a table read had rows not in Delta yet: a page sequence cannot start from
-    /// this instant (see [`first_page`]).
+    /// this instant (see [`Tables::to_continue`]).
     pub(crate) fn read_buffered(&self) -> bool {
         self.buffered.load(std::sync::atomic::Ordering::Relaxed)
     }
