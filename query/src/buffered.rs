@@ -38,13 +38,6 @@ pub struct Buffered {
     pub schema: SchemaRef,
 }
 
-impl Buffered {
-    /// Rows in all batches.
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum()
-    }
-}
-
 /// The acknowledged writes a set of Delta tables does not hold yet, read lazily per table
 /// (the root crate implements it over the writer's read view).
 pub trait Unflushed: Send + Sync {
@@ -55,29 +48,6 @@ pub trait Unflushed: Send + Sync {
     fn current<'a>(&'a self, rt: &'a str) -> futures::future::BoxFuture<'a, Result<Option<Arc<Buffered>>>>;
     /// The history-table rows of `rt` not in Delta yet.
     fn history(&self, rt: &str) -> Result<Option<RecordBatch>>;
-}
-
-/// A history table (append-only) with the rows not in Delta yet: the Delta scan `UNION
-/// ALL` the buffered rows.
-pub async fn history_provider(delta: Option<&DeltaTable>, rows: Option<RecordBatch>) -> Result<Arc<dyn TableProvider>> {
-    let delta = match delta {
-        Some(t) => Some(t.table_provider().await?),
-        None => None,
-    };
-    match (delta, rows) {
-        (Some(d), None) => Ok(d),
-        (None, None) => Err(Error::BadSql("a history table with neither Delta nor buffered rows".into())),
-        (d, Some(rows)) => {
-            let schema = d.as_ref().map_or_else(|| rows.schema(), |d| d.schema());
-            let rows = cast_to(&rows, &schema)?;
-            let memory: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, vec![vec![rows]])?);
-            let Some(d) = d else { return Ok(memory) };
-            let plan = LogicalPlanBuilder::scan("delta", provider_as_source(d), None)?
-                .union(LogicalPlanBuilder::scan("buffered", provider_as_source(memory), None)?.build()?)?
-                .build()?;
-            Ok(Arc::new(datafusion::catalog::view::ViewTable::new(plan, None)))
-        }
-    }
 }
 
 /// One type's current table at one instant.
@@ -93,6 +63,13 @@ impl TableView {
     /// A view of a Delta table with nothing buffered.
     pub fn of(delta: DeltaTable) -> Self {
         TableView { delta: Some(delta), buffered: None }
+    }
+
+    /// A history table (append-only: nothing is shadowed) with the rows not in Delta yet.
+    pub fn history(delta: Option<DeltaTable>, rows: Option<RecordBatch>) -> Self {
+        let buffered =
+            rows.map(|r| Arc::new(Buffered { schema: r.schema(), batches: vec![r], shadow: Arc::new(HashSet::new()) }));
+        TableView { delta, buffered }
     }
 
     /// True when the Delta table alone is the answer.
@@ -111,13 +88,12 @@ impl TableView {
             Some(t) => Some(t.table_provider().await?),
             None => None,
         };
-        let buffered = match (&self.buffered, delta) {
+        let (b, delta) = match (&self.buffered, delta) {
             (None, Some(d)) => return Ok(d),
             (Some(b), Some(d)) if b.batches.is_empty() && b.shadow.is_empty() => return Ok(d),
             (None, None) => return Err(Error::BadSql("a table view with neither Delta nor buffered rows".into())),
             (Some(b), d) => (b, d),
         };
-        let (b, delta) = buffered;
         let schema = delta.as_ref().map_or_else(|| b.schema.clone(), |d| d.schema());
         let rows = b.batches.iter().map(|x| cast_to(x, &schema)).collect::<Result<Vec<_>>>()?;
         let memory: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema.clone(), vec![rows])?);

@@ -30,7 +30,7 @@ use url::Url;
 
 use fhirlake_schemas::layout::{self, TableKind};
 
-use crate::buffered::{TableView, Unflushed, history_provider};
+use crate::buffered::{TableView, Unflushed};
 use crate::{Error, Result};
 
 /// The session configuration used for all fhirlake SQL.
@@ -104,7 +104,7 @@ impl Source {
             Some((u, Layer::Current(rt))) => {
                 TableView { delta: self.delta.clone(), buffered: u.current(rt).await? }.provider().await
             }
-            Some((u, Layer::History(rt))) => history_provider(self.delta.as_ref(), u.history(rt)?).await,
+            Some((u, Layer::History(rt))) => TableView::history(self.delta.clone(), u.history(rt)?).provider().await,
         }
     }
 }

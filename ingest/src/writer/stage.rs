@@ -221,7 +221,7 @@ impl Core {
         // Readers see it from now on (before anyone is told it is written).
         let buffered: Vec<Buffered> =
             records.iter().zip(&owners).map(|(r, o)| Buffered { seq, record: r.clone(), owner: o.clone() }).collect();
-        self.tables.buffer(seq, buffered);
+        self.tables.buffer(buffered);
         let bytes = Committed::estimate(&records, &appends);
         self.stats.acked_seq.store(seq, Relaxed);
         self.stats.batches.fetch_add(1, Relaxed);

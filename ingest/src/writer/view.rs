@@ -61,15 +61,13 @@ struct TypeBuffer {
 #[derive(Default)]
 pub(crate) struct Buffer {
     types: HashMap<String, TypeBuffer>,
-    /// The last sequence pushed.
-    acked: i64,
     /// The sequence the published tables hold everything up to.
     flushed: i64,
 }
 
 impl Buffer {
     /// Adds one group commit (called before it is answered).
-    pub(crate) fn push(&mut self, seq: i64, versions: Vec<Buffered>) {
+    pub(crate) fn push(&mut self, versions: Vec<Buffered>) {
         let mut by_type: HashMap<String, Vec<Buffered>> = HashMap::new();
         for v in versions {
             by_type.entry(v.record.resource_type.clone()).or_default().push(v);
@@ -77,7 +75,6 @@ impl Buffer {
         for (rt, vs) in by_type {
             self.types.entry(rt).or_default().segments.push(vs.into());
         }
-        self.acked = self.acked.max(seq);
     }
 
     /// Drops what the tables now hold (everything up to `flushed`).
@@ -102,7 +99,6 @@ impl Buffer {
 
     /// Sets the sequence the tables hold at start-up.
     pub(crate) fn start_at(&mut self, seq: i64) {
-        self.acked = seq;
         self.flushed = seq;
     }
 
@@ -162,8 +158,8 @@ impl TableSet {
     }
 
     /// Buffers an acknowledged group commit (before it is answered).
-    pub(crate) fn buffer(&self, seq: i64, versions: Vec<Buffered>) {
-        self.write().buffer.push(seq, versions);
+    pub(crate) fn buffer(&self, versions: Vec<Buffered>) {
+        self.write().buffer.push(versions);
     }
 
     /// The sequence the tables hold at start-up.
@@ -210,7 +206,6 @@ impl TableSet {
 /// acknowledged version they do not hold yet. Reading it gives the answers a fully flushed
 /// store would give. Cheap to take; flattening happens per type when a reader asks.
 pub struct ReadView {
-    acked: i64,
     flushed: i64,
     tables: HashMap<(TableKind, String), DeltaTable>,
     types: HashMap<String, TypeBuffer>,
@@ -231,13 +226,6 @@ pub struct CurrentRows {
     pub schema: SchemaRef,
 }
 
-impl CurrentRows {
-    /// Rows in all batches.
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum()
-    }
-}
-
 impl ReadView {
     pub(crate) fn take(
         buffer: &Buffer,
@@ -245,23 +233,12 @@ impl ReadView {
         shapes: Arc<Shapes>,
     ) -> ReadView {
         ReadView {
-            acked: buffer.acked,
             flushed: buffer.flushed,
             tables: tables.clone(),
             types: buffer.types.clone(),
             shapes,
             current: Default::default(),
         }
-    }
-
-    /// The last group commit this view holds.
-    pub fn seq(&self) -> i64 {
-        self.acked
-    }
-
-    /// The last group commit the view's Delta tables hold.
-    pub fn flushed_seq(&self) -> i64 {
-        self.flushed
     }
 
     /// A table as published when the view was taken.
@@ -293,11 +270,6 @@ impl ReadView {
         v.sort();
         v.dedup();
         v
-    }
-
-    /// Versions of `rt` not in Delta yet.
-    pub fn buffered_versions(&self, rt: &str) -> usize {
-        self.types.get(rt).map_or(0, |t| t.segments.iter().map(|s| s.len()).sum())
     }
 
     /// The current-table rows of `rt` not in Delta yet, and the ids whose Delta row they
