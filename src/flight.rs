@@ -28,6 +28,7 @@ use arrow_flight::{
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::AppState;
@@ -55,7 +56,10 @@ impl FlightSql {
 
     /// Plans a statement through the service layer (the operation every SQL front end
     /// makes).
-    async fn plan(&self, sql: &str) -> Result<datafusion::prelude::DataFrame, Status> {
+    /// Every call is authenticated by its own `authorization` metadata (a bearer token)
+    /// and planned under the caller's access: a ticket names a statement, not a right, so
+    /// replaying another caller's ticket reads only what the replaying caller may read.
+    async fn plan(&self, metadata: &MetadataMap, sql: &str) -> Result<datafusion::prelude::DataFrame, Status> {
         let route = crate::service::Route {
             interaction: crate::service::Interaction::Sql,
             resource_type: None,
@@ -65,6 +69,10 @@ impl FlightSql {
         let mut op = crate::service::Operation::new(route, "");
         op.body = bytes::Bytes::copy_from_slice(sql.as_bytes());
         op.caller.channel = "flight";
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        op.caller.identity = self.state.auth.identify(authorization, self.state.model).await.map_err(api_status)?;
+        let shared = &self.state.auth.settings.patient_shared_types;
+        op.access = crate::auth::authorize(&op.caller.identity, op.interaction, None, shared).map_err(api_status)?;
         crate::service::sql::plan(&self.state, &op, sql, None).await.map_err(api_status)
     }
 
@@ -82,8 +90,12 @@ impl FlightSql {
             .with_descriptor(descriptor))
     }
 
-    async fn run(&self, sql: &str) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let df = self.plan(sql).await?;
+    async fn run(
+        &self,
+        metadata: &MetadataMap,
+        sql: &str,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let df = self.plan(metadata, sql).await?;
         let df = df.limit(0, Some(self.state.config.sql.sql_max_rows)).map_err(|e| query_status(e.into()))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let deadline = tokio::time::Instant::now() + self.state.config.sql.limits().timeout;
@@ -122,7 +134,8 @@ impl FlightSqlService for FlightSql {
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        // No authentication yet (as on the HTTP API): an empty handshake.
+        // Every call carries its own bearer token (`authorization` metadata): the
+        // handshake grants nothing and is empty.
         let out =
             futures::stream::once(async { Ok(HandshakeResponse { protocol_version: 0, payload: vec![].into() }) });
         Ok(Response::new(Box::pin(out)))
@@ -133,7 +146,7 @@ impl FlightSqlService for FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = self.plan(&query.query).await?;
+        let df = self.plan(request.metadata(), &query.query).await?;
         let schema = df.schema().as_arrow().clone();
         let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
         Ok(Response::new(self.info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())?))
@@ -142,19 +155,19 @@ impl FlightSqlService for FlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let sql = std::str::from_utf8(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("the ticket is not a statement of this server"))?;
-        self.run(sql).await
+        self.run(request.metadata(), sql).await
     }
 
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let df = self.plan(&query.query).await?;
+        let df = self.plan(request.metadata(), &query.query).await?;
         let schema = df.schema().as_arrow().clone();
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &Default::default())
             .try_into()
@@ -181,7 +194,7 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let sql = std::str::from_utf8(&cmd.prepared_statement_handle)
             .map_err(|_| Status::invalid_argument("unknown prepared statement"))?;
-        let df = self.plan(sql).await?;
+        let df = self.plan(request.metadata(), sql).await?;
         let schema = df.schema().as_arrow().clone();
         Ok(Response::new(self.info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())?))
     }
@@ -189,11 +202,11 @@ impl FlightSqlService for FlightSql {
     async fn do_get_prepared_statement(
         &self,
         cmd: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let sql = std::str::from_utf8(&cmd.prepared_statement_handle)
             .map_err(|_| Status::invalid_argument("unknown prepared statement"))?;
-        self.run(sql).await
+        self.run(request.metadata(), sql).await
     }
 
     async fn get_flight_info_sql_info(

@@ -13,6 +13,7 @@
 //! `fhirlake-ingest` (writes) and `fhirlake-query` (reads).
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -25,6 +25,7 @@ use datafusion::prelude::col;
 use deltalake::DeltaTable;
 
 use crate::search::matcher::string_at;
+use crate::search::rows::RowPolicy;
 use crate::{Error, Result};
 
 /// Rows of a current table not yet in its Delta table.
@@ -57,19 +58,27 @@ pub struct TableView {
     pub delta: Option<DeltaTable>,
     /// What it does not hold yet, when anything.
     pub buffered: Option<Arc<Buffered>>,
+    /// The rows the reader may see, when not all ([`RowPolicy`]): applied to the union.
+    pub policy: Option<Arc<RowPolicy>>,
 }
 
 impl TableView {
     /// A view of a Delta table with nothing buffered.
     pub fn of(delta: DeltaTable) -> Self {
-        TableView { delta: Some(delta), buffered: None }
+        TableView { delta: Some(delta), buffered: None, policy: None }
+    }
+
+    /// The same view limited to the rows `policy` admits.
+    pub fn restricted(mut self, policy: Option<Arc<RowPolicy>>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// A history table (append-only: nothing is shadowed) with the rows not in Delta yet.
     pub fn history(delta: Option<DeltaTable>, rows: Option<RecordBatch>) -> Self {
         let buffered =
             rows.map(|r| Arc::new(Buffered { schema: r.schema(), batches: vec![r], shadow: Arc::new(HashSet::new()) }));
-        TableView { delta, buffered }
+        TableView { delta, buffered, policy: None }
     }
 
     /// True when the Delta table alone is the answer.
@@ -82,8 +91,18 @@ impl TableView {
         self.delta.as_ref().and_then(DeltaTable::version)
     }
 
-    /// The DataFusion provider of this view (see the module docs).
+    /// The DataFusion provider of this view (see the module docs), filtered by its row
+    /// policy when it has one.
     pub async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
+        let all = self.union().await?;
+        let Some(policy) = &self.policy else { return Ok(all) };
+        let filter = policy.expr(all.schema().as_ref())?;
+        let plan = LogicalPlanBuilder::scan("permitted", provider_as_source(all), None)?.filter(filter)?.build()?;
+        Ok(Arc::new(datafusion::catalog::view::ViewTable::new(plan, None)))
+    }
+
+    /// Delta and the buffered rows, every row.
+    async fn union(&self) -> Result<Arc<dyn TableProvider>> {
         let delta = match &self.delta {
             Some(t) => Some(t.table_provider().await?),
             None => None,

@@ -31,6 +31,7 @@ use url::Url;
 use fhirlake_schemas::layout::{self, TableKind};
 
 use crate::buffered::{TableView, Unflushed};
+use crate::search::rows::{RowPolicies, RowPolicy};
 use crate::{Error, Result};
 
 /// The session configuration used for all fhirlake SQL.
@@ -82,6 +83,8 @@ struct TableSchema {
 struct Source {
     delta: Option<DeltaTable>,
     unflushed: Option<(Arc<dyn Unflushed>, Layer)>,
+    /// The rows the session may read, when not all.
+    policy: Option<Arc<RowPolicy>>,
 }
 
 #[derive(Clone)]
@@ -92,19 +95,23 @@ enum Layer {
 
 impl Source {
     fn delta(t: DeltaTable) -> Self {
-        Source { delta: Some(t), unflushed: None }
+        Source { delta: Some(t), unflushed: None, policy: None }
     }
 
     async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
+        let policy = self.policy.clone();
         match &self.unflushed {
             None => match &self.delta {
-                Some(t) => Ok(t.table_provider().await?),
+                Some(t) if policy.is_none() => Ok(t.table_provider().await?),
+                Some(t) => TableView::of(t.clone()).restricted(policy).provider().await,
                 None => Err(Error::BadSql("a table with no rows source".into())),
             },
             Some((u, Layer::Current(rt))) => {
-                TableView { delta: self.delta.clone(), buffered: u.current(rt).await? }.provider().await
+                TableView { delta: self.delta.clone(), buffered: u.current(rt).await?, policy }.provider().await
             }
-            Some((u, Layer::History(rt))) => TableView::history(self.delta.clone(), u.history(rt)?).provider().await,
+            Some((u, Layer::History(rt))) => {
+                TableView::history(self.delta.clone(), u.history(rt)?).restricted(policy).provider().await
+            }
         }
     }
 }
@@ -145,6 +152,11 @@ pub struct Tables {
     /// Acknowledged writes the current and history tables do not hold yet (a live
     /// instance); their types get tables even before a first flush.
     pub unflushed: Option<Arc<dyn Unflushed>>,
+    /// The rows the session may read of each type, when not all: applied inside every
+    /// current, history and `as_of` table, whatever the SQL; a type with no readable row
+    /// has no table at all, and materialized views (which do not carry row owners yet) are
+    /// left out.
+    pub policies: Option<Arc<dyn RowPolicies>>,
 }
 
 /// A read-only SQL session.
@@ -185,8 +197,22 @@ impl SqlSession {
                     let entry = schema
                         .tables
                         .entry(rt.to_lowercase())
-                        .or_insert_with(|| (rt.clone(), Source { delta: None, unflushed: None }));
+                        .or_insert_with(|| (rt.clone(), Source { delta: None, unflushed: None, policy: None }));
                     entry.1.unflushed = Some((u.clone(), layer));
+                }
+            }
+        }
+        if let Some(p) = &tables.policies {
+            for schema in [&mut public, &mut history] {
+                let mut hidden = Vec::new();
+                for (k, (rt, source)) in schema.tables.iter_mut() {
+                    source.policy = p.rows(rt)?;
+                    if source.policy.as_ref().is_some_and(|p| p.rules.is_empty()) {
+                        hidden.push(k.clone());
+                    }
+                }
+                for k in hidden {
+                    schema.tables.remove(&k);
                 }
             }
         }
@@ -194,25 +220,26 @@ impl SqlSession {
         for (k, (rt, source)) in history.tables.clone() {
             public.tables.insert(format!("{k}_history"), (format!("{rt}_history"), source));
         }
-        for (name, t) in tables.views {
+        for (name, t) in tables.views.into_iter().filter(|_| tables.policies.is_none()) {
             t.update_datafusion_session(&ctx.state())?;
             views.tables.insert(name.to_lowercase(), (name, Source::delta(t)));
         }
-        // Time travel reads Delta versions: the state flushed by then.
-        let mut all: BTreeMap<String, DeltaTable> = BTreeMap::new();
+        // Time travel reads Delta versions: the state flushed by then (under the same
+        // row policies).
+        let mut all: BTreeMap<String, (DeltaTable, Option<Arc<RowPolicy>>)> = BTreeMap::new();
         for (k, (_, t)) in &public.tables {
             if let Some(d) = &t.delta {
-                all.insert(k.clone(), d.clone());
+                all.insert(k.clone(), (d.clone(), t.policy.clone()));
             }
         }
         for (k, (_, t)) in &history.tables {
             if let Some(d) = &t.delta {
-                all.insert(format!("history.{k}"), d.clone());
+                all.insert(format!("history.{k}"), (d.clone(), t.policy.clone()));
             }
         }
         for (k, (_, t)) in &views.tables {
             if let Some(d) = &t.delta {
-                all.insert(format!("views.{k}"), d.clone());
+                all.insert(format!("views.{k}"), (d.clone(), t.policy.clone()));
             }
         }
         ctx.register_udtf("as_of", Arc::new(AsOf { tables: all }));
@@ -425,7 +452,7 @@ fn sql_error(e: DataFusionError) -> Error {
 /// `as_of('history.patient', '2026-11-26T10:00:00Z')` the table as of that instant (the last
 /// version committed at or before it). Any table of the session can be named.
 struct AsOf {
-    tables: BTreeMap<String, DeltaTable>,
+    tables: BTreeMap<String, (DeltaTable, Option<Arc<RowPolicy>>)>,
 }
 
 impl fmt::Debug for AsOf {
@@ -457,7 +484,7 @@ impl datafusion::catalog::TableFunctionImpl for AsOf {
         let name = text(name).ok_or_else(usage)?;
         let key = name.to_lowercase();
         let key = key.strip_prefix("public.").unwrap_or(&key).to_string();
-        let mut table =
+        let (mut table, policy) =
             self.tables.get(&key).cloned().ok_or_else(|| DataFusionError::Plan(format!("as_of: no table '{name}'")))?;
         enum At {
             Version(u64),
@@ -486,7 +513,7 @@ impl datafusion::catalog::TableFunctionImpl for AsOf {
                             At::Instant(t) => table.load_with_datetime(t).await,
                         }
                         .map_err(|e| format!("as_of('{name}'): {e}"))?;
-                        table.table_provider().await.map_err(|e| e.to_string())
+                        TableView::of(table).restricted(policy).provider().await.map_err(|e| e.to_string())
                     })
                 })
                 .join()

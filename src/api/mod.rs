@@ -47,6 +47,8 @@ pub struct AppState {
     pub(crate) postings: Arc<fhirlake_query::search::postings::PostingsCache>,
     /// Prometheus metrics (`/metrics`).
     pub metrics: observe::Metrics,
+    /// Who may do what (off unless [`AppState::with_auth`]).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl AppState {
@@ -55,7 +57,22 @@ impl AppState {
         let resource_locks = (0..64).map(|_| tokio::sync::Mutex::new(())).collect();
         let postings = Arc::new(fhirlake_query::search::postings::PostingsCache::new(config.search.postings_bytes()));
         let metrics = observe::Metrics::new(writer.clone(), postings.clone());
-        Self { writer, config, model, conditional: tokio::sync::Mutex::new(()), resource_locks, postings, metrics }
+        Self {
+            writer,
+            config,
+            model,
+            conditional: tokio::sync::Mutex::new(()),
+            resource_locks,
+            postings,
+            metrics,
+            auth: Arc::new(crate::auth::Auth::off()),
+        }
+    }
+
+    /// The same state authenticating with `auth`.
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 
     /// The lock stripe of `rt/id`.
@@ -125,6 +142,9 @@ async fn fhir(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return ApiError::NotFound(format!("no FHIR interaction at {} {}", req.method(), req.uri().path()))
             .into_response();
     };
+    if rest == "/.well-known/smart-configuration" {
+        return service::capabilities::smart_configuration(&state, req.method());
+    }
     match operation(&state, &rest, req).await {
         Ok(op) => match service::execute(&state, op).await {
             Ok(outcome) => outcome.response,
@@ -141,6 +161,13 @@ async fn operation(state: &AppState, path: &str, req: Request) -> ApiResult<Oper
     let address = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
+    // Capabilities are public; everything else is authenticated before its body is read.
+    let identity = if route.interaction == Interaction::Capabilities {
+        crate::auth::Identity::Anonymous
+    } else {
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        state.auth.identify(authorization, state.model).await?
+    };
     let prefs = preferences(route.interaction, &headers)?;
     let mime = prefs.content_type.clone().unwrap_or_default();
     let body = read_body(state, route.interaction, &headers, &mime, body).await?;
@@ -149,6 +176,7 @@ async fn operation(state: &AppState, path: &str, req: Request) -> ApiResult<Oper
         user_agent: header_text(&headers, header::USER_AGENT.as_str()),
         request_id: header_text(&headers, observe::REQUEST_ID),
         channel: "http",
+        identity,
     };
     let mut op = Operation::new(route, &query);
     op.prefs = prefs;

@@ -1,10 +1,12 @@
-//! The command line: `serve`, `import`, `sql`, `view`, `compact`, `generate`.
+//! The command line: `serve`, `import`, `sql`, `view`, `compact`, `generate`, `config`,
+//! `auth`.
 //!
 //! Every flag can also be set from a `FHIRLAKE_*` environment variable. Exit codes:
 //! 0 success; 1 failure (message on stderr); 2 usage error (clap); 3 `import` finished
 //! but rejected some resources (see the error file); 4 the storage root is held by
 //! another process (the single-writer lease).
 
+mod auth;
 mod compact;
 mod generate;
 mod import;
@@ -43,6 +45,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Show the effective configuration.
     Config(ConfigArgs),
+    /// Development keys and tokens for `serve --auth smart`.
+    Auth(auth::AuthArgs),
 }
 
 /// `fhirlake config`.
@@ -112,6 +116,7 @@ pub async fn run(cli: Cli, settings: Vec<settings::Setting>) -> ExitCode {
         Command::View(a) => view::run(a).await,
         Command::Compact(a) => compact::run(a).await,
         Command::Generate(a) => generate::run(a).await,
+        Command::Auth(a) => auth::run(a),
         Command::Config(ConfigArgs { action: ConfigAction::Print(_) }) => {
             crate::outln!("{}", settings::render(&settings).trim_end());
             Ok(ExitCode::SUCCESS)

@@ -34,6 +34,8 @@ pub struct ServeArgs {
     sql: crate::config::SqlSettings,
     #[command(flatten)]
     writes: crate::config::WriteSettings,
+    #[command(flatten)]
+    auth: crate::auth::AuthSettings,
     /// Background compaction: check the tables this often, e.g. 60s (0s: off).
     #[arg(long, env = "FHIRLAKE_COMPACT_EVERY", default_value = "60s", value_parser = crate::config::parse_duration)]
     compact_every: std::time::Duration,
@@ -53,6 +55,7 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     let addr = listener.local_addr()?;
+    check_auth(&a, addr)?;
     // While the writer recovers the root, the port answers /health `starting` (503).
     let listener = listener.into_std()?;
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
@@ -72,7 +75,9 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
     let (writer, task) = started?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let base_path = format!("/{}", a.base_path.trim_matches('/'));
-    let public_url = a.public_url.unwrap_or_else(|| format!("http://{addr}{}", base_path.trim_end_matches('/')));
+    let public_url =
+        a.public_url.clone().unwrap_or_else(|| format!("http://{addr}{}", base_path.trim_end_matches('/')));
+    let auth = crate::auth::Auth::start(a.auth.clone(), public_url.trim_end_matches('/').to_string()).await?;
     let config = ApiConfig {
         base_path: base_path.clone(),
         public_url: public_url.clone(),
@@ -80,11 +85,13 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
         search: a.search,
         sql: a.sql,
     };
-    let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4()?));
+    let enabled = auth.enabled();
+    let state = Arc::new(AppState::new(writer, config, fhirlake_schemas::Model::r4()?).with_auth(auth));
     crate::outln!("fhirlake listening on http://{addr} (FHIR base {public_url}, data {})", root.url());
-    if !addr.ip().is_loopback() {
+    if !enabled {
         tracing::warn!(
-            "listening on a non-loopback address WITHOUT authentication: anyone who can reach {addr} can read and write all data"
+            "authentication is OFF (--auth none): anyone who can reach {addr} can read and write all data; \
+             for local development only"
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -133,6 +140,27 @@ pub async fn run(a: ServeArgs) -> CliResult<ExitCode> {
     task.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses what would expose data: no authentication off loopback, or tokens whose
+/// audience would be the bound address rather than the URL clients use.
+fn check_auth(a: &ServeArgs, addr: std::net::SocketAddr) -> CliResult<()> {
+    use crate::auth::AuthMode;
+    let loopback = addr.ip().is_loopback();
+    match a.auth.auth {
+        None | Some(AuthMode::None) if !loopback => Err(format!(
+            "refusing to serve {addr} without authentication: anyone reaching it could read and write all data. \
+             Use --auth smart --issuer URL --jwks FILE_OR_URL --public-url URL (fhirlake auth keygen makes a \
+             development key), or listen on 127.0.0.1"
+        )
+        .into()),
+        Some(AuthMode::Smart) if !loopback && a.public_url.is_none() && a.auth.audience.is_none() => Err(format!(
+            "--auth smart on {addr} needs --public-url (or --audience): tokens must name the URL clients use, not \
+             the bound address"
+        )
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// Compacts the tables every `every` (and vacuums at most hourly) until `stop`; holds a

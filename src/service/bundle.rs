@@ -19,7 +19,7 @@ use fhirlake_schemas::validate::ValidationOptions;
 use http_body_util::BodyExt;
 
 use super::write::touched;
-use super::{AppState, Caller, Operation, Outcome, fhir_response, parse_json, route};
+use super::{AppState, Caller, Interaction, Operation, Outcome, fhir_response, parse_json, route};
 use crate::error::{ApiError, ApiResult};
 
 /// The handler of `POST [base]`.
@@ -38,7 +38,7 @@ pub async fn transaction_or_batch(state: &AppState, op: &Operation) -> ApiResult
     let needs = needs(state.model, &json);
     // Conditional entries decide on a search: hold the gate until the writes are acknowledged.
     let _gate = if needs.searches.is_empty() { None } else { Some(state.conditional.lock().await) };
-    let resolved = super::conditional::resolve(state, &needs).await?;
+    let resolved = super::conditional::resolve(state, &op.access, &needs).await?;
     let plan = plan_bundle(state.model, &json, &ValidationOptions::default(), &mut new_id, &resolved)
         .map_err(ApiError::Invalid)?;
     match plan.kind {
@@ -90,7 +90,39 @@ fn written_answers(answers: &mut [Option<Answer>], ops: &[WriteOp], outcomes: &[
     }
 }
 
+/// Why the caller may not perform `e` (a write entry, or a conditional create that found
+/// its match), if it may not: each entry is authorised as the interaction it is.
+fn denied(state: &AppState, op: &Operation, e: &EntryPlan) -> Option<ApiError> {
+    use crate::auth::Letter;
+    let (interaction, letter) = match e.method.as_str() {
+        "POST" => (Interaction::Create, Letter::C),
+        "PUT" => (Interaction::Update, Letter::U),
+        "PATCH" => (Interaction::Patch, Letter::U),
+        "DELETE" => (Interaction::Delete, Letter::D),
+        _ => return None,
+    };
+    let (rt, writes): (&str, &[WriteOp]) = match &e.action {
+        Ok(EntryAction::Write(ops)) => (ops.first().map_or("", |w| w.resource_type.as_str()), ops.as_slice()),
+        Ok(EntryAction::Existing { resource_type, .. }) => (resource_type.as_str(), &[]),
+        _ => return None,
+    };
+    if rt.is_empty() {
+        return None; // a conditional delete that matched nothing
+    }
+    let shared = &state.auth.settings.patient_shared_types;
+    let result = crate::auth::authorize(&op.caller.identity, interaction, Some(rt), shared)
+        .and_then(|access| super::write::check_writes(state, &access, writes.iter().map(|w| (letter, w))));
+    result.err().map(|err| ApiError::Forbidden(format!("Bundle.entry[{}] ({} {rt}): {err}", e.index, e.method)))
+}
+
 async fn transaction(state: &AppState, op: &Operation, entries: Vec<EntryPlan>) -> ApiResult<Outcome> {
+    // Every entry is authorised before anything is written: one denied entry fails it all.
+    if let Some(err) = entries.iter().find_map(|e| denied(state, op, e)) {
+        return Err(match err {
+            ApiError::Forbidden(m) => ApiError::Forbidden(format!("transaction not applied: {m}")),
+            other => other,
+        });
+    }
     // Any failed entry fails the transaction: the first one's status, every entry's issues.
     if let Some(first) = entries.iter().find_map(|e| e.action.as_ref().err()) {
         let issues: Vec<_> =
@@ -131,7 +163,7 @@ async fn transaction(state: &AppState, op: &Operation, entries: Vec<EntryPlan>) 
     finish(state, op, "transaction-response", entries, answers).await
 }
 
-async fn batch(state: &AppState, op: &Operation, entries: Vec<EntryPlan>) -> ApiResult<Outcome> {
+async fn batch(state: &AppState, op: &Operation, mut entries: Vec<EntryPlan>) -> ApiResult<Outcome> {
     let mut answers: Vec<Option<Answer>> = entries
         .iter()
         .map(|e| {
@@ -141,6 +173,13 @@ async fn batch(state: &AppState, op: &Operation, entries: Vec<EntryPlan>) -> Api
             })
         })
         .collect();
+    // A denied entry is answered 403 and takes no part in the writes.
+    for (i, e) in entries.iter_mut().enumerate() {
+        if let Some(err) = denied(state, op, e) {
+            answers[i] = Some(Answer::Failed(err.status(), err.outcome()));
+            e.action = Err(EntryError::Invalid(Vec::new()));
+        }
+    }
     let (ops, slots) = ordered_writes(&entries);
     let outcomes = if ops.is_empty() { Vec::new() } else { state.writer.submit(ops.clone()).await? };
     written_answers(&mut answers, &ops, &outcomes, slots);

@@ -23,13 +23,14 @@ use fhirlake_schemas::json::ParseLimits;
 
 use super::operation::decode;
 use super::search::Tables;
-use super::write::{set_location, submit_one, touched, written};
+use super::write::{check_writes, set_location, submit_one, touched, written};
 use super::{AppState, Operation, Outcome, check_id, fhir_response, info_outcome, instance, patch};
+use crate::auth::{Access, Letter};
 use crate::error::{ApiError, ApiResult};
 
 /// The resources of `rt` matching `query` (a URL query string), at most `limit + 1` of them
 /// (so "more than `limit`" is visible).
-pub async fn find(state: &AppState, rt: &str, query: &str, limit: usize) -> ApiResult<Vec<Found>> {
+pub async fn find(state: &AppState, access: &Access, rt: &str, query: &str, limit: usize) -> ApiResult<Vec<Found>> {
     state.check_type(rt)?;
     let pairs: Vec<(String, String)> = decode(query)
         .into_iter()
@@ -49,12 +50,13 @@ pub async fn find(state: &AppState, rt: &str, query: &str, limit: usize) -> ApiR
             list.join("; ")
         )));
     }
-    let page = fhirlake_query::search::search(&Tables::live(state), &req, 0, limit + 1, false).await.map_err(|e| {
-        match ApiError::from(e) {
-            ApiError::BadRequest(m) => ApiError::BadRequest(format!("conditional criteria '{query}': {m}")),
-            other => other,
-        }
-    })?;
+    let page =
+        fhirlake_query::search::search(&Tables::live(state, access), &req, 0, limit + 1, false).await.map_err(|e| {
+            match ApiError::from(e) {
+                ApiError::BadRequest(m) => ApiError::BadRequest(format!("conditional criteria '{query}': {m}")),
+                other => other,
+            }
+        })?;
     page.rows.into_iter().map(|(id, raw)| Ok(Found { version: served_version(&raw)?, id, raw: raw.into() })).collect()
 }
 
@@ -70,17 +72,20 @@ fn served_version(raw: &str) -> ApiResult<i64> {
 
 /// Looks up what a Bundle [`Needs`]. The caller holds the gate when `needs.searches` is
 /// not empty.
-pub async fn resolve(state: &AppState, needs: &Needs) -> ApiResult<Resolved> {
+pub async fn resolve(state: &AppState, access: &Access, needs: &Needs) -> ApiResult<Resolved> {
     let max = state.config.limits.conditional_delete_max.max(1);
     let mut r = Resolved { available: true, delete_max: max, ..Default::default() };
     for q in &needs.searches {
         let (rt, query) = q.split_once('?').unwrap_or((q, ""));
         // At most max + 1 matches: enough to tell "one", "several" and "too many to delete".
-        r.searches.insert(q.clone(), find(state, rt, query, max).await?);
+        r.searches.insert(q.clone(), find(state, access, rt, query, max).await?);
     }
     for (rt, id) in &needs.reads {
         let found = match instance::current(state, rt, id).await {
-            Ok((version, raw)) => Some(Found { id: id.clone(), version, raw: raw.into() }),
+            Ok((version, raw)) if instance::visible(state, access, rt, id, &raw, Letter::R).await? => {
+                Some(Found { id: id.clone(), version, raw: raw.into() })
+            }
+            Ok(_) => None,
             Err(ApiError::NotFound(_) | ApiError::Gone(_)) => None,
             Err(e) => return Err(e),
         };
@@ -95,7 +100,7 @@ pub async fn create_if_none_exist(state: &AppState, op: &Operation, criteria: &s
     let rt = op.rt();
     let json = instance::resource_of_type(state, op)?;
     let _gate = state.conditional.lock().await;
-    match find(state, rt, criteria, 1).await?.as_slice() {
+    match find(state, &op.access, rt, criteria, 1).await?.as_slice() {
         [] => instance::create_new(state, op, json).await,
         [one] => {
             let mut r = fhir_response(StatusCode::OK, one.raw.to_string(), Some(one.version), None);
@@ -116,7 +121,7 @@ pub async fn update(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let json = instance::resource_of_type(state, op)?;
     let body_id = json.get("id").and_then(Json::as_str).map(str::to_string);
     let _gate = state.conditional.lock().await;
-    let (id, precondition) = match find(state, rt, criteria, 1).await?.as_slice() {
+    let (id, precondition) = match find(state, &op.access, rt, criteria, 1).await?.as_slice() {
         [] => match body_id {
             Some(id) => (id, Precondition::Absent),
             None => (fhirlake_ingest::import::new_id(), Precondition::Absent),
@@ -142,7 +147,7 @@ pub async fn update(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     move_id_first(&mut json);
     let write =
         WriteOp { resource_type: rt.to_string(), id: id.clone(), action: Action::Put(Arc::new(json)), precondition };
-    match submit_one(state, write).await? {
+    match submit_one(state, &op.access, Letter::U, write).await? {
         OpOutcome::PreconditionFailed { current } if precondition == Precondition::Absent => {
             Err(ApiError::Conflict(format!(
                 "no {rt} matches '{criteria}', but {rt}/{id} exists (version {current:?}) and does not match; not updated"
@@ -159,7 +164,7 @@ pub async fn delete(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let criteria = criteria(op, "DELETE")?;
     let max = state.config.limits.conditional_delete_max.max(1);
     let _gate = state.conditional.lock().await;
-    let found = find(state, rt, criteria, max).await?;
+    let found = find(state, &op.access, rt, criteria, max).await?;
     if found.len() > max {
         return Err(ApiError::PreconditionFailed(format!(
             "the criteria '{criteria}' match more than {max} {rt} resource(s); nothing was deleted \
@@ -179,6 +184,7 @@ pub async fn delete(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
             precondition: Precondition::None,
         })
         .collect();
+    check_writes(state, &op.access, ops.iter().map(|w| (Letter::D, w)))?;
     state.writer.submit_atomic(ops).await?;
     let ids: Vec<String> = found.iter().map(|f| format!("{rt}/{}", f.id)).collect();
     let r = fhir_response(StatusCode::OK, info_outcome(&format!("deleted {}", ids.join(", "))), None, None);
@@ -191,7 +197,7 @@ pub async fn patch(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let criteria = criteria(op, "PATCH")?;
     let doc = patch::read_patch(state, op)?;
     let _gate = state.conditional.lock().await;
-    let id = match find(state, rt, criteria, 1).await?.as_slice() {
+    let id = match find(state, &op.access, rt, criteria, 1).await?.as_slice() {
         [] => return Err(ApiError::NotFound(format!("no {rt} matches '{criteria}'"))),
         [one] => one.id.clone(),
         _ => {
@@ -200,7 +206,7 @@ pub async fn patch(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
             )));
         }
     };
-    patch::apply(state, rt, &id, &doc, &op.prefs).await
+    patch::apply(state, &op.access, rt, &id, &doc, &op.prefs).await
 }
 
 /// The criteria of a conditional interaction: its query (405 without one).

@@ -13,8 +13,12 @@ use axum::response::Response;
 use fhirlake_ingest::writer::{HistoryQuery, HistoryRow, format_instant, merge_newest_first};
 use fhirlake_schemas::json::write_str;
 
+use fhirlake_schemas::Json;
+use fhirlake_schemas::json::ParseLimits;
+
 use super::write::touched;
 use super::{AppState, Interaction, Operation, Outcome, fhir_response, parse_time_param};
+use crate::auth::{Access, Letter};
 use crate::error::{ApiError, ApiResult};
 
 const DEFAULT_COUNT: usize = 50;
@@ -67,7 +71,13 @@ impl Paging {
 /// `GET [base]/{type}/{id}/_history`, `[base]/{type}/_history` and `[base]/_history`.
 pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let params: HashMap<String, String> = op.params().into_iter().collect();
-    let p = paging(&params)?;
+    let mut p = paging(&params)?;
+    // A limited caller's versions are filtered before paging: read them all.
+    let limited = op.access.is_limited();
+    let (count, offset) = (p.count, p.offset);
+    if limited {
+        (p.count, p.offset) = (usize::MAX / 4, 0);
+    }
     let (path, rows) = match op.interaction {
         Interaction::HistoryInstance => {
             let (rt, id) = (op.rt(), op.id());
@@ -86,9 +96,45 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
             ("_history".to_string(), merge_newest_first(parts, q.limit))
         }
     };
+    (p.count, p.offset) = (count, offset);
+    let rows = if limited {
+        let letter = if op.interaction == Interaction::HistoryInstance { Letter::R } else { Letter::S };
+        let rows = visible_rows(state, &op.access, rows, letter)?;
+        if op.interaction == Interaction::HistoryInstance && rows.is_empty() {
+            return Err(ApiError::NotFound(format!("{}/{} does not exist", op.rt(), op.id())));
+        }
+        rows
+    } else {
+        rows
+    };
     let seen =
         rows.iter().skip(p.offset).take(p.count).map(|r| touched(&r.resource_type, &r.id, Some(r.version))).collect();
     Ok(Outcome { response: bundle(state, &path, &p, rows), touched: seen })
+}
+
+/// The versions among `rows` the caller may see (a delete: when the version it deletes
+/// is). Decided on each version's JSON; versions only a granular scope could admit are
+/// left out (a search can test the current version only).
+fn visible_rows(
+    state: &AppState,
+    access: &Access,
+    rows: Vec<HistoryRow>,
+    letter: Letter,
+) -> ApiResult<Vec<HistoryRow>> {
+    let Access::Limited(limits) = access else { return Ok(rows) };
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let raw = match (&r.raw, r.deleted) {
+            (Some(raw), false) => Some(raw.clone()),
+            _ if r.version > 1 => state.writer.version(&r.resource_type, &r.id, r.version - 1)?.and_then(|v| v.raw),
+            _ => None,
+        };
+        let Some(json) = raw.and_then(|raw| Json::parse(raw.as_bytes(), ParseLimits::STORED).ok()) else { continue };
+        if limits.sees(state.model, &r.resource_type, &r.id, &json, letter)? == Some(true) {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// The versions of `rt` that `q` selects, from the serving store.

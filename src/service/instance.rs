@@ -18,6 +18,7 @@ use super::write::{precondition_failed, submit_one, touched, written};
 use super::{
     AppState, Operation, Outcome, PreferReturn, check_id, fhir_response, info_outcome, parse_json, parse_resource,
 };
+use crate::auth::{Access, Letter};
 use crate::error::{ApiError, ApiResult};
 
 /// `POST [base]/{type}` without `If-None-Exist`.
@@ -38,7 +39,7 @@ pub(crate) async fn create_new(state: &AppState, op: &Operation, mut json: Json)
         action: Action::Put(Arc::new(json)),
         precondition: Precondition::Absent,
     };
-    let outcome = submit_one(state, write).await?;
+    let outcome = submit_one(state, &op.access, Letter::C, write).await?;
     written(state, rt, &id, outcome, &op.prefs)
 }
 
@@ -69,7 +70,7 @@ pub async fn update(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
         action: Action::Put(Arc::new(json)),
         precondition,
     };
-    let outcome = submit_one(state, write).await?;
+    let outcome = submit_one(state, &op.access, Letter::U, write).await?;
     if precondition == Precondition::Absent
         && let OpOutcome::PreconditionFailed { current } = outcome
     {
@@ -90,7 +91,7 @@ pub async fn delete(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
         action: Action::Delete,
         precondition: op.prefs.if_match,
     };
-    match submit_one(state, write).await? {
+    match submit_one(state, &op.access, Letter::D, write).await? {
         OpOutcome::Deleted { version } => {
             let mut r = if op.prefs.return_ == PreferReturn::OperationOutcome {
                 fhir_response(StatusCode::OK, info_outcome(&format!("deleted {rt}/{id}")), None, None)
@@ -116,7 +117,7 @@ pub async fn read(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     if entry.deleted {
         return Err(ApiError::Gone(format!("{rt}/{id} was deleted (version {})", entry.version)));
     }
-    serve_version(state, rt, id, entry.version).await
+    serve_version(state, op, entry.version).await
 }
 
 /// `GET [base]/{type}/{id}/_history/{vid}`.
@@ -124,7 +125,7 @@ pub async fn vread(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let (rt, id) = (op.rt(), op.id());
     let vid = op.version.as_deref().unwrap_or("");
     let version: i64 = vid.parse().map_err(|_| ApiError::NotFound(format!("'{vid}' is not a version of {rt}/{id}")))?;
-    serve_version(state, rt, id, version).await
+    serve_version(state, op, version).await
 }
 
 /// The current version of `rt/id` and its served JSON (404 when absent, 410 when deleted).
@@ -144,11 +145,35 @@ pub async fn current(state: &AppState, rt: &str, id: &str) -> ApiResult<(i64, St
         .ok_or_else(|| ApiError::NotFound(format!("{rt}/{id} has no version {}", entry.version)))
 }
 
-/// One version of `rt/id`, from the serving store.
-async fn serve_version(state: &AppState, rt: &str, id: &str, version: i64) -> ApiResult<Outcome> {
+/// One version of `op`'s resource, from the serving store: 404 when the caller may not
+/// see it (as if it did not exist: ids do not leak).
+async fn serve_version(state: &AppState, op: &Operation, version: i64) -> ApiResult<Outcome> {
+    let (rt, id) = (op.rt(), op.id());
+    let hidden = || ApiError::NotFound(format!("{rt}/{id} does not exist"));
     let Some(row) = state.writer.version(rt, id, version)? else {
         return Err(ApiError::NotFound(format!("{rt}/{id} has no version {version}")));
     };
+    // A delete is visible when the version it deletes is.
+    let shown = match (&row.raw, row.deleted) {
+        (Some(raw), false) => Some(raw.clone()),
+        _ if version > 1 => state.writer.version(rt, id, version - 1)?.and_then(|r| r.raw),
+        _ => None,
+    };
+    if let Access::Limited(limits) = &op.access {
+        let json = shown.and_then(|raw| Json::parse(raw.as_bytes(), fhirlake_schemas::json::ParseLimits::STORED).ok());
+        let current = state.writer.current(rt, id).is_some_and(|e| e.version == version && !e.deleted);
+        let seen = match &json {
+            None => false,
+            Some(j) => match limits.sees(state.model, rt, id, j, Letter::R)? {
+                Some(answer) => answer,
+                // A granular scope: a search can test the current version only.
+                None => current && visible(state, &op.access, rt, id, &j.to_json_string(), Letter::R).await?,
+            },
+        };
+        if !seen {
+            return Err(hidden());
+        }
+    }
     match row.raw {
         Some(raw) if !row.deleted => Ok(Outcome {
             response: fhir_response(StatusCode::OK, raw, Some(row.version), Some(row.last_updated_us)),
@@ -191,4 +216,26 @@ pub(crate) fn resource_of_type(state: &AppState, op: &Operation) -> ApiResult<Js
         return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {}", op.rt())));
     }
     Ok(json)
+}
+
+/// Whether the caller may see `rt/id`, whose served JSON is `raw`, for `letter`: decided on
+/// the JSON (compartment membership) when it can be, else by a search of `_id` under the
+/// caller's row policy (granular scopes). Unparseable JSON is not visible.
+pub(crate) async fn visible(
+    state: &AppState,
+    access: &Access,
+    rt: &str,
+    id: &str,
+    raw: &str,
+    letter: Letter,
+) -> ApiResult<bool> {
+    let Access::Limited(limits) = access else { return Ok(true) };
+    let Ok(json) = Json::parse(raw.as_bytes(), fhirlake_schemas::json::ParseLimits::STORED) else { return Ok(false) };
+    if let Some(answer) = limits.sees(state.model, rt, id, &json, letter)? {
+        return Ok(answer);
+    }
+    let req = fhirlake_schemas::search::parse(state.model, rt, &[("_id".to_string(), id.to_string())])
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let page = fhirlake_query::search::search(&super::search::Tables::live(state, access), &req, 0, 1, false).await?;
+    Ok(!page.rows.is_empty())
 }

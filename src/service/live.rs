@@ -34,7 +34,7 @@ impl Live {
         if delta.is_none() && buffered.is_none() {
             return Ok(None);
         }
-        Ok(Some(TableView { delta, buffered }))
+        Ok(Some(TableView { delta, buffered, policy: None }))
     }
 
     /// The published Delta current tables, by type.

@@ -66,7 +66,13 @@ impl Outcome {
 }
 
 /// Executes `op`: checks what it addresses, runs it, and says what it touched.
-pub async fn execute(state: &AppState, op: Operation) -> ApiResult<Outcome> {
+pub async fn execute(state: &AppState, mut op: Operation) -> ApiResult<Outcome> {
+    op.access = crate::auth::authorize(
+        &op.caller.identity,
+        op.interaction,
+        op.resource_type.as_deref(),
+        &state.auth.settings.patient_shared_types,
+    )?;
     if let Some(rt) = &op.resource_type {
         state.check_type(rt)?;
     }

@@ -191,8 +191,7 @@ pub enum PreferReturn {
     OperationOutcome,
 }
 
-/// Who is asking. Authentication (the next issue) fills in the identity; today a caller is
-/// known by its address and agent only.
+/// Who is asking: the identity the front end authenticated, and where from.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// The peer address, when the front end knows it.
@@ -203,6 +202,8 @@ pub struct Caller {
     pub request_id: Option<String>,
     /// The front end: `http`, `bundle`, `flight`.
     pub channel: &'static str,
+    /// Who it is (anonymous until a front end authenticates it: fails closed).
+    pub identity: crate::auth::Identity,
 }
 
 /// One request to the service.
@@ -224,6 +225,9 @@ pub struct Operation {
     pub body: Bytes,
     /// Who asks.
     pub caller: Caller,
+    /// What the caller may see and write, decided by `service::execute` (nothing until
+    /// then).
+    pub access: crate::auth::Access,
 }
 
 impl Operation {
@@ -238,6 +242,7 @@ impl Operation {
             prefs: Preferences::default(),
             body: Bytes::new(),
             caller: Caller::default(),
+            access: crate::auth::Access::default(),
         }
     }
 

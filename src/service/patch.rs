@@ -19,6 +19,7 @@ use fhirlake_schemas::validate::{ValidationOptions, validate_resource};
 
 use super::write::{submit_one, written};
 use super::{AppState, Operation, Outcome, Preferences, instance, parse_json};
+use crate::auth::{Access, Letter};
 use crate::error::{ApiError, ApiResult};
 
 /// The media type of a JSON Patch body.
@@ -51,11 +52,18 @@ pub fn read_patch(state: &AppState, op: &Operation) -> ApiResult<PatchDoc> {
 /// `PATCH [base]/{type}/{id}`.
 pub async fn patch(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let doc = read_patch(state, op)?;
-    apply(state, op.rt(), op.id(), &doc, &op.prefs).await
+    apply(state, &op.access, op.rt(), op.id(), &doc, &op.prefs).await
 }
 
 /// Applies `doc` to the current version of `rt/id` and writes the result.
-pub async fn apply(state: &AppState, rt: &str, id: &str, doc: &PatchDoc, prefs: &Preferences) -> ApiResult<Outcome> {
+pub async fn apply(
+    state: &AppState,
+    access: &Access,
+    rt: &str,
+    id: &str,
+    doc: &PatchDoc,
+    prefs: &Preferences,
+) -> ApiResult<Outcome> {
     let explicit = match prefs.if_match {
         Precondition::IfMatch(v) => Some(v),
         _ => None,
@@ -88,7 +96,7 @@ pub async fn apply(state: &AppState, rt: &str, id: &str, doc: &PatchDoc, prefs: 
             action: Action::Put(Arc::new(patched)),
             precondition: Precondition::IfMatch(version),
         };
-        match submit_one(state, op).await? {
+        match submit_one(state, access, Letter::U, op).await? {
             OpOutcome::PreconditionFailed { current } if explicit.is_none() => {
                 tracing::debug!(rt, id, ?current, "patch raced a concurrent write; re-applying");
                 continue;

@@ -27,6 +27,7 @@ use super::live::Live;
 use super::operation::decode;
 use super::write::touched;
 use super::{AppState, Operation, Outcome, Touched, fhir_response, param};
+use crate::auth::{Access, Letter};
 use crate::error::{ApiError, ApiResult};
 
 /// The current tables one search request reads: all as of one instant, some pinned at
@@ -44,12 +45,15 @@ pub(crate) struct Tables {
     buffered: std::sync::atomic::AtomicBool,
     /// Token postings for counts and pages.
     postings: Arc<fhirlake_query::search::postings::PostingsCache>,
+    /// What the caller may see: each table is read through its row policy.
+    access: Access,
+    model: &'static fhirlake_schemas::Model,
 }
 
 impl Tables {
     /// The instance as of now: the published Delta tables plus every acknowledged write
     /// they do not hold yet (no flush is waited for).
-    pub(crate) fn live(state: &AppState) -> Self {
+    pub(crate) fn live(state: &AppState, access: &Access) -> Self {
         let live = Live::new(state.writer.view());
         Tables {
             tables: live.delta_tables(),
@@ -57,12 +61,14 @@ impl Tables {
             read: Default::default(),
             buffered: Default::default(),
             postings: state.postings.clone(),
+            access: access.clone(),
+            model: state.model,
         }
     }
 
     /// The tables with every acknowledged write flushed, all read at one instant: what a
     /// page cursor can pin.
-    pub(crate) async fn flushed(state: &AppState) -> ApiResult<Self> {
+    pub(crate) async fn flushed(state: &AppState, access: &Access) -> ApiResult<Self> {
         state.writer.sync().await?;
         Ok(Tables {
             tables: state.writer.tables().snapshot_of(TableKind::Current),
@@ -70,6 +76,8 @@ impl Tables {
             read: Default::default(),
             buffered: Default::default(),
             postings: state.postings.clone(),
+            access: access.clone(),
+            model: state.model,
         })
     }
 
@@ -94,8 +102,8 @@ impl Tables {
     /// The tables a page cursor (`_snapshot`, as written by [`Tables::cursor`]) pins;
     /// types it does not name read their latest version. A bare number is the searched
     /// type's version (cursors of earlier releases).
-    pub(crate) async fn pinned(state: &AppState, rt: &str, cursor: &str) -> ApiResult<Self> {
-        let mut tables = Self::flushed(state).await?;
+    pub(crate) async fn pinned(state: &AppState, access: &Access, rt: &str, cursor: &str) -> ApiResult<Self> {
+        let mut tables = Self::flushed(state, access).await?;
         let bad = || ApiError::BadRequest(format!("_snapshot='{cursor}' is not a page cursor"));
         for part in cursor.split(',') {
             let (ty, version) = match part.split_once(':') {
@@ -149,6 +157,12 @@ impl SearchTables for Tables {
                 Some(live) => live.current(resource_type, delta).await?,
                 None => delta.map(TableView::of),
             };
+            // Searches, includes and compartments read the rows the caller may search.
+            let policy = self
+                .access
+                .rows(self.model, resource_type, Letter::S)
+                .map_err(|e| fhirlake_query::Error::Forbidden(e.to_string()))?;
+            let view = view.map(|v| v.restricted(policy));
             if view.as_ref().is_some_and(|v| !v.is_flushed()) {
                 self.buffered.store(true, std::sync::atomic::Ordering::Relaxed);
             }
@@ -163,10 +177,10 @@ impl SearchTables for Tables {
 
 impl Tables {
     /// The tables a request reads: a page cursor's pinned tables, or the live instance.
-    pub(crate) async fn for_page(state: &AppState, cursor: Option<&str>, rt: &str) -> ApiResult<Self> {
+    pub(crate) async fn for_page(state: &AppState, access: &Access, cursor: Option<&str>, rt: &str) -> ApiResult<Self> {
         match cursor {
-            Some(c) => Self::pinned(state, rt, c).await,
-            None => Ok(Self::live(state)),
+            Some(c) => Self::pinned(state, access, rt, c).await,
+            None => Ok(Self::live(state, access)),
         }
     }
 
@@ -177,7 +191,7 @@ impl Tables {
         if self.live.is_none() || !more || !self.read_buffered() {
             return Ok(None);
         }
-        Ok(Some(Self::flushed(state).await?))
+        Ok(Some(Self::flushed(state, &self.access).await?))
     }
 }
 
@@ -195,7 +209,7 @@ pub async fn search_type(state: &AppState, op: &Operation) -> ApiResult<Outcome>
         let form = std::str::from_utf8(&op.body).map_err(|_| ApiError::BadRequest("the form is not UTF-8".into()))?;
         pairs.extend(decode(form));
     }
-    run(state, op.rt(), pairs, op.prefs.strict).await
+    run(state, op, pairs).await
 }
 
 /// The `_offset` page cursor (0 when absent).
@@ -240,7 +254,8 @@ fn write_entry(out: &mut String, first: &mut bool, full_url: &str, resource: &st
     out.push_str(&format!(r#","search":{{"mode":"{mode}"}}}}"#));
 }
 
-async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, strict: bool) -> ApiResult<Outcome> {
+async fn run(state: &AppState, op: &Operation, pairs: Vec<(String, String)>) -> ApiResult<Outcome> {
+    let (rt, strict) = (op.rt(), op.prefs.strict);
     // Paging state is ours, not a search parameter.
     let offset = offset_param(&pairs)?;
     let snapshot = param(&pairs, "_snapshot").map(str::to_string);
@@ -259,7 +274,7 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, strict: b
     let count = req.count.unwrap_or(state.config.search.default_count()).min(state.config.search.search_max_count);
     let count = if req.summary == Some(Summary::Count) { 0 } else { count };
     let want_total = matches!(req.total, Some(Total::Accurate | Total::Estimate)) || count == 0;
-    let mut tables = Tables::for_page(state, snapshot.as_deref(), rt).await?;
+    let mut tables = Tables::for_page(state, &op.access, snapshot.as_deref(), rt).await?;
     let (page, included) = loop {
         let page = search(&tables, &req, offset, count, want_total).await?;
         if let Some(flushed) = tables.to_continue(state, page.more).await? {
@@ -377,6 +392,13 @@ pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> 
     if state.writer.current("Patient", id).is_none() {
         return Err(ApiError::NotFound(format!("Patient/{id} does not exist")));
     }
+    // A patient the caller may not read does not exist for them.
+    if op.access.is_limited() {
+        let (_, raw) = super::instance::current(state, "Patient", id).await?;
+        if !super::instance::visible(state, &op.access, "Patient", id, &raw, Letter::R).await? {
+            return Err(ApiError::NotFound(format!("Patient/{id} does not exist")));
+        }
+    }
     let pairs = op.params();
     let count = match param(&pairs, "_count") {
         Some(c) => c
@@ -386,7 +408,7 @@ pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> 
     }
     .clamp(1, state.config.search.search_max_count);
     let offset = offset_param(&pairs)?;
-    let mut tables = Tables::for_page(state, param(&pairs, "_snapshot"), "Patient").await?;
+    let mut tables = Tables::for_page(state, &op.access, param(&pairs, "_snapshot"), "Patient").await?;
     let all = loop {
         let types = tables.current_types();
         let all = fhirlake_query::search::patient_compartment(&tables, &types, id).await?;
@@ -444,7 +466,7 @@ pub async fn search_system(state: &AppState, op: &Operation) -> ApiResult<Outcom
         count = req.count.unwrap_or(state.config.search.default_count()).min(state.config.search.search_max_count);
         requests.push(req);
     }
-    let mut tables = Tables::for_page(state, param(&pairs, "_snapshot"), &types[0]).await?;
+    let mut tables = Tables::for_page(state, &op.access, param(&pairs, "_snapshot"), &types[0]).await?;
     let (rows, total) = loop {
         let mut rows: Vec<(String, String, String)> = Vec::new();
         let mut total = 0u64;

@@ -18,8 +18,11 @@ use fhirlake_query::catalog::{SqlSession, Tables};
 use fhirlake_query::views::output::{Encoder, Format};
 use fhirlake_schemas::Json;
 
+use fhirlake_query::search::rows::{RowPolicies, RowPolicy};
+
 use super::live::Live;
 use super::{AppState, Operation, parse_json};
+use crate::auth::{Access, Letter};
 use crate::error::{ApiError, ApiResult};
 
 /// `POST [base]/$sql`.
@@ -97,7 +100,7 @@ pub async fn sql(state: &AppState, op: &Operation) -> ApiResult<Response> {
 /// Plans a read-only SQL statement for `op` (`$sql`, or a Flight SQL statement) over the
 /// latest snapshots: the one place every SQL front end goes through.
 pub async fn plan(state: &AppState, op: &Operation, text: &str, params: Option<ParamValues>) -> ApiResult<DataFrame> {
-    let session = session(state).await?;
+    let session = session(state, &op.access).await?;
     let df = session.plan(text, params).await;
     state.metrics.sql_query(op.caller.channel, df.is_ok());
     Ok(df?)
@@ -142,9 +145,23 @@ fn params_of(j: &Json) -> ApiResult<ParamValues> {
     }
 }
 
+/// The caller's row policies as the SQL catalog applies them: each table reads the rows
+/// its type may be searched for (`s`).
+struct Policies {
+    access: Access,
+    model: &'static fhirlake_schemas::Model,
+}
+
+impl RowPolicies for Policies {
+    fn rows(&self, rt: &str) -> fhirlake_query::Result<Option<Arc<RowPolicy>>> {
+        self.access.rows(self.model, rt, Letter::S).map_err(|e| fhirlake_query::Error::Forbidden(e.to_string()))
+    }
+}
+
 /// A session over the instance as of now: the published Delta tables, the acknowledged
-/// writes they do not hold yet (no flush is waited for), and the materialized views.
-pub async fn session(state: &AppState) -> ApiResult<SqlSession> {
+/// writes they do not hold yet (no flush is waited for), and the materialized views; for
+/// a caller limited by SMART grants, only the rows (and tables) those allow.
+pub async fn session(state: &AppState, access: &Access) -> ApiResult<SqlSession> {
     // One view of every table: never half of a flush round (or of a transaction).
     let live = Live::new(state.writer.view());
     let mut tables = Tables {
@@ -153,6 +170,9 @@ pub async fn session(state: &AppState) -> ApiResult<SqlSession> {
         ..Default::default()
     };
     tables.unflushed = Some(Arc::new(live));
+    if access.is_limited() {
+        tables.policies = Some(Arc::new(Policies { access: access.clone(), model: state.model }));
+    }
     let root = state.writer.root();
     for name in root.existing_tables(TableKind::View).await? {
         if let Some(t) = root.open_table(TableKind::View, &name).await? {

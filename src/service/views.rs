@@ -40,7 +40,7 @@ struct RunRequest {
 /// `POST [base]/ViewDefinition/$run` and `GET|POST [base]/ViewDefinition/{id}/$run`.
 pub async fn run(state: &AppState, op: &Operation) -> ApiResult<Response> {
     let req = request(state, op).await?;
-    run_request(state, req).await
+    run_request(state, &op.access, req).await
 }
 
 fn invalid(location: &str, message: impl Into<String>) -> ApiError {
@@ -139,7 +139,7 @@ async fn stored(state: &AppState, id: &str) -> ApiResult<Json> {
     read_current(state, "ViewDefinition", id).await
 }
 
-async fn run_request(state: &AppState, req: RunRequest) -> ApiResult<Response> {
+async fn run_request(state: &AppState, access: &crate::auth::Access, req: RunRequest) -> ApiResult<Response> {
     let model = state.model;
     let view = Arc::new(View::parse(model, &req.view).map_err(|e| {
         let location =
@@ -180,7 +180,8 @@ async fn run_request(state: &AppState, req: RunRequest) -> ApiResult<Response> {
     // The live instance: the Delta table and the acknowledged rows it does not hold yet.
     let live = super::live::Live::new(state.writer.view());
     let delta = live.view().table(TableKind::Current, &view.resource);
-    let Some(table) = live.current(&view.resource, delta).await? else {
+    let policy = access.rows(model, &view.resource, crate::auth::Letter::S)?;
+    let Some(table) = live.current(&view.resource, delta).await?.map(|t| t.restricted(policy)) else {
         // Nothing of this type stored: no rows, in the requested format.
         let schema = views::row_schema(&columns);
         let mut enc = Encoder::new(req.format, columns, schema)?;

@@ -8,15 +8,47 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use fhirlake_ingest::{OpOutcome, WriteOp};
+use fhirlake_ingest::{Action, OpOutcome, WriteOp};
+use fhirlake_schemas::Json;
+
+use crate::auth::{Access, Letter};
 
 use super::{AppState, Outcome, PreferReturn, Preferences, Touched, fhir_response, info_outcome};
 use crate::error::{ApiError, ApiResult};
 
-/// Submits one write and returns its outcome.
-pub(crate) async fn submit_one(state: &AppState, op: WriteOp) -> ApiResult<OpOutcome> {
+/// Submits one write (`letter`: the SMART permission it is) once `access` allows it, and
+/// returns its outcome.
+pub(crate) async fn submit_one(state: &AppState, access: &Access, letter: Letter, op: WriteOp) -> ApiResult<OpOutcome> {
+    check_writes(state, access, [(letter, &op)])?;
     let mut out = state.writer.submit(vec![op]).await?;
     out.pop().ok_or_else(|| ApiError::Internal("writer returned no outcome".into()))
+}
+
+/// 403 unless `access` allows each write (`letter`, op): a `patient/` grant needs the
+/// resource written and the version it replaces inside the patient's compartment.
+pub(crate) fn check_writes<'a>(
+    state: &AppState,
+    access: &Access,
+    writes: impl IntoIterator<Item = (Letter, &'a WriteOp)>,
+) -> ApiResult<()> {
+    let Access::Limited(limits) = access else { return Ok(()) };
+    for (letter, w) in writes {
+        let (rt, id) = (w.resource_type.as_str(), w.id.as_str());
+        let before = match state.writer.current(rt, id) {
+            Some(e) if !e.deleted => state
+                .writer
+                .version(rt, id, e.version)?
+                .and_then(|r| r.raw)
+                .and_then(|raw| Json::parse(raw.as_bytes(), fhirlake_schemas::json::ParseLimits::STORED).ok()),
+            _ => None,
+        };
+        let after = match &w.action {
+            Action::Put(j) => Some(j.as_ref()),
+            Action::Delete => None,
+        };
+        limits.check_write(state.model, rt, id, letter, after, before.as_ref())?;
+    }
+    Ok(())
 }
 
 /// The 412 of an `If-Match` that did not hold.

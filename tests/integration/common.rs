@@ -78,6 +78,17 @@ impl TestServer {
         s
     }
 
+    /// A server over a fresh temporary root that authenticates with `auth` (public URL
+    /// `http://fhirlake.test/fhir`, the default audience).
+    pub async fn start_with_auth(auth: fhirlake::auth::Auth) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = StorageRoot::open(dir.path().to_str().expect("utf-8 path")).expect("root");
+        let (writer, task) = Writer::start(root.clone(), WriterOptions::default()).await.expect("writer");
+        let config = ApiConfig { public_url: "http://fhirlake.test/fhir".into(), ..ApiConfig::default() };
+        let state = AppState::new(writer, config, fhirlake_schemas::Model::r4().expect("model")).with_auth(auth);
+        Self { state: Arc::new(state), root, task: Some(task), _dir: Some(dir) }
+    }
+
     async fn start_configured(root: StorageRoot, config: ApiConfig) -> Self {
         Self::start_full(root, config, WriterOptions::default()).await
     }

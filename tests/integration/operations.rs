@@ -56,8 +56,13 @@ async fn outcomes_say_what_they_touched() {
     let run = |method: Method, path: &str, query: &str, body: &str| {
         let mut op = Operation::new(route(&method, path).unwrap(), query);
         op.body = bytes::Bytes::copy_from_slice(body.as_bytes());
+        // The identity a front end gives every caller when authentication is off.
+        op.caller.identity = fhirlake::auth::Identity::Open;
         op
     };
+    // An operation no front end authenticated is refused: the service fails closed.
+    let anonymous = Operation::new(route(&Method::GET, "/Observation/o1").unwrap(), "");
+    assert_eq!(execute(&s.state, anonymous).await.unwrap_err().status(), 401);
     let o1 =
         |version| Touched { resource_type: "Observation".into(), id: "o1".into(), version, owner: Some("p1".into()) };
     let read = execute(&s.state, run(Method::GET, "/Observation/o1", "", "")).await.unwrap();

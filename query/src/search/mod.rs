@@ -9,6 +9,7 @@
 
 pub mod matcher;
 pub mod postings;
+pub mod rows;
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
@@ -449,9 +450,10 @@ pub async fn search(
     // buffered, and a total also while every buffered row is a new id (nothing in Delta is
     // shadowed): the Delta postings plus the buffered rows that match, counted by
     // filtering those rows alone. Otherwise the union is scanned.
-    let flushed = table.delta.as_ref().filter(|_| table.is_flushed());
+    // Postings read the Delta files directly: they cannot apply a row policy.
+    let flushed = table.delta.as_ref().filter(|_| table.is_flushed() && table.policy.is_none());
     let only_new = table.buffered.as_ref().is_none_or(|b| b.shadow.is_empty());
-    let countable = table.delta.as_ref().filter(|_| only_new);
+    let countable = table.delta.as_ref().filter(|_| only_new && table.policy.is_none());
     let matched = match (tables.postings(), countable) {
         (Some(cache), Some(delta)) if req.has.is_empty() && (wants_total || (pageable && flushed.is_some())) => {
             postings::matches(cache, delta, &req.clauses).await?
@@ -460,7 +462,7 @@ pub async fn search(
     };
     let mut counted = if wants_total { matched.as_ref().map(postings::Matches::counted) } else { None };
     if let (Some(c), Some(b)) = (counted.as_mut(), table.buffered.as_ref().filter(|b| !b.batches.is_empty())) {
-        let alone = TableView { delta: None, buffered: Some(b.clone()) };
+        let alone = TableView { delta: None, buffered: Some(b.clone()), policy: None };
         c.buffered = filtered(tables, scan(&alone).await?, req).await?.count().await? as u64;
         c.total += c.buffered;
     }
