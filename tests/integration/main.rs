@@ -1,6 +1,7 @@
 //! Integration tests of the fhirlake binary crate: the axum router driven in process, the
 //! CLI binary, and the fixtures in `tests/fixtures`.
 
+mod auth;
 mod bad_inputs;
 mod cli;
 mod common;
