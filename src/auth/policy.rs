@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use fhirlake_ingest::compartment::PatientCompartment;
+use fhirlake_ingest::flatten::{Flattener, RowMeta};
 use fhirlake_query::search::rows::{RowPolicy, RowRule};
 use fhirlake_schemas::{Json, Model};
 
@@ -65,6 +66,20 @@ pub struct Limits {
 
 /// The rows of one type visible for one letter: `None` for all of them.
 type Visible = Option<Arc<RowPolicy>>;
+
+/// The flattener of `rt`'s rows (default shape: every search-index column), built once.
+fn flattener(model: &'static Model, rt: &str) -> ApiResult<Arc<Flattener>> {
+    static F: OnceLock<Mutex<HashMap<String, Arc<Flattener>>>> = OnceLock::new();
+    let cache = F.get_or_init(Default::default);
+    if let Some(f) = cache.lock().expect("flattener cache").get(rt) {
+        return Ok(f.clone());
+    }
+    let shape = fhirlake_schemas::TableShape::try_new(model, rt, fhirlake_schemas::ShapeOptions::default())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let f = Arc::new(Flattener::new(Arc::new(shape)));
+    cache.lock().expect("flattener cache").insert(rt.to_string(), f.clone());
+    Ok(f)
+}
 
 fn compartment(model: &'static Model) -> &'static PatientCompartment {
     static C: OnceLock<PatientCompartment> = OnceLock::new();
@@ -143,22 +158,27 @@ impl Limits {
         Ok(Some(Arc::new(RowPolicy { rules })))
     }
 
-    /// Whether `resource` (`rt/id`) is visible for `letter`: `Some(answer)` when its JSON
-    /// decides, `None` when a granular clause must be evaluated by a search.
-    pub fn sees(
-        &self,
-        model: &'static Model,
-        rt: &str,
-        id: &str,
-        resource: &Json,
-        letter: Letter,
-    ) -> ApiResult<Option<bool>> {
-        let Some(policy) = self.rows(model, rt, letter)? else { return Ok(Some(true)) };
-        if policy.rules.iter().any(|r| !r.clauses.is_empty()) {
-            return Ok(None);
+    /// Whether `resource` (`rt/id`, any stored version) is visible for `letter`: decided
+    /// on its compartment members, and for granular clauses on the row it flattens to.
+    pub fn sees(&self, model: &'static Model, rt: &str, id: &str, resource: &Json, letter: Letter) -> ApiResult<bool> {
+        let Some(policy) = self.rows(model, rt, letter)? else { return Ok(true) };
+        let members = compartment(model).members(rt, id, resource);
+        if policy.rules.iter().all(|r| r.clauses.is_empty()) {
+            return Ok(policy.rules.iter().any(|r| r.compartment.as_ref().is_none_or(|p| members.1.contains(p))));
         }
-        let members = compartment(model).members(rt, id, resource).1;
-        Ok(Some(policy.rules.iter().any(|r| r.compartment.as_ref().is_some_and(|p| members.contains(p)))))
+        let flattener = flattener(model, rt)?;
+        let meta = RowMeta {
+            version: 1,
+            last_updated_us: 0,
+            raw: Arc::from(""),
+            patient: members.0.clone(),
+            compartment: members.1.clone(),
+        };
+        let batch = flattener
+            .to_batch(&[(resource, &meta)])
+            .map_err(|e| ApiError::Internal(format!("flattening {rt}/{id} for a scope check: {e}")))?;
+        let admitted = policy.admits(&batch).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(admitted.first().copied().unwrap_or(false))
     }
 
     /// Checks a write of `letter` to `rt/id`: `after` is the resource written (none for a

@@ -113,8 +113,7 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
 }
 
 /// The versions among `rows` the caller may see (a delete: when the version it deletes
-/// is). Decided on each version's JSON; versions only a granular scope could admit are
-/// left out (a search can test the current version only).
+/// is), each decided on its own JSON.
 fn visible_rows(
     state: &AppState,
     access: &Access,
@@ -130,7 +129,7 @@ fn visible_rows(
             _ => None,
         };
         let Some(json) = raw.and_then(|raw| Json::parse(raw.as_bytes(), ParseLimits::STORED).ok()) else { continue };
-        if limits.sees(state.model, &r.resource_type, &r.id, &json, letter)? == Some(true) {
+        if limits.sees(state.model, &r.resource_type, &r.id, &json, letter)? {
             out.push(r);
         }
     }

@@ -159,20 +159,8 @@ async fn serve_version(state: &AppState, op: &Operation, version: i64) -> ApiRes
         _ if version > 1 => state.writer.version(rt, id, version - 1)?.and_then(|r| r.raw),
         _ => None,
     };
-    if let Access::Limited(limits) = &op.access {
-        let json = shown.and_then(|raw| Json::parse(raw.as_bytes(), fhirlake_schemas::json::ParseLimits::STORED).ok());
-        let current = state.writer.current(rt, id).is_some_and(|e| e.version == version && !e.deleted);
-        let seen = match &json {
-            None => false,
-            Some(j) => match limits.sees(state.model, rt, id, j, Letter::R)? {
-                Some(answer) => answer,
-                // A granular scope: a search can test the current version only.
-                None => current && visible(state, &op.access, rt, id, &j.to_json_string(), Letter::R).await?,
-            },
-        };
-        if !seen {
-            return Err(hidden());
-        }
+    if op.access.is_limited() && !visible(state, &op.access, rt, id, shown.as_deref().unwrap_or(""), Letter::R)? {
+        return Err(hidden());
     }
     match row.raw {
         Some(raw) if !row.deleted => Ok(Outcome {
@@ -218,10 +206,9 @@ pub(crate) fn resource_of_type(state: &AppState, op: &Operation) -> ApiResult<Js
     Ok(json)
 }
 
-/// Whether the caller may see `rt/id`, whose served JSON is `raw`, for `letter`: decided on
-/// the JSON (compartment membership) when it can be, else by a search of `_id` under the
-/// caller's row policy (granular scopes). Unparseable JSON is not visible.
-pub(crate) async fn visible(
+/// Whether the caller may see `rt/id` in the version whose served JSON is `raw`, for
+/// `letter` (unparseable JSON is not visible).
+pub(crate) fn visible(
     state: &AppState,
     access: &Access,
     rt: &str,
@@ -231,11 +218,5 @@ pub(crate) async fn visible(
 ) -> ApiResult<bool> {
     let Access::Limited(limits) = access else { return Ok(true) };
     let Ok(json) = Json::parse(raw.as_bytes(), fhirlake_schemas::json::ParseLimits::STORED) else { return Ok(false) };
-    if let Some(answer) = limits.sees(state.model, rt, id, &json, letter)? {
-        return Ok(answer);
-    }
-    let req = fhirlake_schemas::search::parse(state.model, rt, &[("_id".to_string(), id.to_string())])
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let page = fhirlake_query::search::search(&super::search::Tables::live(state, access), &req, 0, 1, false).await?;
-    Ok(!page.rows.is_empty())
+    limits.sees(state.model, rt, id, &json, letter)
 }

@@ -45,8 +45,10 @@ pub(crate) struct Tables {
     buffered: std::sync::atomic::AtomicBool,
     /// Token postings for counts and pages.
     postings: Arc<fhirlake_query::search::postings::PostingsCache>,
-    /// What the caller may see: each table is read through its row policy.
+    /// What the caller may see: each table is read through its row policy for `letter`
+    /// (`s` for searches; `r` for `$everything`, a read of the patient's record).
     access: Access,
+    letter: Letter,
     model: &'static fhirlake_schemas::Model,
 }
 
@@ -62,6 +64,7 @@ impl Tables {
             buffered: Default::default(),
             postings: state.postings.clone(),
             access: access.clone(),
+            letter: Letter::S,
             model: state.model,
         }
     }
@@ -77,6 +80,7 @@ impl Tables {
             buffered: Default::default(),
             postings: state.postings.clone(),
             access: access.clone(),
+            letter: Letter::S,
             model: state.model,
         })
     }
@@ -157,10 +161,10 @@ impl SearchTables for Tables {
                 Some(live) => live.current(resource_type, delta).await?,
                 None => delta.map(TableView::of),
             };
-            // Searches, includes and compartments read the rows the caller may search.
+            // Every table is read through the caller's row policy.
             let policy = self
                 .access
-                .rows(self.model, resource_type, Letter::S)
+                .rows(self.model, resource_type, self.letter)
                 .map_err(|e| fhirlake_query::Error::Forbidden(e.to_string()))?;
             let view = view.map(|v| v.restricted(policy));
             if view.as_ref().is_some_and(|v| !v.is_flushed()) {
@@ -191,7 +195,9 @@ impl Tables {
         if self.live.is_none() || !more || !self.read_buffered() {
             return Ok(None);
         }
-        Ok(Some(Self::flushed(state, &self.access).await?))
+        let mut flushed = Self::flushed(state, &self.access).await?;
+        flushed.letter = self.letter;
+        Ok(Some(flushed))
     }
 }
 
@@ -395,7 +401,7 @@ pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> 
     // A patient the caller may not read does not exist for them.
     if op.access.is_limited() {
         let (_, raw) = super::instance::current(state, "Patient", id).await?;
-        if !super::instance::visible(state, &op.access, "Patient", id, &raw, Letter::R).await? {
+        if !super::instance::visible(state, &op.access, "Patient", id, &raw, Letter::R)? {
             return Err(ApiError::NotFound(format!("Patient/{id} does not exist")));
         }
     }
@@ -409,6 +415,7 @@ pub async fn everything(state: &AppState, op: &Operation) -> ApiResult<Outcome> 
     .clamp(1, state.config.search.search_max_count);
     let offset = offset_param(&pairs)?;
     let mut tables = Tables::for_page(state, &op.access, param(&pairs, "_snapshot"), "Patient").await?;
+    tables.letter = Letter::R;
     let all = loop {
         let types = tables.current_types();
         let all = fhirlake_query::search::patient_compartment(&tables, &types, id).await?;

@@ -71,7 +71,9 @@ pub async fn respond(
             }
         }
     });
-    let body = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(head)) }).chain(rest);
+    // Fused: a body may be polled again after its end (the gzip layer does), and a
+    // finished `unfold` must not be.
+    let body = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(head)) }).chain(rest).fuse();
     let mut r = (StatusCode::OK, Body::from_stream(body)).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(options.format.media_type()));
     if let Some((name, value)) = options.header

@@ -440,3 +440,74 @@ fn serve_reads_a_toml_config_under_its_flags() {
         assert!(stderr.contains(needle) && stderr.contains("fhirlake.toml"), "{toml}: {stderr}");
     }
 }
+
+/// `serve` refuses to expose data without authentication off loopback; the three-command
+/// path (keygen, serve with a TOML config naming the issuer and JWKS, token) serves an
+/// authenticated instance.
+#[test]
+fn serve_refuses_no_auth_off_loopback_and_runs_with_a_dev_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for auth in [None, Some("none")] {
+        let mut c = fhirlake();
+        c.args(["serve", "--listen", "0.0.0.0:0", "--data"]).arg(&data);
+        if let Some(a) = auth {
+            c.args(["--auth", a]);
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{auth:?}: must refuse");
+        assert!(stderr.contains("without authentication") && stderr.contains("--auth smart"), "{stderr}");
+    }
+    let out = fhirlake().args(["serve", "--listen", "0.0.0.0:0", "--auth", "smart", "--data"]).arg(&data).output();
+    let stderr = String::from_utf8_lossy(&out.unwrap().stderr).into_owned();
+    assert!(stderr.contains("--public-url"), "the audience must be the URL clients use: {stderr}");
+
+    let keys = dir.path().join("keys");
+    let out = fhirlake().args(["auth", "keygen", "--out"]).arg(&keys).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.path().join("fhirlake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data = {:?}\nlisten = \"127.0.0.1:0\"\nauth = \"smart\"\nissuer = [\"https://issuer.test\"]\n\
+             jwks = [{:?}]\naudience = \"https://fhirlake.test/fhir\"\n",
+            data.to_str().unwrap(),
+            keys.join("jwks.json").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (mut server, addr, _) = serve_with(fhirlake().arg("serve").arg("--config").arg(&config));
+    let token = |roles: &str| {
+        let out = fhirlake()
+            .args(["auth", "token", "--key"])
+            .arg(&keys)
+            .args(["--issuer", "https://issuer.test", "--audience", "https://fhirlake.test/fhir", "--roles", roles])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let with_token = |t: &str, method: &str, path: &str, body: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/fhir+json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
+    };
+    assert_eq!(http(&addr, "GET", "/fhir/Patient", "").0, 401, "no token");
+    assert_eq!(http(&addr, "GET", "/fhir/metadata", "").0, 200, "metadata is public");
+    assert_eq!(with_token(&token("Writer"), "POST", "/fhir/Patient", r#"{"resourceType":"Patient"}"#), 201);
+    assert_eq!(with_token(&token("Reader"), "POST", "/fhir/Patient", r#"{"resourceType":"Patient"}"#), 403);
+    assert_eq!(with_token(&token("Reader"), "GET", "/fhir/Patient", ""), 200);
+    let pid = server.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(server.wait().unwrap().success());
+}

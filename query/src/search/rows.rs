@@ -11,12 +11,13 @@
 //! directly, are not used for such a view. Must not: decide who gets which policy (the
 //! root crate's `auth::policy` does).
 
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Schema;
 use datafusion::functions_nested::expr_fn::array_has;
 use datafusion::prelude::{Expr, col, lit};
 use fhirlake_schemas::search::Clause;
 
-use super::matcher::ClauseMatcher;
+use super::matcher::{ClauseMatcher, string_at};
 use crate::{Error, Result};
 
 /// One way a row may be visible.
@@ -36,6 +37,44 @@ pub struct RowPolicy {
 }
 
 impl RowPolicy {
+    /// Which rows of `batch` (rows of a current table: `_compartment_patients` and the
+    /// index columns the clauses read) the policy admits; a missing column admits nothing.
+    pub fn admits(&self, batch: &RecordBatch) -> Result<Vec<bool>> {
+        let n = batch.num_rows();
+        let mut any = vec![false; n];
+        for rule in &self.rules {
+            let mut all = vec![true; n];
+            if let Some(p) = &rule.compartment {
+                let Some(list) = batch.column_by_name("_compartment_patients").and_then(|c| c.as_list_opt::<i32>())
+                else {
+                    continue;
+                };
+                for (i, ok) in all.iter_mut().enumerate() {
+                    let members = list.value(i);
+                    *ok &= (0..members.len()).any(|j| string_at(members.as_ref(), j) == Some(p.as_str()));
+                }
+            }
+            let mut missing = false;
+            for c in &rule.clauses {
+                let Some(column) = batch.column_by_name(&c.column) else {
+                    missing = true;
+                    break;
+                };
+                let hits = ClauseMatcher::new(c)?.evaluate(column)?;
+                for (i, ok) in all.iter_mut().enumerate() {
+                    *ok &= hits.value(i);
+                }
+            }
+            if missing {
+                continue;
+            }
+            for (a, ok) in any.iter_mut().zip(all) {
+                *a |= ok;
+            }
+        }
+        Ok(any)
+    }
+
     /// No row at all.
     pub fn nothing() -> Self {
         RowPolicy { rules: Vec::new() }
