@@ -46,7 +46,8 @@ impl PatientCompartment {
                     .collect();
             }
             for n in nodes {
-                if let Some(("Patient", pid)) = n.get("reference").and_then(Json::as_str).and_then(reference_target)
+                if let Some(("Patient", pid)) =
+                    n.get("reference").and_then(Json::as_str).filter(|r| !r.contains("://")).and_then(reference_target)
                     && !members.iter().any(|m| m == pid)
                 {
                     members.push(pid.to_string());
@@ -69,6 +70,9 @@ mod tests {
             "performer":[{"reference":"Practitioner/x"},{"reference":"Patient/b"}]}"#;
         let json = Json::parse(obs.as_bytes(), ParseLimits::default()).unwrap();
         assert_eq!(c.members("Observation", "o", &json), (Some("a".into()), vec!["a".into(), "b".into()]));
+        let foreign = r#"{"resourceType":"Observation","subject":{"reference":"http://other.example/fhir/Patient/a"}}"#;
+        let json = Json::parse(foreign.as_bytes(), ParseLimits::default()).unwrap();
+        assert_eq!(c.members("Observation", "o", &json), (None, vec![]), "another server's patient is nobody here");
         let org = Json::parse(br#"{"resourceType":"Organization"}"#, ParseLimits::default()).unwrap();
         assert_eq!(c.members("Organization", "o", &org), (None, vec![]));
     }
