@@ -12,6 +12,7 @@
 #   views       ViewDefinitions vs fhir4ds / pysof                                   (views_bench.py)
 #   writes      updates, deletes and group commits on a large root                   (write_bench.py)
 #   restart     serve start-up on ~1M resources (clean, kill -9), store vs Delta disk (restart_bench.py)
+#   auth        reads by id and the four searches, auth on (1-, 10-scope RS256 token) vs off (auth_bench.py)
 #   fhirpath    the FHIRPath engine vs fhirpath.js                                   (fhirpath_bench.py)
 #   generate    fhirlake generate speed (to disk and discarded)
 #   all         every scenario above in turn (rest covers rest-write, read, search-peer)
@@ -60,6 +61,7 @@ run() {
     views)      python3 benches/views_bench.py "${mode[@]}" "$@" ;;
     writes)     python3 benches/write_bench.py "${mode[@]}" "$@" ;;
     restart)    python3 benches/restart_bench.py "${mode[@]}" "$@" ;;
+    auth)       python3 benches/auth_bench.py "${mode[@]}" "$@" ;;
     fhirpath)   if [ -n "$quick" ]; then python3 benches/fhirpath_bench.py --quick "$@"; else python3 benches/fhirpath_bench.py "$@"; fi ;;
     generate)   python3 benches/generate_bench.py "${mode[@]}" "$@" ;;
     *) echo "unknown scenario '$name' (see benches/run.sh without arguments)" >&2; exit 2 ;;
@@ -67,7 +69,7 @@ run() {
 }
 
 if [ "$scenario" = all ]; then
-  for s in generate import rest search sql views writes restart fhirpath; do run "$s" "${args[@]+"${args[@]}"}"; done
+  for s in generate import rest search sql views writes restart auth fhirpath; do run "$s" "${args[@]+"${args[@]}"}"; done
 else
   run "$scenario" "${args[@]+"${args[@]}"}"
 fi

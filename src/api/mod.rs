@@ -154,6 +154,9 @@ async fn fhir(State(state): State<Arc<AppState>>, req: Request) -> Response {
     }
 }
 
+/// Most body bytes read (and dropped) from a request whose token is refused.
+const UNAUTHENTICATED_DRAIN_BYTES: usize = 1 << 20;
+
 /// The operation an HTTP request asks for; `path` is its path after the base.
 async fn operation(state: &AppState, path: &str, req: Request) -> ApiResult<Operation> {
     let route = service::route(req.method(), path)?;
@@ -166,7 +169,16 @@ async fn operation(state: &AppState, path: &str, req: Request) -> ApiResult<Oper
         crate::auth::Identity::Anonymous
     } else {
         let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        state.auth.identify(authorization, state.model).await?
+        match state.auth.identify(authorization, state.model).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                // A small unread body is drained so the client's keep-alive connection
+                // stays usable; a large one is not read for an unauthenticated caller (the
+                // connection closes instead).
+                let _ = axum::body::to_bytes(body, UNAUTHENTICATED_DRAIN_BYTES).await;
+                return Err(e);
+            }
+        }
     };
     let prefs = preferences(route.interaction, &headers)?;
     let mime = prefs.content_type.clone().unwrap_or_default();

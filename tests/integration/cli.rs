@@ -503,6 +503,24 @@ fn serve_refuses_no_auth_off_loopback_and_runs_with_a_dev_key() {
         resp.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()
     };
     assert_eq!(http(&addr, "GET", "/fhir/Patient", "").0, 401, "no token");
+    // A refused request's body is drained: the client's keep-alive connection serves the
+    // next request (a client may already have sent it).
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let body = r#"{"resourceType":"Patient"}"#;
+        write!(
+            s,
+            "POST /fhir/Patient HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/fhir+json\r\n\
+             Content-Length: {}\r\n\r\n{body}GET /fhir/metadata HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let statuses: Vec<&str> = resp.match_indices("HTTP/1.1 ").map(|(i, _)| &resp[i + 9..i + 12]).collect();
+        assert_eq!(statuses, vec!["401", "200"], "{}", &resp[..resp.len().min(400)]);
+    }
     assert_eq!(http(&addr, "GET", "/fhir/metadata", "").0, 200, "metadata is public");
     assert_eq!(with_token(&token("Writer"), "POST", "/fhir/Patient", r#"{"resourceType":"Patient"}"#), 201);
     assert_eq!(with_token(&token("Reader"), "POST", "/fhir/Patient", r#"{"resourceType":"Patient"}"#), 403);

@@ -22,9 +22,13 @@ def import_synthea(data: Path):
 
 def serve(data: Path, *extra: str):
     """Starts `fhirlake serve` on `data` (with `extra` flags); returns (process, FHIR base URL,
-    Flight SQL URL)."""
+    Flight SQL URL). Its log (stderr) goes to `data`'s folder, `serve.log`: a pipe nobody
+    reads would fill and stall the server."""
+    data.parent.mkdir(parents=True, exist_ok=True)
+    log = open(data.parent / "serve.log", "w")
     p = subprocess.Popen([BIN, "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0",
-                          *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          *extra], stdout=subprocess.PIPE, stderr=log, text=True)
+    p.log_path = data.parent / "serve.log"
     http = grpc = None
     deadline = time.time() + 60
     while time.time() < deadline and not (http and grpc):
@@ -37,7 +41,7 @@ def serve(data: Path, *extra: str):
             grpc = m.group(1)
     if not (http and grpc):
         p.kill()
-        raise RuntimeError(f"fhirlake serve did not start: {p.stderr.read()}")
+        raise RuntimeError(f"fhirlake serve did not start: {p.log_path.read_text()}")
     return p, http, grpc
 
 

@@ -149,7 +149,7 @@ def server(tmp_path_factory):
         put({"resourceType": "Observation", "id": f"o{p_id}", "status": "final", "code": code,
              "subject": {"reference": f"Patient/{p_id}"}})
         put({"resourceType": "Condition", "id": f"c{p_id}", "subject": {"reference": f"Patient/{p_id}"}})
-    yield {"http": http, "grpc": grpc, "pem": pem, "admin": admin, "session": s}
+    yield {"http": http, "grpc": grpc, "pem": pem, "admin": admin, "session": s, "log": p.log_path}
     stop(p)
 
 
@@ -272,7 +272,11 @@ def test_authorisation_matrix(server):
     for i, interaction, inside in CASES:
         pr = PRINCIPALS[i]
         want = expected(pr, interaction, inside)
-        got = perform(server, tokens[i], interaction, inside)
+        try:
+            got = perform(server, tokens[i], interaction, inside)
+        except requests.ConnectionError as e:
+            log = server["log"].read_text()[-4000:]
+            raise AssertionError(f"{pr['name']} / {interaction} / inside={inside}: {e}\nserver log:\n{log}") from e
         if interaction in ("create", "update", "patch", "delete", "transaction"):
             got, want = got[0], want[0]
         if got != want:
