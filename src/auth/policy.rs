@@ -295,6 +295,12 @@ pub fn authorize(
     if !p.smart() {
         return Ok(Access::All);
     }
+    if interaction == Interaction::Materialize {
+        // A materialization reads every row of its type into a shared table.
+        return Err(ApiError::Forbidden(
+            "$materialize reads every row: a token limited by SMART scopes (SmartUser) cannot run it".into(),
+        ));
+    }
     let grants = p.grants.clone().map_err(|e| ApiError::Forbidden(format!("the token's scope is refused: {e}")))?;
     let limits = Limits::new(grants, p.patient.clone(), shared.to_vec());
     if let Some((_, Some(letter))) = need {

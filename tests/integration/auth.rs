@@ -246,6 +246,9 @@ async fn roles_decide_and_scopes_narrow_them() {
     // SmartUser grants writes; a scope can never widen a role that lacks them.
     let narrow_role = k.token("user/*.cruds", &["Reader"], None);
     assert_eq!(call(&s, Method::PUT, "/fhir/Patient/a", &narrow_role, Some(patient)).await.status, 403);
+    let patient_analyst = k.token("patient/*.rs", &["SmartUser", "Analyst"], Some("a"));
+    let m = call(&s, Method::POST, "/fhir/ViewDefinition/v/$materialize", &patient_analyst, None).await;
+    assert_eq!(m.status, 403, "a restricted token cannot materialize every row: {}", m.body);
     for unsupported in
         ["user/Patient.rs?name:contains=A", "user/Patient.sr", "user/Patient.rs?general-practitioner.name=x"]
     {
