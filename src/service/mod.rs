@@ -3,9 +3,11 @@
 //!
 //! Owns: [`execute`], the one entry every front end calls — the HTTP API (`crate::api`),
 //! Bundle entries (GET entries included, without an HTTP round trip), and Flight SQL
-//! (through [`sql::plan`]) — and the modules that carry out each interaction. `execute`
-//! is the one place where an operation's type and id are checked, where authorisation and
-//! audit will be added, and where its [`Outcome`] says what it touched. The modules depend
+//! (through [`sql::plan`], after authorising its call itself) — and the modules that carry
+//! out each interaction. `execute` is the one place where an operation is authorised
+//! (`crate::auth::authorize`: its `Access` then travels in the operation) and its type and
+//! id are checked, where audit will be added, and where its [`Outcome`] says what it
+//! touched. The modules depend
 //! downwards only: `instance`, `conditional` and `patch` write through `write`; nothing
 //! here imports the HTTP front end. Must not: parse HTTP requests (the front end turns them
 //! into [`Operation`]s) or plan/write storage itself (`fhirlake-query`, `fhirlake-ingest`).
