@@ -193,7 +193,25 @@ impl Collector for StoreCollector {
 
 /// `GET /metrics`: OpenMetrics text when the client accepts it, else Prometheus' text
 /// format 0.0.4.
-pub async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+pub async fn metrics(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().cloned();
+    let headers = request.headers();
+    // With authentication on, the metrics (request counts by route, table sizes) are for
+    // the operator: a loopback peer, or a caller with the configured metrics token.
+    if state.auth.enabled() {
+        let loopback = peer.is_some_and(|p| p.0.ip().is_loopback());
+        let token = state.auth.settings.metrics_token.as_deref().filter(|t| !t.is_empty());
+        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let presented = bearer.and_then(|b| b.strip_prefix("Bearer ")).map(str::trim);
+        let allowed = loopback
+            || matches!((token, presented), (Some(t), Some(p)) if constant_time_eq(t.as_bytes(), p.as_bytes()));
+        if !allowed {
+            return crate::error::ApiError::Unauthenticated(
+                "/metrics answers loopback callers, or a bearer --metrics-token".into(),
+            )
+            .into_response();
+        }
+    }
     let open = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -268,4 +286,9 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     }
     response.headers_mut().insert(REQUEST_ID, id);
     response
+}
+
+/// Equality that takes the same time wherever the inputs differ (token comparison).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

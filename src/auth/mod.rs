@@ -64,6 +64,10 @@ pub struct AuthSettings {
     /// (default: `<first issuer>/token`).
     #[arg(long, env = "FHIRLAKE_SMART_TOKEN_URL")]
     pub smart_token_url: Option<String>,
+    /// With `--auth smart`, `/metrics` answers loopback callers and callers presenting this
+    /// bearer token (a secret; `config print` redacts it). Unset: loopback only.
+    #[arg(long, env = "FHIRLAKE_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
     /// Types any `patient/` token may read besides its compartment (Devices assigned to
     /// the patient or to nobody are readable too).
     #[arg(

@@ -61,6 +61,7 @@ async fn server(jwks: &Path, refresh: Duration) -> TestServer {
         issuer: vec![ISSUER.into()],
         jwks: vec![jwks.display().to_string()],
         jwks_refresh_interval: refresh,
+        metrics_token: Some("metrics-secret".into()),
         ..AuthSettings::default()
     };
     let auth = Auth::start(settings, AUDIENCE.into()).await.expect("auth");
@@ -183,6 +184,11 @@ async fn tokens_that_fail_a_check_are_401_and_change_nothing() {
     let doc = json_of(&smart);
     assert_eq!(doc["token_endpoint"], format!("{ISSUER}/token"));
     assert!(doc["capabilities"].as_array().unwrap().contains(&json!("permission-v2")));
+    // The in-process router has no peer address: not loopback, so /metrics needs the token.
+    assert_eq!(s.get("/metrics").await.status, 401, "metrics are for the operator");
+    for (bearer, want) in [("Bearer wrong", 401), ("Bearer metrics-secret", 200)] {
+        assert_eq!(s.request(Method::GET, "/metrics", None, &[("authorization", bearer)]).await.status, want);
+    }
     let cs = json_of(&s.get("/fhir/metadata").await);
     assert_eq!(cs["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     s.stop().await;
