@@ -13,9 +13,6 @@ use axum::response::Response;
 use fhirlake_ingest::writer::{HistoryQuery, HistoryRow, format_instant, merge_newest_first};
 use fhirlake_schemas::json::write_str;
 
-use fhirlake_schemas::Json;
-use fhirlake_schemas::json::ParseLimits;
-
 use super::write::touched;
 use super::{AppState, Interaction, Operation, Outcome, fhir_response, parse_time_param};
 use crate::auth::{Access, Letter};
@@ -56,13 +53,15 @@ fn paging(params: &HashMap<String, String>) -> ApiResult<Paging> {
 }
 
 impl Paging {
-    fn query(&self, id: Option<String>) -> HistoryQuery {
+    /// The store query of this page; `all` reads every version up to the page's end (a
+    /// limited caller's versions are filtered before paging).
+    fn query(&self, id: Option<String>, all: bool) -> HistoryQuery {
         HistoryQuery {
             id,
             since_us: self.since,
             at_us: self.at,
             until_us: Some(self.till),
-            limit: Some(self.offset + self.count + 1),
+            limit: (!all).then_some(self.offset + self.count + 1),
             ..Default::default()
         }
     }
@@ -71,24 +70,21 @@ impl Paging {
 /// `GET [base]/{type}/{id}/_history`, `[base]/{type}/_history` and `[base]/_history`.
 pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     let params: HashMap<String, String> = op.params().into_iter().collect();
-    let mut p = paging(&params)?;
-    // A limited caller's versions are filtered before paging: read them all.
+    let p = paging(&params)?;
     let limited = op.access.is_limited();
-    let (count, offset) = (p.count, p.offset);
-    if limited {
-        (p.count, p.offset) = (usize::MAX / 4, 0);
-    }
     let (path, rows) = match op.interaction {
         Interaction::HistoryInstance => {
             let (rt, id) = (op.rt(), op.id());
             if state.writer.current(rt, id).is_none() {
                 return Err(ApiError::NotFound(format!("{rt}/{id} does not exist")));
             }
-            (format!("{rt}/{id}/_history"), rows_of(state, rt, &p.query(Some(id.to_string())))?)
+            (format!("{rt}/{id}/_history"), rows_of(state, rt, &p.query(Some(id.to_string()), limited))?)
         }
-        Interaction::HistoryType => (format!("{}/_history", op.rt()), rows_of(state, op.rt(), &p.query(None))?),
+        Interaction::HistoryType => {
+            (format!("{}/_history", op.rt()), rows_of(state, op.rt(), &p.query(None, limited))?)
+        }
         _ => {
-            let q = p.query(None);
+            let q = p.query(None, limited);
             let mut parts = Vec::new();
             for rt in state.writer.types() {
                 parts.push(rows_of(state, &rt, &q)?);
@@ -96,7 +92,6 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
             ("_history".to_string(), merge_newest_first(parts, q.limit))
         }
     };
-    (p.count, p.offset) = (count, offset);
     let rows = if limited {
         let letter = if op.interaction == Interaction::HistoryInstance { Letter::R } else { Letter::S };
         let rows = visible_rows(state, &op.access, rows, letter)?;
@@ -112,24 +107,17 @@ pub async fn history(state: &AppState, op: &Operation) -> ApiResult<Outcome> {
     Ok(Outcome { response: bundle(state, &path, &p, rows), touched: seen })
 }
 
-/// The versions among `rows` the caller may see (a delete: when the version it deletes
-/// is), each decided on its own JSON.
+/// The versions among `rows` the caller may see, each judged as a read of that version.
 fn visible_rows(
     state: &AppState,
     access: &Access,
     rows: Vec<HistoryRow>,
     letter: Letter,
 ) -> ApiResult<Vec<HistoryRow>> {
-    let Access::Limited(limits) = access else { return Ok(rows) };
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let raw = match (&r.raw, r.deleted) {
-            (Some(raw), false) => Some(raw.clone()),
-            _ if r.version > 1 => state.writer.version(&r.resource_type, &r.id, r.version - 1)?.and_then(|v| v.raw),
-            _ => None,
-        };
-        let Some(json) = raw.and_then(|raw| Json::parse(raw.as_bytes(), ParseLimits::STORED).ok()) else { continue };
-        if limits.sees(state.model, &r.resource_type, &r.id, &json, letter)? {
+        let raw = super::instance::shown_raw(state, &r.resource_type, &r.id, r.version, r.raw.as_deref(), r.deleted)?;
+        if super::instance::visible(state, access, &r.resource_type, &r.id, raw.as_deref().unwrap_or(""), letter)? {
             out.push(r);
         }
     }

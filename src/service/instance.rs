@@ -153,12 +153,7 @@ async fn serve_version(state: &AppState, op: &Operation, version: i64) -> ApiRes
     let Some(row) = state.writer.version(rt, id, version)? else {
         return Err(ApiError::NotFound(format!("{rt}/{id} has no version {version}")));
     };
-    // A delete is visible when the version it deletes is.
-    let shown = match (&row.raw, row.deleted) {
-        (Some(raw), false) => Some(raw.clone()),
-        _ if version > 1 => state.writer.version(rt, id, version - 1)?.and_then(|r| r.raw),
-        _ => None,
-    };
+    let shown = shown_raw(state, rt, id, version, row.raw.as_deref(), row.deleted)?;
     if op.access.is_limited() && !visible(state, &op.access, rt, id, shown.as_deref().unwrap_or(""), Letter::R)? {
         return Err(hidden());
     }
@@ -204,6 +199,23 @@ pub(crate) fn resource_of_type(state: &AppState, op: &Operation) -> ApiResult<Js
         return Err(ApiError::BadRequest(format!("the body is a {actual}, but the URL is for {}", op.rt())));
     }
     Ok(json)
+}
+
+/// The JSON that decides who may see version `version` of `rt/id` (`raw`, `deleted`):
+/// its own, or for a delete the version it deletes (a delete is visible when that is).
+pub(crate) fn shown_raw(
+    state: &AppState,
+    rt: &str,
+    id: &str,
+    version: i64,
+    raw: Option<&str>,
+    deleted: bool,
+) -> ApiResult<Option<String>> {
+    Ok(match (raw, deleted) {
+        (Some(raw), false) => Some(raw.to_string()),
+        _ if version > 1 => state.writer.version(rt, id, version - 1)?.and_then(|r| r.raw),
+        _ => None,
+    })
 }
 
 /// Whether the caller may see `rt/id` in the version whose served JSON is `raw`, for
